@@ -1,0 +1,93 @@
+"""The application factory: the one place listing plugins, controllers, middleware and handlers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from sqlalchemy import func, select
+
+from prodsentinel import plugins
+from prodsentinel.auth.cli import KeysCLIPlugin
+from prodsentinel.auth.controllers import ApiKeyController
+from prodsentinel.auth.guards import SESSION_MAKER_STATE_KEY, auth_middleware, provide_principal
+from prodsentinel.auth.models import ApiKey
+from prodsentinel.auth.scopes import Principal
+from prodsentinel.lib import jobs
+from prodsentinel.lib.database import alchemy_config, migrate, resolve_database_url
+from prodsentinel.lib.errors import exception_to_response
+from prodsentinel.lib.observability import RequestContextMiddleware, add_response_headers
+from prodsentinel.settings import Settings, get_settings
+from prodsentinel.system.controllers import HealthController
+
+__all__ = ("create_app",)
+
+logger = structlog.get_logger("prodsentinel")
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    database_url = resolve_database_url(settings)
+    db_config = alchemy_config(database_url)
+    redis = plugins.redis_client(settings)
+    saq = plugins.saq_plugin(settings, database_url)
+
+    async def on_startup(app: Litestar) -> None:
+        if settings.run_auto_migrate:
+            await asyncio.to_thread(migrate, db_config)
+        queue = saq.get_queue(settings.queue_name)
+        await queue.connect()
+        jobs.bind_queue(queue)
+        if settings.embedded:
+            await _hint_first_key(app)
+
+    async def on_shutdown(app: Litestar) -> None:
+        jobs.bind_queue(None)
+        if redis is not None:
+            await redis.aclose()
+
+    return Litestar(
+        route_handlers=[HealthController, ApiKeyController],
+        plugins=[
+            plugins.sqlalchemy_plugin(db_config),
+            saq,
+            plugins.structlog_plugin(settings),
+            plugins.granian_plugin(),
+            KeysCLIPlugin(),
+        ],
+        middleware=[
+            RequestContextMiddleware(),
+            auth_middleware,
+            plugins.rate_limit_config(settings).middleware,
+        ],
+        dependencies={"principal": Provide(provide_principal)},
+        signature_namespace={"Principal": Principal},
+        exception_handlers={Exception: exception_to_response},
+        before_send=[add_response_headers],
+        on_startup=[on_startup],
+        on_shutdown=[on_shutdown],
+        stores=plugins.stores(redis),
+        openapi_config=plugins.openapi_config(),
+        state=State(
+            {
+                "settings": settings,
+                "alchemy_config": db_config,
+                SESSION_MAKER_STATE_KEY: db_config.create_session_maker(),
+                "redis": redis,
+            }
+        ),
+        debug=settings.debug,
+    )
+
+
+async def _hint_first_key(app: Litestar) -> None:
+    async with app.state[SESSION_MAKER_STATE_KEY]() as session:
+        key_count = await session.scalar(select(func.count()).select_from(ApiKey))
+    if not key_count:
+        logger.warning(
+            "no_api_keys",
+            hint="create one with: uv run prodsentinel keys create --name me --scopes admin,ingest",
+        )

@@ -1,0 +1,75 @@
+"""API-key authentication (Litestar's authentication middleware) and per-scope guards.
+
+Missing or invalid key -> 401; a valid key without the scope -> 403 (SPEC §3). The key is looked up on
+every request, so a revocation is effective for the very next request on every instance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult, DefineMiddleware
+from litestar.types import Guard
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from prodsentinel.auth.scopes import Principal, Scope
+from prodsentinel.auth.services import ApiKeyService
+
+__all__ = ("SESSION_MAKER_STATE_KEY", "auth_middleware", "provide_principal", "requires_scope")
+
+SESSION_MAKER_STATE_KEY = "session_maker"
+PUBLIC_PATHS = ["^/health", "^/schema", "^/saq/static"]
+
+
+def extract_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    key = connection.headers.get("x-api-key")
+    if key:
+        return key
+    authorization = connection.headers.get("authorization", "")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
+class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        raw_key = extract_key(connection)
+        if raw_key is None:
+            raise NotAuthorizedException("Missing API key: send X-API-Key or Authorization: Bearer <key>.")
+        session_maker: async_sessionmaker[AsyncSession] = connection.app.state[SESSION_MAKER_STATE_KEY]
+        async with session_maker() as session:
+            principal = await ApiKeyService(session=session).authenticate(raw_key)
+        if principal is None:
+            raise NotAuthorizedException("Invalid or revoked API key.")
+        return AuthenticationResult(user=principal, auth=principal)
+
+
+auth_middleware = DefineMiddleware(ApiKeyAuthenticationMiddleware, exclude=PUBLIC_PATHS)
+
+
+def requires_scope(scope: Scope) -> Guard:
+    """A guard letting through keys whose effective scopes include ``scope``."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        principal = connection.scope.get("user")
+        if not isinstance(principal, Principal):
+            raise NotAuthorizedException("Missing API key: send X-API-Key or Authorization: Bearer <key>.")
+        if not principal.has(scope):
+            raise PermissionDeniedException(f"This API key lacks the '{scope.value}' scope.")
+
+    guard.__name__ = f"requires_{scope.value}"
+    return guard
+
+
+async def provide_principal(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    """DI provider: the authenticated caller (``principal: Principal`` in a handler)."""
+    principal = request.scope.get("user")
+    if not isinstance(principal, Principal):
+        raise NotAuthorizedException("Missing API key: send X-API-Key or Authorization: Bearer <key>.")
+    return principal

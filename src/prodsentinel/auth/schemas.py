@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from prodsentinel.lib.structs import Struct
+
+__all__ = ("ApiKeyCreate", "ApiKeyCreated", "ApiKeyOut", "ApiKeyPage")
+
+
+class ApiKeyCreate(Struct):
+    name: str
+    scopes: list[str]
+
+
+class ApiKeyOut(Struct):
+    id: UUID
+    name: str
+    project: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    """Returned once, at creation: the only time the raw key is shown."""
+
+    key: str
+
+
+class ApiKeyPage(Struct):
+    items: list[ApiKeyOut]

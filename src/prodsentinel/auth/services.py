@@ -1,0 +1,130 @@
+"""Projects and API keys: creation, listing, revocation and authentication."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from uuid import UUID
+
+from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from prodsentinel.auth.models import ApiKey, Project
+from prodsentinel.auth.repositories import ApiKeyRepository, ProjectRepository
+from prodsentinel.auth.schemas import ApiKeyCreated, ApiKeyOut
+from prodsentinel.auth.scopes import Principal, expand_scopes, parse_scopes
+from prodsentinel.lib.errors import NotFoundError, ValidationError
+from prodsentinel.lib.time import utcnow
+
+__all__ = ("ApiKeyService", "ProjectService", "hash_secret", "split_key")
+
+KEY_PREFIX = "ps"
+DEFAULT_PROJECT = "default"
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def split_key(raw_key: str) -> tuple[str, str] | None:
+    """``ps_<prefix>_<secret>`` -> ``(prefix, secret)``; None when the shape is wrong."""
+    parts = raw_key.strip().split("_")
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+class ProjectService(SQLAlchemyAsyncRepositoryService[Project]):
+    repository_type = ProjectRepository
+
+    async def get_or_create(self, name: str) -> Project:
+        name = name.strip()
+        if not name or len(name) > 100:
+            raise ValidationError("project name must be 1 to 100 characters.")
+        project, _ = await self.get_or_upsert(match_fields=["name"], name=name)
+        return project
+
+
+class ApiKeyService(SQLAlchemyAsyncRepositoryService[ApiKey]):
+    repository_type = ApiKeyRepository
+    repository: ApiKeyRepository
+
+    async def create_key(self, *, name: str, scopes: list[str], project: Project) -> ApiKeyCreated:
+        name = name.strip()
+        if not name or len(name) > 100:
+            raise ValidationError("name must be 1 to 100 characters.")
+        try:
+            scope_names = parse_scopes(scopes)
+        except ValueError as exc:
+            raise ValidationError(f"{exc}.") from None
+        prefix, secret = secrets.token_hex(6), secrets.token_urlsafe(24).replace("_", "-")
+        key = await self.create(
+            ApiKey(
+                project_id=project.id,
+                name=name,
+                prefix=prefix,
+                key_hash=hash_secret(secret),
+                scopes=scope_names,
+            )
+        )
+        return ApiKeyCreated(
+            id=key.id,
+            name=key.name,
+            project=project.name,
+            scopes=list(key.scopes),
+            created_at=key.created_at,
+            revoked_at=None,
+            key=f"{KEY_PREFIX}_{prefix}_{secret}",
+        )
+
+    async def list_keys(self, project_id: UUID | None = None) -> list[ApiKeyOut]:
+        rows = await self.repository.list_with_projects(project_id)
+        return [
+            ApiKeyOut(
+                id=key.id,
+                name=key.name,
+                project=project,
+                scopes=list(key.scopes),
+                created_at=key.created_at,
+                revoked_at=key.revoked_at,
+            )
+            for key, project in rows
+        ]
+
+    async def revoke(self, key_id: UUID, project_id: UUID | None = None) -> ApiKeyOut:
+        """Revoke a key (idempotent). ``project_id`` restricts it to one project (HTTP callers)."""
+        key = await self.get_one_or_none(id=key_id)
+        if key is None or (project_id is not None and key.project_id != project_id):
+            raise NotFoundError("API key not found.")
+        if key.revoked_at is None:
+            key.revoked_at = utcnow()
+            key = await self.update(key)
+        [out] = [item for item in await self.list_keys(key.project_id) if item.id == key.id]
+        return out
+
+    async def authenticate(self, raw_key: str) -> Principal | None:
+        """The principal for a raw key, or None when it is unknown, wrong or revoked."""
+        parts = split_key(raw_key)
+        if parts is None:
+            return None
+        found = await self.repository.find_with_project(parts[0])
+        if found is None:
+            return None
+        key, project_name = found
+        if key.revoked_at is not None or not hmac.compare_digest(key.key_hash, hash_secret(parts[1])):
+            return None
+        return Principal(
+            key_id=key.id,
+            key_name=key.name,
+            project_id=key.project_id,
+            project_name=project_name,
+            scopes=expand_scopes(key.scopes),
+        )
+
+
+async def create_key(session: AsyncSession, *, name: str, scopes: list[str], project: str) -> ApiKeyCreated:
+    """Create a key in ``project`` (created if needed): shared by the CLI and the HTTP endpoint."""
+    async with ProjectService.new(session=session) as projects, ApiKeyService.new(session=session) as keys:
+        owner = await projects.get_or_create(project)
+        return await keys.create_key(name=name, scopes=scopes, project=owner)

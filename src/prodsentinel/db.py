@@ -1,0 +1,13 @@
+"""The metadata Alembic compares against: imports every domain's models so they register on it."""
+
+from __future__ import annotations
+
+from advanced_alchemy.base import orm_registry
+
+from prodsentinel.auth import models as auth_models
+from prodsentinel.signals import models as signal_models
+
+__all__ = ("metadata", "model_modules")
+
+metadata = orm_registry.metadata
+model_modules = (auth_models, signal_models)

@@ -1,0 +1,100 @@
+"""Database configuration, migrations and session scopes shared by the app, the workers and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from advanced_alchemy.alembic.commands import AlembicCommands
+from advanced_alchemy.extensions.litestar import (
+    AlembicAsyncConfig,
+    AsyncSessionConfig,
+    EngineConfig,
+    SQLAlchemyAsyncConfig,
+)
+from litestar import Litestar
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from prodsentinel.settings import Settings
+
+__all__ = (
+    "alchemy_config",
+    "libpq_url",
+    "migrate",
+    "resolve_database_url",
+    "session_scope",
+    "session_scope_for_app",
+)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
+VERSION_TABLE = "alembic_versions"
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """The SQLAlchemy (asyncpg) URL: ``DATABASE_URL`` normalised, or the embedded server's."""
+    if settings.database_url is None:
+        from prodsentinel.embedded import embedded_database_url
+
+        return embedded_database_url(settings.data_dir)
+    scheme, rest = settings.database_url.split("://", 1)
+    del scheme
+    return f"postgresql+asyncpg://{rest}"
+
+
+def libpq_url(sqlalchemy_url: str) -> str:
+    """The same database as a plain ``postgresql://`` URL (psycopg, SAQ, asyncpg.connect)."""
+    return "postgresql://" + sqlalchemy_url.split("://", 1)[1]
+
+
+def alchemy_config(database_url: str, *, pool_size: int = 10) -> SQLAlchemyAsyncConfig:
+    return SQLAlchemyAsyncConfig(
+        connection_string=database_url,
+        session_config=AsyncSessionConfig(expire_on_commit=False),
+        engine_config=EngineConfig(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False),
+        alembic_config=AlembicAsyncConfig(
+            script_location=str(MIGRATIONS_DIR),
+            version_table_name=VERSION_TABLE,
+            compare_type=True,
+            render_as_batch=False,
+        ),
+        before_send_handler="autocommit",
+        create_all=False,
+    )
+
+
+def migrate(config: SQLAlchemyAsyncConfig, revision: str = "head") -> None:
+    """Apply migrations (blocking; concurrent callers serialise on an advisory lock in env.py)."""
+    AlembicCommands(sqlalchemy_config=config).upgrade(revision=revision)
+
+
+@asynccontextmanager
+async def session_scope(session_maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A unit of work: commit when the block succeeds, roll back when it raises."""
+    async with session_maker() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+@asynccontextmanager
+async def session_scope_for_app(app: Litestar) -> AsyncIterator[AsyncSession]:
+    """A unit of work on the app's database, for CLI commands (one event loop, engine disposed after)."""
+    config: SQLAlchemyAsyncConfig = app.state["alchemy_config"]
+    engine = config.get_engine()
+    try:
+        session_maker: async_sessionmaker[AsyncSession] = config.create_session_maker()  # type: ignore[assignment]
+        async with session_scope(session_maker) as session:
+            yield session
+    finally:
+        await engine.dispose()
+        config.engine_instance = None
+        _forget_session_maker(config)
+
+
+def _forget_session_maker(config: Any) -> None:
+    config.session_maker = None

@@ -1,0 +1,94 @@
+"""Request ids, timing headers and structlog configuration.
+
+The request-id/timing middleware is plain ASGI because it must wrap every response, including errors
+and the ingest hot path, at the lowest cost: it only touches headers and a contextvar.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import structlog
+from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
+from litestar.logging.config import StructLoggingConfig, default_structlog_processors
+from litestar.middleware import ASGIMiddleware
+from litestar.middleware.logging import LoggingMiddlewareConfig
+from litestar.plugins.structlog import StructlogConfig
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from prodsentinel.settings import Settings
+
+__all__ = ("RequestContextMiddleware", "add_response_headers", "ensure_request_id", "structlog_config")
+
+REQUEST_ID_KEY = "request_id"
+_STARTED_KEY = "started_at_perf"
+_MAX_REQUEST_ID = 128
+
+
+class RequestContextMiddleware(ASGIMiddleware):
+    """Assign the request id early (so logs carry it) and note when the request started."""
+
+    scopes = (ScopeType.HTTP,)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        request_id = ensure_request_id(scope)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await next_app(scope, receive, send)
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+
+
+async def add_response_headers(message: Message, scope: Scope) -> None:
+    """App-level ``before_send`` hook: every response, routing 404s included, gets both headers."""
+    if message["type"] == "http.response.start":
+        headers = MutableScopeHeaders.from_message(message)
+        headers["X-Request-ID"] = ensure_request_id(scope)
+        started = scope.get("state", {}).get(_STARTED_KEY)
+        elapsed_ms = (time.perf_counter() - started) * 1000 if started else 0.0
+        headers["X-Process-Time-Ms"] = f"{elapsed_ms:.2f}"
+
+
+def ensure_request_id(scope: Scope) -> str:
+    """The request's id: the client's ``X-Request-ID`` when sane, else a new one; stored in scope state."""
+    state: dict[str, Any] = scope.setdefault("state", {})  # type: ignore[assignment,typeddict-item]
+    request_id = state.get(REQUEST_ID_KEY)
+    if request_id is None:
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        state[REQUEST_ID_KEY] = request_id
+        state.setdefault(_STARTED_KEY, time.perf_counter())
+    return str(request_id)
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text = value.decode("latin-1").strip()
+            if text and len(text) <= _MAX_REQUEST_ID and text.isprintable():
+                return text
+    return None
+
+
+def structlog_config(settings: Settings) -> StructlogConfig:
+    """JSON (or console) structlog output; request logging skips the ingest and health hot paths."""
+    as_json = settings.log_format == "json"
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        *default_structlog_processors(as_json=as_json),
+    ]
+    return StructlogConfig(
+        structlog_logging_config=StructLoggingConfig(
+            processors=processors,
+            wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(settings.log_level)),
+            log_exceptions="debug",  # 5xx are logged once by lib.errors; 4xx are not errors of ours
+        ),
+        middleware_logging_config=LoggingMiddlewareConfig(
+            exclude=["^/api/v1/ingest", "^/health", "^/saq/static"],
+            request_log_fields=["path", "method", "query"],
+            response_log_fields=["status_code"],
+        ),
+    )

@@ -1,0 +1,52 @@
+"""Opaque keyset cursors.
+
+A cursor is the sort key of the last row of a page (e.g. ``(timestamp, id)``), JSON-encoded and
+urlsafe-base64'd. Keyset pagination never skips or repeats a row while new rows arrive, unlike OFFSET.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from prodsentinel.lib.errors import BadRequestError
+
+__all__ = ("DEFAULT_LIMIT", "MAX_LIMIT", "BadRequestError", "check_limit", "decode_cursor", "encode_cursor")
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+def check_limit(limit: int) -> int:
+    """SPEC §5: ``limit`` outside 1..1000 is a 400."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BadRequestError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}.")
+    return limit
+
+
+def encode_cursor(values: Sequence[Any]) -> str:
+    raw = msgspec.json.encode(list(values))
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, types: Sequence[type]) -> tuple[Any, ...]:
+    """Decode a cursor made by :func:`encode_cursor`, checking each element against ``types``."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        values = msgspec.json.decode(raw, type=list[Any])
+        if len(values) != len(types):
+            raise ValueError("wrong arity")
+        return tuple(_convert(value, kind) for value, kind in zip(values, types, strict=True))
+    except (ValueError, binascii.Error, msgspec.DecodeError, msgspec.ValidationError):
+        raise BadRequestError("cursor is not valid; use next_cursor from a previous page.") from None
+
+
+def _convert(value: Any, kind: type) -> Any:
+    if kind is datetime:
+        return msgspec.convert(value, datetime)
+    return msgspec.convert(value, kind)

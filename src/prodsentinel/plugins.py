@@ -1,0 +1,114 @@
+"""Plugin and middleware instances built from settings; ``app.py`` only lists them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig, SQLAlchemyPlugin
+from litestar import Request
+from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme, Tag
+from litestar.plugins.structlog import StructlogPlugin
+from litestar.stores.base import Store
+from litestar.stores.memory import MemoryStore
+from litestar.stores.redis import RedisStore
+from litestar_granian import GranianPlugin
+from litestar_saq import SAQPlugin
+from redis.asyncio import Redis
+
+from prodsentinel import __version__
+from prodsentinel.auth.scopes import Principal
+from prodsentinel.lib.observability import structlog_config
+from prodsentinel.settings import Settings
+from prodsentinel.worker import saq_config
+
+__all__ = (
+    "granian_plugin",
+    "openapi_config",
+    "rate_limit_config",
+    "redis_client",
+    "saq_plugin",
+    "sqlalchemy_plugin",
+    "stores",
+    "structlog_plugin",
+)
+
+TAGS = [
+    Tag(name="ingest", description="Write logs, spans and metrics (scope ingest)."),
+    Tag(name="logs", description="Query stored logs."),
+    Tag(name="spans", description="Query stored spans and traces."),
+    Tag(name="metrics", description="Metric series and anomalies."),
+    Tag(name="services", description="Services seen in the telemetry."),
+    Tag(name="incidents", description="Incidents grouped from errors."),
+    Tag(name="alerts", description="Alert policies, alerts, silences and audit."),
+    Tag(name="notifications", description="Channels, the outbox and delivery attempts."),
+    Tag(name="events", description="Server-sent events for the frontend."),
+    Tag(name="keys", description="API keys (scope admin)."),
+    Tag(name="health", description="Health and readiness (public)."),
+]
+
+
+def sqlalchemy_plugin(config: SQLAlchemyAsyncConfig) -> SQLAlchemyPlugin:
+    return SQLAlchemyPlugin(config=config)
+
+
+def saq_plugin(settings: Settings, database_url: str) -> SAQPlugin:
+    return SAQPlugin(saq_config(settings, database_url))
+
+
+def structlog_plugin(settings: Settings) -> StructlogPlugin:
+    return StructlogPlugin(structlog_config(settings))
+
+
+def granian_plugin() -> GranianPlugin:
+    return GranianPlugin()
+
+
+def redis_client(settings: Settings) -> Redis | None:
+    return Redis.from_url(settings.redis_url) if settings.redis_url else None
+
+
+def stores(redis: Redis | None) -> dict[str, Store]:
+    """Rate-limit state lives in Redis when configured, so limits hold across instances."""
+    if redis is None:
+        return {"rate_limit": MemoryStore()}
+    return {"rate_limit": RedisStore(redis, namespace="prodsentinel:rate_limit")}
+
+
+def _rate_limit_identity(request: Request[Any, Any, Any]) -> str:
+    """Per API key (SPEC §2); unauthenticated requests fall back to the client address."""
+    principal = request.scope.get("user")
+    if isinstance(principal, Principal):
+        return f"key:{principal.key_id}"
+    return get_remote_address(request)
+
+
+def rate_limit_config(settings: Settings) -> RateLimitConfig:
+    """Non-ingest endpoints only: ingest is governed by backpressure (429/503 + Retry-After)."""
+    return RateLimitConfig(
+        rate_limit=settings.rate_limit_rule,
+        exclude=["^/api/v1/ingest", "^/health", "^/schema"],
+        exclude_opt_key="no_rate_limit",
+        identifier_for_request=_rate_limit_identity,
+        store="rate_limit",
+    )
+
+
+def openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="ProdSentinel",
+        version=__version__,
+        description="Telemetry ingest, incidents and alerting. Authenticate with `X-API-Key` or a bearer.",
+        path="/schema",
+        tags=TAGS,
+        components=Components(
+            security_schemes={
+                "ApiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
+                "Bearer": SecurityScheme(type="http", scheme="bearer"),
+            }
+        ),
+        security=[{"ApiKey": []}, {"Bearer": []}],
+        render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+    )

@@ -1,0 +1,105 @@
+"""Stored telemetry: append-only tables for logs, spans and metric points.
+
+These tables are written set-based by the ingest path (never one ORM object per signal) and are only
+ever deleted from by retention. ``(project_id, signal_id)`` is unique: a re-sent signal is stored once.
+The ORM classes exist for Alembic and for typed reads; inserts go through ``signals.repositories``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from advanced_alchemy.base import orm_registry
+from sqlalchemy import BigInteger, Double, Identity, Index, SmallInteger, Text, UniqueConstraint, text
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ("LEVELS", "SPAN_STATUSES", "LogRecord", "MetricPoint", "Span")
+
+#: Log levels as stored (smallint, so "level >= ERROR" is an index range). WARNING is stored as WARN.
+LEVELS: dict[str, int] = {"DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+LEVEL_NAMES: dict[int, str] = {10: "DEBUG", 20: "INFO", 30: "WARN", 40: "ERROR", 50: "CRITICAL"}
+SPAN_STATUSES: dict[str, int] = {"UNSET": 0, "OK": 1, "ERROR": 2}
+SPAN_STATUS_NAMES: dict[int, str] = {v: k for k, v in SPAN_STATUSES.items()}
+
+TZ = TIMESTAMP(timezone=True)
+
+
+class SignalBase(DeclarativeBase):
+    """Signal tables share the application metadata (and its constraint naming convention)."""
+
+    registry = orm_registry
+    metadata = orm_registry.metadata
+
+
+class LogRecord(SignalBase):
+    __tablename__ = "logs"
+    __table_args__ = (
+        UniqueConstraint("project_id", "signal_id"),
+        Index("ix_logs_project_ts", "project_id", "timestamp", "id"),
+        Index("ix_logs_project_service_ts", "project_id", "service_name", "timestamp"),
+        Index(
+            "ix_logs_project_trace", "project_id", "trace_id", postgresql_where=text("trace_id IS NOT NULL")
+        ),
+        Index("ix_logs_project_errors_ts", "project_id", "timestamp", postgresql_where=text("level >= 40")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    project_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
+    signal_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
+    trace_id: Mapped[str | None] = mapped_column(Text)
+    span_id: Mapped[str | None] = mapped_column(Text)
+    service_name: Mapped[str] = mapped_column(Text)
+    timestamp: Mapped[datetime] = mapped_column(TZ)
+    level: Mapped[int] = mapped_column(SmallInteger)
+    message: Mapped[str] = mapped_column(Text)
+    attributes: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    received_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+
+
+class Span(SignalBase):
+    __tablename__ = "spans"
+    __table_args__ = (
+        UniqueConstraint("project_id", "signal_id"),
+        Index("ix_spans_project_ts", "project_id", "start_time", "id"),
+        Index("ix_spans_project_service_ts", "project_id", "service_name", "start_time"),
+        Index("ix_spans_project_trace", "project_id", "trace_id"),
+        Index("ix_spans_project_errors_ts", "project_id", "start_time", postgresql_where=text("status = 2")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    project_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
+    signal_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
+    trace_id: Mapped[str] = mapped_column(Text)
+    span_id: Mapped[str] = mapped_column(Text)
+    parent_span_id: Mapped[str | None] = mapped_column(Text)
+    service_name: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)
+    start_time: Mapped[datetime] = mapped_column(TZ)
+    end_time: Mapped[datetime] = mapped_column(TZ)
+    duration_ms: Mapped[float] = mapped_column(Double)
+    status: Mapped[int] = mapped_column(SmallInteger)
+    attributes: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    received_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+
+
+class MetricPoint(SignalBase):
+    __tablename__ = "metric_points"
+    __table_args__ = (
+        UniqueConstraint("project_id", "signal_id"),
+        Index("ix_metric_points_series_ts", "project_id", "name", "service_name", "timestamp"),
+        Index("ix_metric_points_project_ts", "project_id", "timestamp"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    project_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
+    signal_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
+    name: Mapped[str] = mapped_column(Text)
+    service_name: Mapped[str] = mapped_column(Text)
+    timestamp: Mapped[datetime] = mapped_column(TZ)
+    value: Mapped[float] = mapped_column(Double)
+    labels: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    received_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))

@@ -1,0 +1,96 @@
+"""Dependency checks behind /health and /health/ready."""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+from typing import Any, Literal
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from prodsentinel.lib.database import MIGRATIONS_DIR, VERSION_TABLE
+from prodsentinel.lib.jobs import current_queue
+from prodsentinel.lib.structs import Struct
+
+__all__ = (
+    "ComponentHealth",
+    "HealthReport",
+    "check_database",
+    "check_queue",
+    "check_redis",
+    "migrations_applied",
+)
+
+Status = Literal["ok", "error", "not_configured"]
+
+
+class ComponentHealth(Struct):
+    status: Status
+    latency_ms: float | None = None
+    detail: str | None = None
+
+
+class HealthReport(Struct):
+    status: Literal["ok", "degraded"]
+    database: ComponentHealth
+    queue: ComponentHealth
+    redis: ComponentHealth
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+async def check_database(session_maker: async_sessionmaker[AsyncSession]) -> ComponentHealth:
+    started = time.perf_counter()
+    try:
+        async with session_maker() as session:
+            await session.execute(text("SELECT 1"))
+    except Exception as exc:
+        return ComponentHealth(status="error", latency_ms=_elapsed_ms(started), detail=type(exc).__name__)
+    return ComponentHealth(status="ok", latency_ms=_elapsed_ms(started))
+
+
+async def check_queue() -> ComponentHealth:
+    queue = current_queue()
+    if queue is None:
+        return ComponentHealth(status="not_configured")
+    started = time.perf_counter()
+    try:
+        await queue.info()
+    except Exception as exc:
+        return ComponentHealth(status="error", latency_ms=_elapsed_ms(started), detail=type(exc).__name__)
+    return ComponentHealth(status="ok", latency_ms=_elapsed_ms(started), detail=type(queue).__name__)
+
+
+async def check_redis(redis: Redis | None) -> ComponentHealth:
+    if redis is None:
+        return ComponentHealth(status="not_configured")
+    started = time.perf_counter()
+    try:
+        await redis.ping()  # type: ignore[misc]
+    except Exception as exc:
+        return ComponentHealth(status="error", latency_ms=_elapsed_ms(started), detail=type(exc).__name__)
+    return ComponentHealth(status="ok", latency_ms=_elapsed_ms(started))
+
+
+@lru_cache(maxsize=1)
+def head_revisions() -> frozenset[str]:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return frozenset(ScriptDirectory.from_config(config).get_heads())
+
+
+async def migrations_applied(session_maker: async_sessionmaker[AsyncSession]) -> bool:
+    """True when the database is at the migration head(s) this code ships."""
+    try:
+        async with session_maker() as session:
+            rows = await session.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))
+            applied: set[Any] = {row[0] for row in rows}
+    except Exception:
+        return False
+    return applied == set(head_revisions())

@@ -1,0 +1,69 @@
+"""The one SAQ setup of the service: which queue, which tasks and crons, and the worker context.
+
+The queue is Redis when ``REDIS_URL`` is set and the (embedded or configured) PostgreSQL otherwise.
+``prodsentinel run`` runs the worker inside the API process when in-process workers are on (the
+embedded default); ``prodsentinel workers run`` runs workers alone (litestar-saq's CLI).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar_saq import CronJob, QueueConfig, SAQConfig
+from saq.types import Context
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from prodsentinel.alerts import tasks as alert_tasks
+from prodsentinel.auth.guards import requires_scope
+from prodsentinel.auth.scopes import Scope
+from prodsentinel.incidents import tasks as incident_tasks
+from prodsentinel.ingest import tasks as ingest_tasks
+from prodsentinel.lib import jobs
+from prodsentinel.lib.database import libpq_url
+from prodsentinel.notifications import tasks as notification_tasks
+from prodsentinel.settings import Settings
+from prodsentinel.signals import tasks as signal_tasks
+
+__all__ = ("CRON_JOBS", "TASKS", "saq_config")
+
+_DOMAIN_TASKS = (ingest_tasks, signal_tasks, incident_tasks, alert_tasks, notification_tasks)
+TASKS: list[Any] = [task for module in _DOMAIN_TASKS for task in module.TASKS]
+CRON_JOBS: list[CronJob] = [cron for module in _DOMAIN_TASKS for cron in module.CRON_JOBS]
+
+
+def saq_config(settings: Settings, database_url: str) -> SAQConfig:
+    dsn = settings.redis_url or libpq_url(database_url)
+
+    async def startup(ctx: Context) -> None:
+        # litestar-saq never connects the queue of an in-process worker (STACK_FACTS §4); connect is
+        # idempotent, so doing it for separate processes too is harmless.
+        await ctx["worker"].queue.connect()
+        jobs.bind_queue(ctx["worker"].queue)
+        engine = create_async_engine(database_url, pool_size=5, max_overflow=5)
+        ctx["engine"] = engine  # type: ignore[typeddict-unknown-key]
+        ctx["session_maker"] = async_sessionmaker(engine, expire_on_commit=False)  # type: ignore[typeddict-unknown-key]
+        ctx["settings"] = settings  # type: ignore[typeddict-unknown-key]
+
+    async def shutdown(ctx: Context) -> None:
+        engine: AsyncEngine | None = ctx.get("engine")  # type: ignore[assignment]
+        if engine is not None:
+            await engine.dispose()
+
+    return SAQConfig(
+        web_enabled=True,
+        web_path="/saq",
+        web_guards=[requires_scope(Scope.ADMIN)],
+        use_server_lifespan=False,
+        queue_configs=[
+            QueueConfig(
+                dsn=dsn,
+                name=settings.queue_name,
+                tasks=TASKS,
+                scheduled_tasks=CRON_JOBS,
+                startup=startup,
+                shutdown=shutdown,
+                concurrency=settings.worker_concurrency,
+                separate_process=not settings.run_inprocess_workers,
+            )
+        ],
+    )

@@ -1,0 +1,145 @@
+"""Test fixtures on real services.
+
+PostgreSQL: the server on 127.0.0.1:5432 when reachable (``TEST_POSTGRES_URL`` overrides), otherwise an
+embedded one started in a temp dir. Each run creates its own database, migrated to head with the real
+migrations, and drops it at the end. Redis (127.0.0.1:6379, ``TEST_REDIS_URL``) is used when reachable;
+tests that need it skip otherwise. Tests isolate by project: every test makes its own project and keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from prodsentinel.app import create_app
+from prodsentinel.auth import services as auth_services
+from prodsentinel.lib.database import alchemy_config, migrate, session_scope
+from prodsentinel.settings import Settings
+
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+
+KeyFactory = Callable[..., Awaitable[str]]
+
+
+def _reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A libpq URL of a maintenance database on a real PostgreSQL server."""
+    url = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    if _reachable(url):
+        yield url
+        return
+    from prodsentinel.embedded import embedded_database_url
+
+    embedded = embedded_database_url(Path(tmp_path_factory.mktemp("embedded-pg")))
+    yield "postgresql://" + embedded.split("://", 1)[1]
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh database for this run, migrated to head; SQLAlchemy asyncpg URL."""
+    name = f"prodsentinel_test_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        connection = await asyncpg.connect(postgres_server_url)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    parts = urlsplit(postgres_server_url)
+    url = f"postgresql+asyncpg://{parts.netloc}/{name}" + (f"?{parts.query}" if parts.query else "")
+    migrate(alchemy_config(url))
+    yield url
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str | None:
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=1):
+            return url
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """Settings for an app under test: PostgreSQL queue, no in-process workers, a queue of its own."""
+    return Settings(
+        database_url=database_url,
+        inprocess_workers=False,
+        auto_migrate=False,
+        log_format="console",
+        log_level="WARNING",
+        rate_limit="100000/minute",
+        queue_name=f"test-{uuid.uuid4().hex[:8]}",
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> Litestar:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(app=app) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+async def session_maker(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_async_engine(database_url, pool_size=5)
+    yield async_sessionmaker(engine, expire_on_commit=False)
+    await engine.dispose()
+
+
+@pytest.fixture
+async def db_session(session_maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A committed unit of work (tests observe what the app committed, so no rollback isolation)."""
+    async with session_scope(session_maker) as session:
+        yield session
+
+
+@pytest.fixture
+def project_name() -> str:
+    """A project of this test alone."""
+    return f"p-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make_key(session_maker: async_sessionmaker[AsyncSession], project_name: str) -> KeyFactory:
+    """Create an API key (default: in this test's project) and return the raw key."""
+
+    async def factory(*scopes: str, project: str | None = None, name: str = "test-key") -> str:
+        async with session_scope(session_maker) as session:
+            created = await auth_services.create_key(
+                session, name=name, scopes=list(scopes or ("admin",)), project=project or project_name
+            )
+        return created.key
+
+    return factory
