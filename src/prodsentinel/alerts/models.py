@@ -1,0 +1,88 @@
+"""Alert policies, alert instances, silences and the audit trail."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from advanced_alchemy.base import UUIDv7AuditBase, UUIDv7Base
+from advanced_alchemy.types import DateTimeUTC
+from sqlalchemy import Boolean, Double, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+__all__ = ("Alert", "AlertPolicy", "AuditEvent", "Silence")
+
+
+class AlertPolicy(UUIDv7AuditBase):
+    """A policy. The common fields are columns; the per-kind fields (service, level, q, metric, agg,
+    match_labels, min_severity) sit in ``params`` and are validated by the schemas."""
+
+    __tablename__ = "alert_policies"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16))
+    for_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    window_seconds: Mapped[int] = mapped_column(Integer, default=300)
+    operator: Mapped[str] = mapped_column(String(2), default=">")
+    threshold: Mapped[float] = mapped_column(Double)
+    labels: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Alert(UUIDv7AuditBase):
+    """One alert instance per (policy, label set), moving inactive -> pending -> firing -> resolved."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint("policy_id", "labels_key"),
+        Index("ix_alerts_project_state", "project_id", "state"),
+    )
+
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    policy_id: Mapped[UUID] = mapped_column(ForeignKey("alert_policies.id", ondelete="CASCADE"))
+    labels: Mapped[dict[str, str]] = mapped_column(JSONB)
+    labels_key: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="inactive")
+    severity: Mapped[str] = mapped_column(String(16))
+    value: Mapped[float | None] = mapped_column(Double, default=None)
+    started_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    fired_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    last_evaluated_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    acked_by: Mapped[str | None] = mapped_column(Text, default=None)
+    acked_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    silenced_by: Mapped[UUID | None] = mapped_column(default=None)
+
+
+class Silence(UUIDv7AuditBase):
+    __tablename__ = "silences"
+    __table_args__ = (Index("ix_silences_project_window", "project_id", "starts_at", "ends_at"),)
+
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    matchers: Mapped[list[dict[str, str]]] = mapped_column(JSONB)
+    starts_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
+    ends_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(Text)
+    expired_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+
+
+class AuditEvent(UUIDv7Base):
+    """Append-only audit trail: state changes, acks, silences, manual evaluations (and incident actions)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_project_at", "project_id", "at"),)
+
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), server_default=text("now()"))
+    actor: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(String(64))
+    subject_type: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[UUID | None] = mapped_column(default=None)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)

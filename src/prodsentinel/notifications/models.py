@@ -1,0 +1,110 @@
+"""Notification channels, the transactional outbox and the immutable delivery-attempt ledger."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from advanced_alchemy.base import UUIDv7AuditBase, UUIDv7Base
+from advanced_alchemy.types import DateTimeUTC
+from sqlalchemy import (
+    Boolean,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+__all__ = ("Channel", "DeliveryAttempt", "OutboxItem", "OutboxStatus")
+
+
+class OutboxStatus:
+    PENDING = "pending"
+    DELIVERING = "delivering"
+    DELIVERED = "delivered"
+    RETRYING = "retrying"
+    DEAD = "dead"
+
+
+class Channel(UUIDv7AuditBase):
+    """A webhook receiver of one project. ``secret`` is kept (HMAC needs it) but never returned."""
+
+    __tablename__ = "notification_channels"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str | None] = mapped_column(Text, default=None)
+    secret_env: Mapped[str | None] = mapped_column(String(200), default=None)
+    min_severity: Mapped[str] = mapped_column(String(16), default="low")
+    #: Outbox event names this channel receives; None means all.
+    event_types: Mapped[list[str] | None] = mapped_column(ARRAY(String(40)), default=None)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class OutboxItem(UUIDv7AuditBase):
+    """One delivery of one event to one channel, written in the transaction of the state change.
+
+    ``event_id`` is stable per logical transition (the receiver's dedup key); ``delivery_id`` is new for
+    each delivery, replays included (``replayed_from_id`` points at the original item).
+    """
+
+    __tablename__ = "outbox_items"
+    __table_args__ = (
+        Index(
+            "ix_outbox_items_due",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('pending', 'retrying', 'delivering')"),
+        ),
+        Index("ix_outbox_items_project_created", "project_id", "created_at"),
+        Index("ix_outbox_items_event", "event_id"),
+    )
+
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    channel_id: Mapped[UUID] = mapped_column(
+        ForeignKey("notification_channels.id", ondelete="CASCADE"), index=True
+    )
+    event_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
+    delivery_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), unique=True)
+    replayed_from_id: Mapped[UUID | None] = mapped_column(PG_UUID(as_uuid=True), default=None)
+    event_type: Mapped[str] = mapped_column(String(40))
+    severity: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
+    #: While ``delivering``: when the claim expires and the item is due again (crash recovery).
+    locked_until: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    last_http_status: Mapped[int | None] = mapped_column(SmallInteger, default=None)
+    last_error_code: Mapped[str | None] = mapped_column(String(40), default=None)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+
+
+class DeliveryAttempt(UUIDv7Base):
+    """One HTTP attempt; rows are only ever inserted (the immutable ledger)."""
+
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (Index("ix_delivery_attempts_project_started", "project_id", "started_at"),)
+
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    outbox_id: Mapped[UUID] = mapped_column(ForeignKey("outbox_items.id", ondelete="CASCADE"), index=True)
+    channel_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), index=True)
+    delivery_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
+    event_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
+    attempt_number: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
+    duration_ms: Mapped[float] = mapped_column(Double)
+    http_status: Mapped[int | None] = mapped_column(SmallInteger, default=None)
+    error_code: Mapped[str | None] = mapped_column(String(40), default=None)
+    #: delivered | retry | dead
+    outcome: Mapped[str] = mapped_column(String(16))
