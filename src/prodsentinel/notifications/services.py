@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import insert, or_, select
+from sqlalchemy import any_, insert, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prodsentinel.incidents.severity import Severity, rank
@@ -45,7 +45,7 @@ async def add_event(
         select(Channel).where(
             Channel.project_id == project_id,
             Channel.enabled.is_(True),
-            or_(Channel.event_types.is_(None), Channel.event_types.any(event_type)),
+            or_(Channel.event_types.is_(None), literal(event_type) == any_(Channel.event_types)),
         )
     )
     wanted = [c for c in channels if rank(Severity(severity)) >= rank(Severity(c.min_severity))]
