@@ -2,6 +2,8 @@
 
 A pool of its own (not the SQLAlchemy engine's) because the write path speaks asyncpg directly (``COPY``)
 and must not compete with query traffic for connections; it is small since each table has one writer.
+The same pool serves the per-request API-key lookup (``auth.lookup``), which is several times cheaper
+than an ORM session per request.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.plugins import InitPluginProtocol
 
+from prodsentinel.auth.lookup import KEY_LOOKUP_STATE_KEY, CoalescingKeyLookup
 from prodsentinel.ingest.services import Ingestor
 from prodsentinel.lib.database import libpq_url
 from prodsentinel.settings import Settings
@@ -18,7 +21,7 @@ from prodsentinel.settings import Settings
 __all__ = ("INGESTOR_STATE_KEY", "IngestPlugin")
 
 INGESTOR_STATE_KEY = "ingestor"
-POOL_SIZE = 4
+POOL_SIZE = 6  # a writer per table plus API-key lookups
 
 
 class IngestPlugin(InitPluginProtocol):
@@ -41,11 +44,13 @@ class IngestPlugin(InitPluginProtocol):
         ingestor = Ingestor(self._settings, pool)
         ingestor.start()
         app.state[INGESTOR_STATE_KEY] = ingestor
+        app.state[KEY_LOOKUP_STATE_KEY] = CoalescingKeyLookup(pool)
 
     async def _stop(self, app: Litestar) -> None:
         ingestor: Ingestor | None = app.state.get(INGESTOR_STATE_KEY)
         if ingestor is None:
             return
+        app.state.pop(KEY_LOOKUP_STATE_KEY, None)
         await ingestor.stop()
         await ingestor.pool.close()
         del app.state[INGESTOR_STATE_KEY]
