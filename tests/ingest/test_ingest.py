@@ -511,6 +511,23 @@ class TestAuth:
         )
         assert response.status_code == 202
 
+    async def test_revocation_is_effective_for_the_next_request(
+        self,
+        client: AsyncTestClient[Litestar],
+        make_key: KeyFactory,
+        session_maker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        key = await make_key("ingest")
+        body = msgspec.json.encode(LogInFactory.build())
+        assert (await post(client, "/api/v1/ingest/logs", key, body)).status_code == 202
+        async with session_maker() as session:
+            await session.execute(
+                text("UPDATE api_keys SET revoked_at = now() WHERE prefix = :prefix"),
+                {"prefix": key.split("_")[1]},
+            )
+            await session.commit()
+        assert (await post(client, "/api/v1/ingest/logs", key, body)).status_code == 401
+
 
 class TestOpenAPI:
     async def test_request_and_response_bodies_are_typed(self, client: AsyncTestClient[Litestar]) -> None:
@@ -524,3 +541,39 @@ class TestOpenAPI:
             "IngestAccepted"
         )
         assert {"LogIn", "SpanIn", "MetricIn"} <= set(schema["components"]["schemas"])
+
+
+class TestIncidentSeam:
+    """After commit, error signals (and metric points) enqueue ``group_new_errors`` on the app's queue."""
+
+    async def _job_queue(self, session_maker: async_sessionmaker[AsyncSession]) -> str | None:
+        async with session_maker() as session:
+            value = await session.scalar(text("SELECT queue FROM saq_jobs WHERE key = 'group_new_errors'"))
+        return None if value is None else str(value)
+
+    async def _clear(self, session_maker: async_sessionmaker[AsyncSession]) -> None:
+        async with session_maker() as session:
+            await session.execute(text("DELETE FROM saq_jobs WHERE key = 'group_new_errors'"))
+            await session.commit()
+
+    async def test_error_logs_enqueue_the_grouping_job(
+        self,
+        client: AsyncTestClient[Litestar],
+        make_key: KeyFactory,
+        session_maker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+    ) -> None:
+        key = await make_key("ingest")
+        await self._clear(session_maker)
+        body, _ = encode(LogInFactory.batch(3, level="INFO"), "array")
+        assert (await post(client, "/api/v1/ingest/logs", key, body)).status_code == 202
+        await asyncio.sleep(0.3)
+        assert await self._job_queue(session_maker) is None  # nothing to group
+
+        body, _ = encode([LogInFactory.build(level="info"), LogInFactory.build(level="Critical")], "array")
+        assert (await post(client, "/api/v1/ingest/logs", key, body)).status_code == 202
+        for _ in range(50):
+            if await self._job_queue(session_maker) is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert await self._job_queue(session_maker) == settings.queue_name

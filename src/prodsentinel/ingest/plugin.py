@@ -24,6 +24,15 @@ INGESTOR_STATE_KEY = "ingestor"
 POOL_SIZE = 6  # a writer per table plus API-key lookups
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset round trip (``RESET ALL; UNLISTEN *; ...``) on every release.
+
+    Safe here: this pool only runs self-contained statements and transactions that always end (asyncpg's
+    transaction context rolls back on error), and never changes session state.
+    """
+    del connection
+
+
 class IngestPlugin(InitPluginProtocol):
     def __init__(self, settings: Settings, database_url: str) -> None:
         self._settings = settings
@@ -40,6 +49,7 @@ class IngestPlugin(InitPluginProtocol):
             min_size=1,
             max_size=POOL_SIZE,
             server_settings={"application_name": "prodsentinel-ingest"},
+            reset=_keep_session,
         )
         ingestor = Ingestor(self._settings, pool)
         ingestor.start()

@@ -65,7 +65,12 @@ class Submission:
 
 
 class TableWriter:
-    """Serialises flushes of one table: while one flush runs, new submissions gather for the next."""
+    """Flushes one table's submissions with ``flushers`` concurrent flush loops (default 2).
+
+    While a flush runs, new submissions gather for the next. Two loops let PostgreSQL work on one
+    flush while this process encodes the next (``COPY`` encoding happens on the client side); overlapping
+    keys between concurrent flushes are resolved exactly by the database (``signals.writes``).
+    """
 
     def __init__(
         self,
@@ -75,6 +80,7 @@ class TableWriter:
         *,
         max_rows: int,
         on_committed: Callable[[], None],
+        flushers: int = 2,
     ) -> None:
         self._pool = pool
         self._table = table
@@ -114,8 +120,6 @@ class TableWriter:
 
     async def _run(self) -> None:
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
             while self._queue:
                 batch = self._take()
                 try:
@@ -123,8 +127,10 @@ class TableWriter:
                 finally:
                     for submission in batch:
                         self._budget.release(submission.reserved)
-            if self._closed and not self._queue:
+            if self._closed:
                 return
+            self._wakeup.clear()
+            await self._wakeup.wait()
 
     def _take(self) -> list[Submission]:
         batch = [self._queue.popleft()]
