@@ -15,6 +15,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from litestar.types import Guard
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from prodsentinel.auth.lookup import KEY_LOOKUP_STATE_KEY, KeyLookup
 from prodsentinel.auth.scopes import Principal, Scope
 from prodsentinel.auth.services import ApiKeyService
 
@@ -42,9 +43,13 @@ class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
         raw_key = extract_key(connection)
         if raw_key is None:
             raise NotAuthorizedException("Missing API key: send X-API-Key or Authorization: Bearer <key>.")
-        session_maker: async_sessionmaker[AsyncSession] = connection.app.state[SESSION_MAKER_STATE_KEY]
-        async with session_maker() as session:
-            principal = await ApiKeyService(session=session).authenticate(raw_key)
+        fast_lookup: KeyLookup | None = connection.app.state.get(KEY_LOOKUP_STATE_KEY)
+        if fast_lookup is not None:  # raw asyncpg, registered by the ingest plugin (auth.lookup)
+            principal = await fast_lookup(raw_key)
+        else:
+            session_maker: async_sessionmaker[AsyncSession] = connection.app.state[SESSION_MAKER_STATE_KEY]
+            async with session_maker() as session:
+                principal = await ApiKeyService(session=session).authenticate(raw_key)
         if principal is None:
             raise NotAuthorizedException("Invalid or revoked API key.")
         return AuthenticationResult(user=principal, auth=principal)

@@ -1,0 +1,349 @@
+"""The ingest service: validate a whole batch, then hand its rows to the group-commit writer.
+
+A batch is atomic: every item is validated (types by msgspec while decoding, rules here) before any row
+goes to the writer, and a request's rows are always written in one transaction. The answer (202
+``{"accepted", "duplicates"}``) is given after that transaction committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+import asyncpg
+import msgspec
+import structlog
+
+from prodsentinel.ingest import hooks
+from prodsentinel.ingest.decoding import ItemError, body_format, decode_items, decompress, invalid_items
+from prodsentinel.ingest.schemas import IngestAccepted, LogIn, MetricIn, SpanIn
+from prodsentinel.ingest.writer import PendingBudget, TableWriter, WriterClosedError
+from prodsentinel.lib import jobs
+from prodsentinel.lib.errors import ServiceUnavailableError
+from prodsentinel.settings import Settings
+from prodsentinel.signals.models import LEVELS, SPAN_STATUSES
+from prodsentinel.signals.writes import LOGS, METRIC_POINTS, SPANS, SignalTable
+
+__all__ = (
+    "GROUP_NEW_ERRORS_TASK",
+    "METRIC_ID_NAMESPACE",
+    "Ingestor",
+    "derive_metric_id",
+    "log_rows",
+    "metric_rows",
+    "span_rows",
+)
+
+logger = structlog.get_logger("prodsentinel.ingest")
+
+#: The SAQ task (incidents domain) told about new error signals and metric points after a commit.
+GROUP_NEW_ERRORS_TASK = "group_new_errors"
+#: Namespace of derived metric ids (uuid5-style over the canonical point identity).
+METRIC_ID_NAMESPACE = UUID("7d0c4a5e-6f7b-5e7a-9c1e-2f3b4d5a6e7f")
+
+FUTURE_TOLERANCE = timedelta(hours=24)
+MAX_LISTED_ERRORS = 100
+ERROR_LEVEL = LEVELS["ERROR"]
+ERROR_STATUS = SPAN_STATUSES["ERROR"]
+_LEVEL_NAMES = ", ".join(sorted(LEVELS, key=LEVELS.__getitem__))
+_NUL_ESCAPE = b"\\u0000"
+_json_encode = msgspec.json.Encoder(order="sorted").encode
+
+Row = tuple[Any, ...]
+T = TypeVar("T")
+RowBuilder = Callable[[UUID, list[T], datetime, bool], tuple[list[Row], bool]]
+
+
+class _Errors:
+    """Collects item errors of a batch (capped) and raises the atomic 422 at the end."""
+
+    def __init__(self) -> None:
+        self.items: list[ItemError] = []
+
+    def add(self, index: int, path: str, message: str) -> None:
+        if len(self.items) < MAX_LISTED_ERRORS:
+            self.items.append(ItemError(index, path, message))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise invalid_items(self.items)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _has_nul(*values: str | None) -> bool:
+    return any(value is not None and "\x00" in value for value in values)
+
+
+def _attributes(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else _json_encode(value).decode()
+
+
+def log_rows(project_id: UUID, items: list[LogIn], now: datetime, check_nul: bool) -> tuple[list[Row], bool]:
+    """Validate logs and build their rows; also says whether any is ERROR or worse."""
+    errors = _Errors()
+    limit = now + FUTURE_TOLERANCE
+    rows: list[Row] = []
+    has_errors = False
+    for index, item in enumerate(items):
+        level = LEVELS.get(item.level.upper())
+        if level is None:
+            errors.add(index, "$.level", f"Expected one of {_LEVEL_NAMES} (case-insensitive)")
+            continue
+        timestamp = _utc(item.timestamp)
+        if timestamp > limit:
+            errors.add(index, "$.timestamp", "Timestamp is more than 24 h in the future")
+        attributes = _attributes(item.attributes)
+        if check_nul:
+            _check_nul_log(errors, index, item, attributes)
+        has_errors = has_errors or level >= ERROR_LEVEL
+        rows.append(
+            (
+                project_id,
+                item.signal_id,
+                item.trace_id,
+                item.span_id,
+                item.service_name,
+                timestamp,
+                level,
+                item.message,
+                attributes,
+            )
+        )
+    errors.raise_if_any()
+    return rows, has_errors
+
+
+def _check_nul_log(errors: _Errors, index: int, item: LogIn, attributes: str | None) -> None:
+    for name in ("service_name", "message", "trace_id", "span_id"):
+        if _has_nul(getattr(item, name)):
+            errors.add(index, f"$.{name}", "NUL characters (\\u0000) are not allowed")
+    if attributes is not None and "\\u0000" in attributes:
+        errors.add(index, "$.attributes", "NUL characters (\\u0000) are not allowed")
+
+
+def span_rows(
+    project_id: UUID, items: list[SpanIn], now: datetime, check_nul: bool
+) -> tuple[list[Row], bool]:
+    """Validate spans and build their rows (with ``duration_ms``); also says whether any is ERROR."""
+    errors = _Errors()
+    limit = now + FUTURE_TOLERANCE
+    rows: list[Row] = []
+    has_errors = False
+    for index, item in enumerate(items):
+        status = SPAN_STATUSES.get(item.status.upper())
+        if status is None:
+            errors.add(index, "$.status", "Expected one of UNSET, OK, ERROR")
+            continue
+        start, end = _utc(item.start_time), _utc(item.end_time)
+        if start > limit:
+            errors.add(index, "$.start_time", "Timestamp is more than 24 h in the future")
+        if end > limit:
+            errors.add(index, "$.end_time", "Timestamp is more than 24 h in the future")
+        if end < start:
+            errors.add(index, "$.end_time", "end_time is before start_time")
+        attributes = _attributes(item.attributes)
+        if check_nul:
+            for name in ("trace_id", "span_id", "parent_span_id", "service_name", "name"):
+                if _has_nul(getattr(item, name)):
+                    errors.add(index, f"$.{name}", "NUL characters (\\u0000) are not allowed")
+            if attributes is not None and "\\u0000" in attributes:
+                errors.add(index, "$.attributes", "NUL characters (\\u0000) are not allowed")
+        has_errors = has_errors or status == ERROR_STATUS
+        rows.append(
+            (
+                project_id,
+                item.signal_id,
+                item.trace_id,
+                item.span_id,
+                item.parent_span_id,
+                item.service_name,
+                item.name,
+                start,
+                end,
+                (end - start) / timedelta(milliseconds=1),
+                status,
+                attributes,
+            )
+        )
+    errors.raise_if_any()
+    return rows, has_errors
+
+
+def derive_metric_id(name: str, service_name: str, timestamp: datetime, labels_json: bytes) -> UUID:
+    """A deterministic signal id for a metric point sent without one (uuid5 construction, SHA-1).
+
+    The identity is the JSON array ``[name, service_name, timestamp, labels]`` with the timestamp in UTC
+    ISO 8601 with microseconds and the labels' keys sorted, so equal points always get the same id
+    whatever the offset or key order they were sent with.
+    """
+    identity = b"[%s,%s,%s,%s]" % (
+        _json_encode(name),
+        _json_encode(service_name),
+        _json_encode(timestamp.astimezone(UTC).isoformat(timespec="microseconds")),
+        labels_json,
+    )
+    digest = hashlib.sha1(METRIC_ID_NAMESPACE.bytes + identity, usedforsecurity=False).digest()
+    return UUID(bytes=digest[:16], version=5)
+
+
+def metric_rows(
+    project_id: UUID, items: list[MetricIn], now: datetime, check_nul: bool
+) -> tuple[list[Row], bool]:
+    """Validate metric points and build their rows (deriving missing ids). Points always notify."""
+    errors = _Errors()
+    limit = now + FUTURE_TOLERANCE
+    rows: list[Row] = []
+    for index, item in enumerate(items):
+        if not math.isfinite(item.value):
+            errors.add(index, "$.value", "Expected a finite number")
+        timestamp = _utc(item.timestamp)
+        if timestamp > limit:
+            errors.add(index, "$.timestamp", "Timestamp is more than 24 h in the future")
+        labels = _json_encode(item.labels or {})
+        if check_nul:
+            for name in ("name", "service_name"):
+                if _has_nul(getattr(item, name)):
+                    errors.add(index, f"$.{name}", "NUL characters (\\u0000) are not allowed")
+            if _NUL_ESCAPE in labels:
+                errors.add(index, "$.labels", "NUL characters (\\u0000) are not allowed")
+        signal_id = item.signal_id or derive_metric_id(item.name, item.service_name, timestamp, labels)
+        rows.append(
+            (project_id, signal_id, item.name, item.service_name, timestamp, item.value, labels.decode())
+        )
+    errors.raise_if_any()
+    return rows, bool(rows)
+
+
+@dataclass(frozen=True)
+class SignalKind(Generic[T]):
+    """One ingest endpoint: what it decodes, how it validates, where it writes."""
+
+    name: str
+    item_type: type[T]
+    table: SignalTable
+    build_rows: RowBuilder[T]
+
+
+KINDS: dict[str, SignalKind[Any]] = {
+    "logs": SignalKind("logs", LogIn, LOGS, log_rows),
+    "spans": SignalKind("spans", SpanIn, SPANS, span_rows),
+    "metrics": SignalKind("metrics", MetricIn, METRIC_POINTS, metric_rows),
+}
+
+
+class _EnqueueCoalescer:
+    """At most one ``group_new_errors`` enqueue in flight; requests meanwhile collapse into one more.
+
+    The job scans new rows by high-water mark, so one enqueue after the latest commit covers every
+    earlier one: this keeps the queue traffic to a trickle whatever the request rate.
+    """
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def request(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            self._again = False
+            await jobs.enqueue(GROUP_NEW_ERRORS_TASK, key=GROUP_NEW_ERRORS_TASK, timeout=120)
+            if not self._again:
+                return
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class Ingestor:
+    """Per-process ingest state: the dedicated asyncpg pool, one writer per table, the byte budget."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.budget = PendingBudget(settings.ingest_max_pending_bytes)
+        self._notifier = _EnqueueCoalescer()
+        max_rows = max(settings.max_batch_items, 20_000)
+        self.writers = {
+            name: TableWriter(
+                pool, kind.table, self.budget, max_rows=max_rows, on_committed=self._notifier.request
+            )
+            for name, kind in KINDS.items()
+        }
+
+    def start(self) -> None:
+        for writer in self.writers.values():
+            writer.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(writer.stop() for writer in self.writers.values()))
+        await self._notifier.wait()
+
+    async def ingest(
+        self, kind_name: str, project_id: UUID, body: bytes, *, content_type: str, content_encoding: str
+    ) -> IngestAccepted:
+        """Decode, validate and durably store one request's batch; 202 counts once committed."""
+        kind = KINDS[kind_name]
+        fmt = body_format(content_type)
+        limit = self.settings.max_body_bytes
+        reserved = max(len(body), 1)
+        if not self.budget.try_acquire(reserved):
+            raise _overloaded()
+        try:
+            payload = decompress(body, content_encoding, limit=limit)
+            if len(payload) > len(body):  # account for what the inflated body really holds
+                extra = len(payload) - len(body)
+                if not self.budget.try_acquire(extra):
+                    raise _overloaded()
+                reserved += extra
+            items = decode_items(payload, fmt, kind.item_type, max_items=self.settings.max_batch_items)
+            now = datetime.now(UTC)
+            rows, notify = kind.build_rows(project_id, items, now, _NUL_ESCAPE in payload)
+        except BaseException:
+            self.budget.release(reserved)
+            raise
+        del payload, items
+        if not rows:
+            self.budget.release(reserved)
+            return IngestAccepted(accepted=0, duplicates=0)
+        try:
+            accepted, duplicates = await self.writers[kind_name].write(rows, reserved=reserved, notify=notify)
+        except WriterClosedError:
+            raise ServiceUnavailableError("The service is shutting down; retry.", retry_after=1) from None
+        except (
+            OSError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.CannotConnectNowError,
+        ):
+            logger.warning("ingest_database_unavailable", kind=kind_name, exc_info=True)
+            raise ServiceUnavailableError("The database is unavailable; retry.", retry_after=2) from None
+        hooks.record_ingest(kind_name, accepted, duplicates)
+        return IngestAccepted(accepted=accepted, duplicates=duplicates)
+
+
+def _overloaded() -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        "Ingest is overloaded: too many bytes are waiting for the database; retry."
+    )
+
+
+def rows_of(kind_name: str, project_id: UUID, items: Sequence[Any]) -> list[Row]:
+    """The rows a batch would be stored as (for tests and the benchmark)."""
+    kind = KINDS[kind_name]
+    rows, _ = kind.build_rows(project_id, list(items), datetime.now(UTC), True)
+    return rows

@@ -1,0 +1,152 @@
+"""Set-based, idempotent writes of signal rows (the ingest hot path). Read queries live in repositories.py.
+
+Hand-written asyncpg rather than advanced-alchemy: the ORM would build one object per signal, and even a
+Core multi-row INSERT costs several times PostgreSQL's binary ``COPY``. The tables are append-only; the
+only guarantee to keep is SPEC §4's "one ``signal_id`` per project is stored once", which the unique
+constraint on ``(project_id, signal_id)`` enforces. How the write stays cheap:
+
+1. *Fast path.* Look up which keys of the batch are already stored (one index probe per key, usually
+   none), then ``COPY`` the rest straight into the table: no staging table, no ``ON CONFLICT``
+   speculative insertion. Measured at 80-95 % of a raw ``COPY`` without the unique index (docs/ingest.md).
+2. *Race.* If a concurrent writer stores one of the same keys between the probe and the ``COPY``, the
+   unique index rejects the ``COPY`` and the whole transaction rolls back; the batch is then written with
+   ``INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING RETURNING``, which is exact under any
+   concurrency. Either way nothing is stored twice and the caller learns exactly which keys were new.
+
+Callers pass rows with unique keys sorted by ``(project_id, signal_id)``: every writer then takes the
+unique-index locks in the same order, so concurrent batches with overlapping keys cannot deadlock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+__all__ = ("LOGS", "METRIC_POINTS", "SPANS", "Key", "SignalTable", "write_rows")
+
+#: ``(project_id, signal_id)``: the identity of a stored signal.
+Key = tuple[UUID, UUID]
+Row = tuple[Any, ...]
+
+_RETRYABLE = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+@dataclass(frozen=True)
+class SignalTable:
+    """A signal table as the writer sees it: the written columns (``project_id``, ``signal_id`` first)."""
+
+    name: str
+    columns: tuple[str, ...]
+    pg_types: tuple[str, ...]
+    existing_sql: str = field(init=False)
+    upsert_sql: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        columns = ", ".join(self.columns)
+        arrays = ", ".join(f"${n}::{pg_type}[]" for n, pg_type in enumerate(self.pg_types, start=1))
+        object.__setattr__(
+            self,
+            "existing_sql",
+            f"SELECT signal_id FROM {self.name} WHERE project_id = $1 AND signal_id = ANY($2::uuid[])",
+        )
+        object.__setattr__(
+            self,
+            "upsert_sql",
+            f"INSERT INTO {self.name} ({columns}) SELECT * FROM unnest({arrays}) "
+            "ON CONFLICT (project_id, signal_id) DO NOTHING RETURNING project_id, signal_id",
+        )
+
+
+LOGS = SignalTable(
+    "logs",
+    (
+        "project_id",
+        "signal_id",
+        "trace_id",
+        "span_id",
+        "service_name",
+        "timestamp",
+        "level",
+        "message",
+        "attributes",
+    ),
+    ("uuid", "uuid", "text", "text", "text", "timestamptz", "int2", "text", "jsonb"),
+)
+SPANS = SignalTable(
+    "spans",
+    (
+        "project_id",
+        "signal_id",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "service_name",
+        "name",
+        "start_time",
+        "end_time",
+        "duration_ms",
+        "status",
+        "attributes",
+    ),
+    (
+        "uuid",
+        "uuid",
+        "text",
+        "text",
+        "text",
+        "text",
+        "text",
+        "timestamptz",
+        "timestamptz",
+        "float8",
+        "int2",
+        "jsonb",
+    ),
+)
+METRIC_POINTS = SignalTable(
+    "metric_points",
+    ("project_id", "signal_id", "name", "service_name", "timestamp", "value", "labels"),
+    ("uuid", "uuid", "text", "text", "timestamptz", "float8", "jsonb"),
+)
+
+
+async def write_rows(connection: asyncpg.Connection, table: SignalTable, rows: Sequence[Row]) -> set[Key]:
+    """Store the rows whose key is new and commit; return the keys that were already stored.
+
+    ``rows`` must have unique keys and be sorted by ``(project_id, signal_id)``. Runs its own
+    transaction(s): when this returns, the new rows are durably committed.
+    """
+    if not rows:
+        return set()
+    try:
+        async with connection.transaction():
+            existing = await _existing_keys(connection, table, rows)
+            fresh = [row for row in rows if (row[0], row[1]) not in existing] if existing else rows
+            if fresh:
+                await connection.copy_records_to_table(table.name, records=fresh, columns=table.columns)
+        return existing
+    except _RETRYABLE:
+        pass  # a concurrent writer stored some of these keys meanwhile: take the exact, slower path
+    for attempt in range(3):
+        try:
+            async with connection.transaction():
+                inserted = await connection.fetch(table.upsert_sql, *zip(*rows, strict=True))
+            break
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            if attempt == 2:
+                raise
+    new_keys = {(record[0], record[1]) for record in inserted}
+    return {(row[0], row[1]) for row in rows if (row[0], row[1]) not in new_keys}
+
+
+async def _existing_keys(connection: asyncpg.Connection, table: SignalTable, rows: Sequence[Row]) -> set[Key]:
+    existing: set[Key] = set()
+    for project_id, project_rows in groupby(rows, key=lambda row: row[0]):
+        found = await connection.fetch(table.existing_sql, project_id, [row[1] for row in project_rows])
+        existing.update((project_id, record[0]) for record in found)
+    return existing
