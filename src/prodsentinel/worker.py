@@ -70,6 +70,8 @@ def saq_config(settings: Settings, database_url: str) -> SAQConfig:
                 scheduled_tasks=CRON_JOBS,
                 startup=startup,
                 shutdown=shutdown,
+                before_process=[tracing.attach_job_span],
+                after_process=[tracing.detach_job_span],
                 concurrency=settings.worker_concurrency,
                 separate_process=not settings.run_inprocess_workers,
             )

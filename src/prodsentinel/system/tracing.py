@@ -9,17 +9,24 @@ is set:
   provider, which is where litestar-saq's job spans and any library instrumentation find it;
 - Litestar's ``OpenTelemetryPlugin`` makes a server span per request (``GET /api/v1/incidents``);
 - ``AsyncPGInstrumentor`` / ``RedisInstrumentor`` add client spans, children of the active span;
-- SAQ jobs get a consumer span each (litestar-saq, ``enable_otel`` set in worker.py: its auto-detection
-  cannot see the app's plugin list when it builds the workers, so it is switched on explicitly) and
-  enqueues carry the trace context into the job.
+- SAQ jobs get a consumer span each (``<queue> process``, attribute ``saq.job.function``) from
+  litestar-saq. Its auto-detection ("on when the OpenTelemetryPlugin is present") never sees the app
+  when the plugin builds its workers (0.8.0 calls ``should_enable_otel()`` without the app), so
+  worker.py switches ``enable_otel`` on explicitly; and litestar-saq only *starts* that span, so
+  :func:`attach_job_span` makes it the current span of the job (SQL and Redis spans of the job become
+  its children). Enqueues do not carry the caller's trace context: a job's span is a trace root.
 
 The standard ``OTEL_*`` variables of the exporter (headers, timeout, compression) still apply.
 """
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import structlog
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -30,6 +37,8 @@ from prodsentinel.settings import Settings
 
 __all__ = (
     "SERVICE_NAME",
+    "attach_job_span",
+    "detach_job_span",
     "instrument_libraries",
     "instrument_worker",
     "opentelemetry_plugin",
@@ -40,6 +49,8 @@ __all__ = (
 logger = structlog.get_logger("prodsentinel.tracing")
 
 SERVICE_NAME = "prodsentinel"
+_SAQ_SPAN_KEY = "_otel_span"  # where litestar_saq.base.Worker keeps the job's span in the SAQ context
+_TOKEN_KEY = "_prodsentinel_otel_token"
 _providers: dict[str, TracerProvider] = {}
 
 
@@ -89,6 +100,27 @@ def instrument_worker(settings: Settings) -> None:
     provider = tracer_provider(settings)
     if provider is not None:
         instrument_libraries(provider)
+
+
+async def attach_job_span(ctx: Any) -> None:
+    """SAQ ``before_process`` hook (after litestar-saq's): make the job's span current.
+
+    Async on purpose: SAQ runs sync hooks in a thread, where attaching would not reach the job. SAQ
+    creates the job's task right after these hooks, copying the current context, so everything the job
+    does runs under the span. The token is detached in :func:`detach_job_span`.
+    """
+    span = ctx.get(_SAQ_SPAN_KEY)
+    if span is not None:
+        ctx[_TOKEN_KEY] = otel_context.attach(trace.set_span_in_context(span))
+
+
+async def detach_job_span(ctx: Any) -> None:
+    """SAQ ``after_process`` hook: undo :func:`attach_job_span`."""
+    token = ctx.pop(_TOKEN_KEY, None)
+    if token is not None:
+        # A token from another context raises ValueError: harmless, the process task ends anyway.
+        with contextlib.suppress(ValueError):
+            otel_context.detach(token)
 
 
 def uninstrument_libraries() -> None:
