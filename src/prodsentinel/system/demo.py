@@ -370,7 +370,7 @@ async def run_demo(
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30, transport=transport) as client:
         await _create_policies(client, say, report)
         started = time.monotonic()
-        last_evaluate = 0.0
+        last_evaluate = float("-inf")
         announced = False
         while (elapsed := time.monotonic() - started) < duration:
             failing = failure_after is not None and elapsed >= failure_after
