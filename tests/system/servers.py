@@ -24,8 +24,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def granian_server(env: dict[str, str], *, workers: int = 1, timeout: float = 60) -> Iterator[str]:
-    """Start ``granian --factory prodsentinel.app:create_app`` and yield its base URL; stop it after."""
+def granian_server(
+    env: dict[str, str], *, workers: int = 1, timeout: float = 60, output: list[str] | None = None
+) -> Iterator[str]:
+    """Start ``granian --factory prodsentinel.app:create_app`` and yield its base URL; stop it after.
+
+    ``output`` (when given) receives the server's stdout+stderr lines once it has stopped.
+    """
     port = free_port()
     child_env = {
         **os.environ,
@@ -60,7 +65,9 @@ def granian_server(env: dict[str, str], *, workers: int = 1, timeout: float = 60
     finally:
         process.terminate()
         try:
-            process.wait(timeout=15)
+            captured, _ = process.communicate(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
+            captured, _ = process.communicate()
+        if output is not None:
+            output.extend((captured or b"").decode(errors="replace").splitlines())
