@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,6 +27,7 @@ from prodsentinel.settings import Settings
 from prodsentinel.system.metrics import record_ingest
 from prodsentinel.system.services import record_tick
 from tests.conftest import KeyFactory
+from tests.system.servers import granian_server
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -292,3 +296,25 @@ class TestStoredState:
             await scrape(client, read), "prodsentinel_scheduler_last_tick_timestamp_seconds", loop="retention"
         )
         assert second > first > 0
+
+
+class TestMultiProcess:
+    async def test_granian_workers_share_counters_through_the_multiproc_dir(
+        self, database_url: str, make_key: KeyFactory, tmp_path: Path
+    ) -> None:
+        read = await make_key("read")
+        env = {"DATABASE_URL": database_url, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+        with granian_server(env, workers=2) as base_url:
+            async with httpx.AsyncClient(base_url=base_url) as http:
+                for _ in range(12):
+                    assert (await http.get("/api/v1/keys")).status_code == 401
+                totals = set()
+                for _ in range(6):  # whichever worker answers, it reports every worker's requests
+                    response = await http.get("/metrics", headers={"Authorization": f"Bearer {read}"})
+                    assert response.status_code == 200
+                    samples = parse(response.text)
+                    labels = {"app_name": "prodsentinel", "method": "GET", "path": "/api/v1/keys"}
+                    totals.add(value(samples, "http_requests_total", status_code="401", **labels))
+                    assert value(samples, "prodsentinel_stored_state_up") == 1
+        assert totals == {12.0}
+        assert any(name.startswith("counter_") for name in os.listdir(tmp_path))  # the workers wrote there
