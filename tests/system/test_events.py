@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from litestar import Litestar
@@ -143,3 +144,33 @@ class TestEventStream:
                     assert more["event"] is None, more  # nothing else (no other project's event) arrives
             return connected, keepalives, message
         raise AssertionError("stream ended")
+
+
+class TestPostgresListenerRecovery:
+    async def test_listen_connection_is_reopened_after_it_is_killed(self, database_url: str) -> None:
+        dsn = libpq_url(database_url)
+        backend = events.PooledAsyncPgChannelsBackend(dsn=dsn)
+        await backend.on_startup()
+        try:
+            channel = events.channel_for(uuid.uuid4())
+            await backend.subscribe([channel])
+            stream = backend.stream_events().__aiter__()
+            killed_pid = backend._listener_conn.get_server_pid()
+            admin = await asyncpg.connect(dsn)
+            try:
+                assert await admin.fetchval("SELECT pg_terminate_backend($1)", killed_pid)
+            finally:
+                await admin.close()
+            for _ in range(100):  # reconnected: a new server process listens
+                await asyncio.sleep(0.05)
+                if (
+                    not backend._listener_conn.is_closed()
+                    and backend._listener_conn.get_server_pid() != killed_pid
+                ):
+                    break
+            else:
+                raise AssertionError("listener was not reopened")
+            await backend.publish(b'{"type":"x","data":{}}', [channel])
+            assert await asyncio.wait_for(anext(stream), timeout=5) == (channel, b'{"type":"x","data":{}}')
+        finally:
+            await backend.on_shutdown()

@@ -127,12 +127,17 @@ async def publish_event(event_type: str, project_id: UUID, data: dict[str, Any])
 
 
 class PooledAsyncPgChannelsBackend(AsyncPgChannelsBackend):
-    """Litestar's LISTEN/NOTIFY backend, publishing over one kept-open connection.
+    """Litestar's LISTEN/NOTIFY backend, publishing over one kept-open connection, listening durably.
 
-    The stock backend opens and closes a connection for every publish (a TCP + auth round trip each, a
-    burst of incident events would churn connections); this keeps one publish connection per process,
-    serialised by a lock (an asyncpg connection runs one query at a time) and re-opened once on failure.
-    ``pg_notify`` payloads over 8000 bytes are refused by PostgreSQL, so those are dropped with a log line.
+    - The stock backend opens and closes a connection for every publish (a TCP + auth round trip each,
+      a burst of incident events would churn connections); this keeps one publish connection per
+      process, serialised by a lock (an asyncpg connection runs one query at a time) and re-opened once
+      on failure.
+    - The stock backend's LISTEN connection is never re-opened: after a database restart or a dropped
+      connection the instance's streams would go silent for good. Here a termination listener reconnects
+      (with backoff) and re-issues LISTEN for every subscribed channel. Events sent while it was down
+      are lost (live events are best effort).
+    - ``pg_notify`` payloads over 8000 bytes are refused by PostgreSQL: those are dropped with a log line.
     """
 
     def __init__(self, dsn: str) -> None:
@@ -142,13 +147,40 @@ class PooledAsyncPgChannelsBackend(AsyncPgChannelsBackend):
 
     async def on_startup(self) -> None:
         self._publish_lock = asyncio.Lock()
+        self._closing = False
+        self._reconnect_task: asyncio.Task[None] | None = None
         await super().on_startup()
+        self._listener_conn.add_termination_listener(self._listener_lost)
 
     async def on_shutdown(self) -> None:
+        self._closing = True
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
         if self._publish_conn is not None:
             await self._publish_conn.close()
             self._publish_conn = None
         await super().on_shutdown()
+
+    def _listener_lost(self, connection: asyncpg.Connection) -> None:
+        if not self._closing and (self._reconnect_task is None or self._reconnect_task.done()):
+            self._reconnect_task = asyncio.get_running_loop().create_task(self._relisten())
+
+    async def _relisten(self) -> None:
+        delay = 0.1
+        while not self._closing:
+            try:
+                async with self._listener_lock:
+                    connection = await self._connect()
+                    for channel in self._subscribed_channels:
+                        await connection.add_listener(channel, self._listener)  # type: ignore[arg-type]
+                    connection.add_termination_listener(self._listener_lost)
+                    self._listener_conn = connection
+                logger.info("event_listener_reconnected", channels=len(self._subscribed_channels))
+                return
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                logger.warning("event_listener_reconnect_failed", retry_in=delay, exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def publish(self, data: bytes, channels: Iterable[str]) -> None:
         if self._publish_lock is None:
