@@ -28,7 +28,6 @@ DEMO_PROJECT = "demo"
 @click.option("--url", default=None, help="ProdSentinel base URL. [default: http://PRODSENTINEL_HOST:PORT]")
 @click.option(
     "--api-key",
-    envvar="PRODSENTINEL_API_KEY",
     default=None,
     help="Key with scopes admin,ingest. Default: create one in project 'demo' in this install's database.",
 )
