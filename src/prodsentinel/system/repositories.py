@@ -67,13 +67,12 @@ SELECT
     AS alert_transitions,
   (SELECT count(*) FROM silences
     WHERE expired_at IS NULL AND starts_at <= now() AND ends_at > now()) AS silences_active,
-  (SELECT coalesce(jsonb_agg(jsonb_build_array(channel, outcome, n)), '[]'::jsonb)
-     FROM (SELECT coalesce(c.name, a.channel_id::text) AS channel, a.outcome, count(*) AS n
-             FROM delivery_attempts AS a LEFT JOIN notification_channels AS c ON c.id = a.channel_id
-            GROUP BY 1, 2) AS s) AS attempts,
-  (SELECT jsonb_build_array(jsonb_build_array({_latency_columns()}), count(*),
-                            coalesce(sum(duration_ms), 0) / 1000.0)
-     FROM delivery_attempts) AS latency,
+  (SELECT coalesce(jsonb_agg(jsonb_build_array(coalesce(c.name, a.channel_id::text), a.outcome, a.n,
+                                                a.buckets, a.total_ms)), '[]'::jsonb)
+     FROM (SELECT channel_id, outcome, count(*) AS n, jsonb_build_array({_latency_columns()}) AS buckets,
+                  coalesce(sum(duration_ms), 0) AS total_ms
+             FROM delivery_attempts GROUP BY channel_id, outcome) AS a
+     LEFT JOIN notification_channels AS c ON c.id = a.channel_id) AS attempts,
   (SELECT count(*) FROM outbox_items WHERE status IN ({_WAITING})) AS outbox_pending,
   (SELECT count(*) FROM outbox_items WHERE status = 'dead') AS outbox_dead,
   (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox_items
@@ -87,16 +86,26 @@ async def fetch_stored_state(session: AsyncSession) -> StoredState:
     """Read every stored-state figure in one statement (read-only, bounded by a statement timeout)."""
     await session.execute(text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
     row = (await session.execute(text(SNAPSHOT_SQL))).mappings().one()
-    buckets, latency_count, latency_sum = row["latency"]
+    # One scan of the ledger grouped by (channel, outcome): the counter per group, and the latency
+    # histogram as the sum of the groups' cumulative bucket counts.
+    attempts: dict[tuple[str, str], int] = {}
+    buckets = [0] * len(LATENCY_BUCKETS_SECONDS)
+    latency_count, latency_sum_ms = 0, 0.0
+    for channel, outcome, n, group_buckets, total_ms in row["attempts"]:
+        key = (str(channel), str(outcome))
+        attempts[key] = attempts.get(key, 0) + int(n)  # two channels may share a name across projects
+        buckets = [a + int(b) for a, b in zip(buckets, group_buckets, strict=True)]
+        latency_count += int(n)
+        latency_sum_ms += float(total_ms)
     return StoredState(
         incidents_open={str(k): int(v) for k, v in row["incidents_open"].items()},
         alerts_active={str(k): int(v) for k, v in row["alerts_active"].items()},
         alert_transitions=int(row["alert_transitions"]),
         silences_active=int(row["silences_active"]),
-        attempts={(str(channel), str(outcome)): int(n) for channel, outcome, n in row["attempts"]},
-        latency_buckets=[int(n) for n in buckets],
-        latency_count=int(latency_count),
-        latency_sum_seconds=float(latency_sum),
+        attempts=attempts,
+        latency_buckets=buckets,
+        latency_count=latency_count,
+        latency_sum_seconds=latency_sum_ms / 1000.0,
         outbox_pending=int(row["outbox_pending"]),
         outbox_dead=int(row["outbox_dead"]),
         outbox_oldest_pending_age_seconds=max(0.0, float(row["outbox_oldest_pending_age"])),
