@@ -2,7 +2,8 @@
 
 Usage (a scratch database migrated to head; the script adds rows to it):
 
-    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/ps_bench uv run python bench/metrics_scrape.py 100000 1000000
+    export DATABASE_URL=postgresql://postgres@127.0.0.1:5432/ps_bench
+    uv run python bench/metrics_scrape.py 10000 100000 1000000
 
 For each target size it fills ``delivery_attempts`` (set-based, generate_series) up to that many rows,
 plus 1/10 as many outbox items and audit rows, then times ``fetch_stored_state`` (one SQL round trip)
