@@ -23,7 +23,9 @@ from prodsentinel.lib.database import alchemy_config, migrate, resolve_database_
 from prodsentinel.lib.errors import exception_to_response
 from prodsentinel.lib.observability import RequestContextMiddleware, add_response_headers
 from prodsentinel.settings import Settings, get_settings
+from prodsentinel.system.cli import DemoCLIPlugin
 from prodsentinel.system.controllers import HealthController
+from prodsentinel.system.plugin import SystemPlugin
 
 __all__ = ("create_app",)
 
@@ -36,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     db_config = alchemy_config(database_url)
     redis = plugins.redis_client(settings)
     saq = plugins.saq_plugin(settings, database_url)
+    system = SystemPlugin(settings, database_url, redis)
 
     async def on_startup(app: Litestar) -> None:
         if settings.run_auto_migrate:
@@ -60,6 +63,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             plugins.granian_plugin(),
             KeysCLIPlugin(),
             IngestPlugin(settings, database_url),
+            DemoCLIPlugin(),
+            *system.plugins(),
         ],
         middleware=[
             RequestContextMiddleware(),

@@ -9,8 +9,16 @@ from prodsentinel.auth import models as auth_models
 from prodsentinel.incidents import models as incident_models
 from prodsentinel.notifications import models as notification_models
 from prodsentinel.signals import models as signal_models
+from prodsentinel.system import models as system_models
 
 __all__ = ("metadata", "model_modules")
 
 metadata = orm_registry.metadata
-model_modules = (auth_models, signal_models, incident_models, alert_models, notification_models)
+model_modules = (
+    auth_models,
+    signal_models,
+    incident_models,
+    alert_models,
+    notification_models,
+    system_models,
+)

@@ -145,6 +145,7 @@ class Settings:
     auto_migrate: bool | None = field(default=None, metadata=_env("PRODSENTINEL_AUTO_MIGRATE"))
     queue_name: str = field(default="prodsentinel", metadata=_env("PRODSENTINEL_QUEUE_NAME"))
     worker_concurrency: int = field(default=10, metadata=_env("PRODSENTINEL_WORKER_CONCURRENCY"))
+    sse_keepalive_seconds: float = field(default=15.0, metadata=_env("PRODSENTINEL_SSE_KEEPALIVE_SECONDS"))
 
     @property
     def embedded(self) -> bool:
@@ -200,6 +201,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "auto_migrate": _parse_bool,
     "queue_name": lambda raw: raw.strip() or "prodsentinel",
     "worker_concurrency": _parse_positive_int,
+    "sse_keepalive_seconds": _parse_positive_float,
 }
 
 

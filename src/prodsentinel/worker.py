@@ -18,11 +18,12 @@ from prodsentinel.auth.guards import requires_scope
 from prodsentinel.auth.scopes import Scope
 from prodsentinel.incidents import tasks as incident_tasks
 from prodsentinel.ingest import tasks as ingest_tasks
-from prodsentinel.lib import jobs
+from prodsentinel.lib import events, jobs
 from prodsentinel.lib.database import libpq_url
 from prodsentinel.notifications import tasks as notification_tasks
 from prodsentinel.settings import Settings
 from prodsentinel.signals import tasks as signal_tasks
+from prodsentinel.system import tracing
 
 __all__ = ("CRON_JOBS", "TASKS", "saq_config")
 
@@ -43,17 +44,24 @@ def saq_config(settings: Settings, database_url: str) -> SAQConfig:
         ctx["engine"] = engine  # type: ignore[typeddict-unknown-key]
         ctx["session_maker"] = async_sessionmaker(engine, expire_on_commit=False)  # type: ignore[typeddict-unknown-key]
         ctx["settings"] = settings  # type: ignore[typeddict-unknown-key]
+        # Workers have no Litestar app: publish live events through the same channels backend class.
+        ctx["event_publisher"] = await events.start_publisher(settings, libpq_url(database_url))  # type: ignore[typeddict-unknown-key]
+        tracing.instrument_worker(settings)
 
     async def shutdown(ctx: Context) -> None:
         engine: AsyncEngine | None = ctx.get("engine")  # type: ignore[assignment]
         if engine is not None:
             await engine.dispose()
+        publisher: events.EventPublisher | None = ctx.get("event_publisher")  # type: ignore[assignment]
+        if publisher is not None:
+            await events.stop_publisher(publisher)
 
     return SAQConfig(
         web_enabled=True,
         web_path="/saq",
         web_guards=[requires_scope(Scope.ADMIN)],
         use_server_lifespan=False,
+        enable_otel=tracing.tracer_provider(settings) is not None,  # job spans (see system/tracing.py)
         queue_configs=[
             QueueConfig(
                 dsn=dsn,
@@ -62,6 +70,8 @@ def saq_config(settings: Settings, database_url: str) -> SAQConfig:
                 scheduled_tasks=CRON_JOBS,
                 startup=startup,
                 shutdown=shutdown,
+                before_process=[tracing.attach_job_span],
+                after_process=[tracing.detach_job_span],
                 concurrency=settings.worker_concurrency,
                 separate_process=not settings.run_inprocess_workers,
             )

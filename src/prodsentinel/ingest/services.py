@@ -20,7 +20,6 @@ import asyncpg
 import msgspec
 import structlog
 
-from prodsentinel.ingest import hooks
 from prodsentinel.ingest.decoding import ItemError, body_format, decode_items, decompress, invalid_items
 from prodsentinel.ingest.schemas import IngestAccepted, LogIn, MetricIn, SpanIn
 from prodsentinel.ingest.writer import PendingBudget, TableWriter, WriterClosedError
@@ -29,6 +28,7 @@ from prodsentinel.lib.errors import ServiceUnavailableError
 from prodsentinel.settings import Settings
 from prodsentinel.signals.models import LEVELS, SPAN_STATUSES
 from prodsentinel.signals.writes import LOGS, METRIC_POINTS, SPANS, SignalTable
+from prodsentinel.system import metrics
 
 __all__ = (
     "GROUP_NEW_ERRORS_TASK",
@@ -332,7 +332,7 @@ class Ingestor:
         ):
             logger.warning("ingest_database_unavailable", kind=kind_name, exc_info=True)
             raise ServiceUnavailableError("The database is unavailable; retry.", retry_after=2) from None
-        hooks.record_ingest(kind_name, accepted, duplicates)
+        metrics.record_ingest(kind_name, accepted, duplicates)
         return IngestAccepted(accepted=accepted, duplicates=duplicates)
 
 

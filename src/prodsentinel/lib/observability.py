@@ -14,7 +14,13 @@ from typing import Any
 import structlog
 from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
-from litestar.logging.config import StructLoggingConfig, default_structlog_processors
+from litestar.logging.config import (
+    LoggingConfig,
+    StructLoggingConfig,
+    default_logger_factory,
+    default_structlog_processors,
+    default_structlog_standard_lib_processors,
+)
 from litestar.middleware import ASGIMiddleware
 from litestar.middleware.logging import LoggingMiddlewareConfig
 from litestar.plugins.structlog import StructlogConfig
@@ -83,6 +89,11 @@ def structlog_config(settings: Settings) -> StructlogConfig:
     return StructlogConfig(
         structlog_logging_config=StructLoggingConfig(
             processors=processors,
+            # Litestar derives the output factory and the stdlib formatter from "is stderr a TTY", not
+            # from our format: without these, LOG_FORMAT=console crashed (str to a bytes logger) and
+            # stdlib loggers' exceptions (SAQ's job errors) crashed the JSON formatter (exc_info tuple).
+            logger_factory=default_logger_factory(as_json=as_json),
+            standard_lib_logging_config=_stdlib_logging_config(as_json),
             wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(settings.log_level)),
             log_exceptions="debug",  # 5xx are logged once by lib.errors; 4xx are not errors of ours
         ),
@@ -91,4 +102,21 @@ def structlog_config(settings: Settings) -> StructlogConfig:
             request_log_fields=["path", "method", "query"],
             response_log_fields=["status_code"],
         ),
+    )
+
+
+def _stdlib_logging_config(as_json: bool) -> LoggingConfig:
+    """Stdlib loggers (SAQ, granian, asyncio) through structlog's formatter, in the same format.
+
+    Context variables are merged, so a stdlib line logged during a request carries its ``request_id``;
+    exceptions are rendered to text before the JSON renderer sees them.
+    """
+    chain: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        *default_structlog_standard_lib_processors(as_json),
+    ]
+    if as_json:
+        chain.insert(len(chain) - 1, structlog.processors.format_exc_info)
+    return LoggingConfig(
+        formatters={"standard": {"()": structlog.stdlib.ProcessorFormatter, "processors": chain}},
     )

@@ -1,15 +1,24 @@
+"""Operator and frontend endpoints of the system domain: health probes and the live event stream."""
+
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncGenerator
 from typing import Any
 
+import anyio
 from litestar import Controller, Request, Response, get
+from litestar.channels import ChannelsPlugin
+from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
-from prodsentinel.auth.guards import SESSION_MAKER_STATE_KEY
+from prodsentinel.auth.guards import SESSION_MAKER_STATE_KEY, requires_scope
+from prodsentinel.auth.scopes import Principal, Scope
+from prodsentinel.lib import events
 from prodsentinel.lib.structs import Struct
 from prodsentinel.system import health
 
-__all__ = ("HealthController",)
+__all__ = ("EventStreamController", "HealthController")
 
 
 class Liveness(Struct):
@@ -58,3 +67,71 @@ class HealthController(Controller):
             migrations="applied" if migrated else "pending",
         )
         return Response(body, status_code=HTTP_200_OK if ready else HTTP_503_SERVICE_UNAVAILABLE)
+
+
+class EventStreamController(Controller):
+    """``GET /api/v1/events/stream``: Server-Sent Events of the key's project (scope read)."""
+
+    path = "/api/v1/events"
+    tags = ["events"]
+    guards = [requires_scope(Scope.READ)]
+
+    @get(
+        "/stream",
+        summary="Live events of the key's project (Server-Sent Events)",
+        description=(
+            "`event:` is the event type (incident_opened, incident_escalated, incident_resolved, "
+            "incident_reopened, alert_firing, alert_resolved), `data:` its JSON. A comment line "
+            "(`: connected`) is sent once subscribed, and `: keepalive` every "
+            "PRODSENTINEL_SSE_KEEPALIVE_SECONDS while idle. No replay: after reconnecting, re-read state "
+            "through the API."
+        ),
+        media_type="text/event-stream",
+    )
+    async def stream(
+        self, request: Request[Any, Any, Any], principal: Principal, channels: ChannelsPlugin
+    ) -> ServerSentEvent:
+        keepalive = float(request.app.state["settings"].sse_keepalive_seconds)
+        return ServerSentEvent(
+            _event_stream(channels, events.channel_for(principal.project_id), keepalive),
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+
+async def _event_stream(
+    channels: ChannelsPlugin, channel: str, keepalive_seconds: float
+) -> AsyncGenerator[ServerSentEventMessage, None]:
+    """Subscribe, confirm with a comment, then forward events and send a comment on every idle interval.
+
+    The next event is awaited in a task that survives keep-alive timeouts (cancelling the subscriber's
+    generator would end it). When the client goes away Litestar cancels this generator; the unsubscribe
+    is shielded so the channel's LISTEN/SUBSCRIBE is released even then.
+    """
+    subscriber = await channels.subscribe([channel])
+    pending: asyncio.Future[bytes] | None = None
+    try:
+        yield ServerSentEventMessage(comment="connected", data=None)
+        iterator = subscriber.iter_events().__aiter__()
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(iterator.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=keepalive_seconds)
+            if not done:
+                yield ServerSentEventMessage(comment="keepalive", data=None)
+                continue
+            try:
+                payload = pending.result()
+            except StopAsyncIteration:
+                return
+            finally:
+                pending = None
+            try:
+                event_type, data = events.decode_event(payload)
+            except Exception:
+                continue  # not one of ours; never break the stream for it
+            yield ServerSentEventMessage(event=event_type, data=data.decode())
+    finally:
+        if pending is not None:
+            pending.cancel()
+        with anyio.CancelScope(shield=True):
+            await channels.unsubscribe(subscriber, [channel])

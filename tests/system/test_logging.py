@@ -1,0 +1,38 @@
+"""Structured logs of a real server: every line a request logs is one JSON object carrying that request's
+id, refused requests (401/403) included."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from tests.conftest import KeyFactory
+from tests.system.servers import granian_server
+
+
+async def test_request_log_lines_are_json_with_the_request_id(
+    database_url: str, make_key: KeyFactory
+) -> None:
+    key = await make_key("read")
+    output: list[str] = []
+    env = {"DATABASE_URL": database_url, "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
+    with granian_server(env, output=output) as base_url:
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            ok = await http.get("/metrics", headers={"X-API-Key": key, "X-Request-ID": "req-log-ok"})
+            refused = await http.get("/metrics", headers={"X-Request-ID": "req-log-401"})
+            forbidden = await http.get(
+                "/api/v1/keys", headers={"X-API-Key": key, "X-Request-ID": "req-log-403"}
+            )
+    assert (ok.status_code, refused.status_code, forbidden.status_code) == (200, 401, 403)
+    records = [json.loads(line) for line in output if line.startswith("{")]
+    assert all(line.startswith("{") for line in output if "req-log-" in line)  # never a plain-text line
+    by_request: dict[str, list[dict[str, object]]] = {}
+    for record in records:
+        assert {"event", "level", "timestamp"} <= record.keys()
+        if "request_id" in record:
+            by_request.setdefault(str(record["request_id"]), []).append(record)
+    for request_id, status in (("req-log-ok", 200), ("req-log-401", 401), ("req-log-403", 403)):
+        events = {str(r["event"]): r for r in by_request[request_id]}
+        assert events["HTTP Request"]["path"] in {"/metrics", "/api/v1/keys"}, request_id
+        assert events["HTTP Response"]["status_code"] == status
