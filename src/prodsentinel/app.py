@@ -21,6 +21,12 @@ from prodsentinel.lib.database import alchemy_config, migrate, resolve_database_
 from prodsentinel.lib.errors import exception_to_response
 from prodsentinel.lib.observability import RequestContextMiddleware, add_response_headers
 from prodsentinel.settings import Settings, get_settings
+from prodsentinel.signals.controllers import (
+    LogController,
+    MetricController,
+    ServiceController,
+    SpanController,
+)
 from prodsentinel.system.controllers import HealthController
 
 __all__ = ("create_app",)
@@ -50,7 +56,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await redis.aclose()
 
     return Litestar(
-        route_handlers=[HealthController, ApiKeyController],
+        route_handlers=[
+            HealthController,
+            ApiKeyController,
+            LogController,
+            SpanController,
+            MetricController,
+            ServiceController,
+        ],
         plugins=[
             plugins.sqlalchemy_plugin(db_config),
             saq,
