@@ -20,11 +20,13 @@ from uuid import UUID
 from sqlalchemy import (
     ColumnElement,
     and_,
+    any_,
     delete,
     func,
     literal,
     literal_column,
     select,
+    true,
     tuple_,
     union,
     union_all,
@@ -372,9 +374,9 @@ class SignalRepository:
             .limit(chunk_size)
             .lateral()
         )
-        doomed = (
-            select(per_project.c.id).select_from(Project).join(per_project, literal(True)).limit(chunk_size)
-        )
-        statement = delete(model).where(model.id.in_(doomed.scalar_subquery()))
+        doomed = select(per_project.c.id).select_from(Project).join(per_project, true()).limit(chunk_size)
+        # ``id = ANY(ARRAY(subquery))`` makes the ids an InitPlan probed through the primary key; the
+        # ``IN (subquery)`` form planned a sequential scan of the whole table and a hash semi-join.
+        statement = delete(model).where(model.id == any_(func.array(doomed.scalar_subquery())))
         result = await self.session.execute(statement)
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
