@@ -438,7 +438,7 @@ async def purge_expired_signals(
                 break
             if time.monotonic() > deadline:
                 report.complete = False
-                logger.warning("retention_budget_exhausted", deleted=report.deleted)
+                logger.info("retention_budget_exhausted", deleted=report.deleted)  # the next run carries on
                 return report
     logger.info("retention_purged", deleted=report.deleted)
     return report
