@@ -31,7 +31,14 @@ Until = Annotated[
     str | None,
     QueryParameter(description="Exclusive upper bound, RFC 3339 (naive = UTC).", schema_extra=_DATE_TIME),
 ]
-Limit = Annotated[int, QueryParameter(description="Page size, 1..1000 (anything else is a 400).")]
+Limit = Annotated[
+    int,
+    QueryParameter(
+        description="Page size, 1..1000 (anything else is a 400).",
+        # documented bounds only: the service checks them so the 400 says what was wrong
+        schema_extra={"minimum": 1, "maximum": 1000},
+    ),
+]
 Cursor = Annotated[
     str | None,
     QueryParameter(description="Opaque: the next_cursor of the previous page with the same filters."),
