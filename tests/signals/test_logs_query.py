@@ -162,8 +162,8 @@ class TestLogValidation:
     @pytest.mark.parametrize(
         ("params", "fragment"),
         [
-            ({"limit": "0"}, "limit"),
-            ({"limit": "1001"}, "limit"),
+            ({"limit": "0"}, "limit must be between 1 and 1000, got 0."),
+            ({"limit": "1001"}, "limit must be between 1 and 1000, got 1001."),
             ({"limit": "-5"}, "limit"),
             ({"since": "yesterday"}, "since must be an RFC 3339 timestamp"),
             ({"until": "2026-13-01T00:00:00Z"}, "until must be an RFC 3339 timestamp"),
