@@ -23,6 +23,12 @@ from prodsentinel.lib.database import alchemy_config, migrate, resolve_database_
 from prodsentinel.lib.errors import exception_to_response
 from prodsentinel.lib.observability import RequestContextMiddleware, add_response_headers
 from prodsentinel.settings import Settings, get_settings
+from prodsentinel.signals.controllers import (
+    LogController,
+    MetricController,
+    ServiceController,
+    SpanController,
+)
 from prodsentinel.system.cli import DemoCLIPlugin
 from prodsentinel.system.controllers import HealthController
 from prodsentinel.system.plugin import SystemPlugin
@@ -51,11 +57,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     async def on_shutdown(app: Litestar) -> None:
         jobs.bind_queue(None)
+        # on_startup connected it: close its pool (each app otherwise leaked its connections).
+        await saq.get_queue(settings.queue_name).disconnect()
         if redis is not None:
             await redis.aclose()
 
     return Litestar(
-        route_handlers=[HealthController, ApiKeyController, IngestController],
+        route_handlers=[
+            HealthController,
+            ApiKeyController,
+            IngestController,
+            LogController,
+            SpanController,
+            MetricController,
+            ServiceController,
+        ],
         plugins=[
             plugins.sqlalchemy_plugin(db_config),
             saq,

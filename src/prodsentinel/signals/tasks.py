@@ -6,7 +6,27 @@ from typing import Any
 
 from litestar_saq import CronJob
 
-__all__ = ("CRON_JOBS", "TASKS")
+from prodsentinel.lib.jobs import settings_of
+from prodsentinel.signals import services as signal_services
 
-TASKS: list[Any] = []
-CRON_JOBS: list[CronJob] = []
+__all__ = ("CRON_JOBS", "TASKS", "purge_expired_signals")
+
+#: A run is bounded by the service's time budget (600 s); the job timeout leaves room above it.
+PURGE_TIMEOUT_SECONDS = 900
+
+
+async def purge_expired_signals(ctx: Any) -> dict[str, Any]:
+    """Retention: delete signals older than PRODSENTINEL_RETENTION_DAYS_* in bounded chunks.
+
+    The service owns its per-chunk transactions (see ``signal_services.purge_expired_signals``), so
+    this task hands it the session maker instead of one session.
+    """
+    report = await signal_services.purge_expired_signals(ctx["session_maker"], settings_of(ctx))
+    return {"deleted": report.deleted, "complete": report.complete}
+
+
+TASKS: list[Any] = [purge_expired_signals]
+CRON_JOBS: list[CronJob] = [
+    # Hourly at minute 17 (away from the top of the hour); cron jobs are unique, so runs never overlap.
+    CronJob(function=purge_expired_signals, cron="17 * * * *", timeout=PURGE_TIMEOUT_SECONDS, unique=True),
+]

@@ -1,0 +1,382 @@
+"""Read SQL of the signal tables: keyset pages, trace lookups, bucketed metric aggregates, service stats.
+
+Hand-written SQLAlchemy Core rather than advanced-alchemy's generic repository: AA offers limit/offset
+pagination and simple filters, while these reads need keyset row comparisons, ``date_bin`` buckets,
+``percentile_cont`` and multi-table aggregates, all computed by PostgreSQL. Every statement filters by
+``project_id`` first, so each one is served by a ``(project_id, ...)`` index (see docs/query.md).
+
+Write SQL (ingest) lives in ``signals.writes``; retention's DELETE lives here because it is the only
+delete path of these append-only tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    any_,
+    delete,
+    func,
+    literal,
+    literal_column,
+    select,
+    true,
+    tuple_,
+    union,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from prodsentinel.auth.models import Project
+from prodsentinel.signals.models import LogRecord, MetricPoint, Span
+
+__all__ = (
+    "EPOCH",
+    "LogQuery",
+    "MetricSeriesQuery",
+    "SignalRepository",
+    "SpanQuery",
+    "TraceSummary",
+)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+#: SQL aggregate expressions by API name; percentiles interpolate linearly (``percentile_cont``).
+_AGGREGATES: dict[str, Any] = {
+    "avg": lambda v: func.avg(v),
+    "min": lambda v: func.min(v),
+    "max": lambda v: func.max(v),
+    "sum": lambda v: func.sum(v),
+    "count": lambda v: func.count(v),
+    "p50": lambda v: func.percentile_cont(0.5).within_group(v),
+    "p95": lambda v: func.percentile_cont(0.95).within_group(v),
+    "p99": lambda v: func.percentile_cont(0.99).within_group(v),
+}
+AGGREGATES: frozenset[str] = frozenset(_AGGREGATES)
+
+LOG_COLUMNS = (
+    LogRecord.id,
+    LogRecord.signal_id,
+    LogRecord.trace_id,
+    LogRecord.span_id,
+    LogRecord.service_name,
+    LogRecord.timestamp,
+    LogRecord.level,
+    LogRecord.message,
+    LogRecord.attributes,
+)
+SPAN_COLUMNS = (
+    Span.id,
+    Span.signal_id,
+    Span.trace_id,
+    Span.span_id,
+    Span.parent_span_id,
+    Span.service_name,
+    Span.name,
+    Span.start_time,
+    Span.end_time,
+    Span.duration_ms,
+    Span.status,
+    Span.attributes,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogQuery:
+    project_id: UUID
+    limit: int
+    service: str | None = None
+    min_level: int | None = None
+    trace_id: str | None = None
+    q: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    #: the ``(timestamp, id)`` of the last row of the previous page
+    after: tuple[datetime, int] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpanQuery:
+    project_id: UUID
+    limit: int
+    service: str | None = None
+    name: str | None = None
+    status: int | None = None
+    min_duration_ms: float | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    #: the ``(start_time, id)`` of the last row of the previous page
+    after: tuple[datetime, int] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricSeriesQuery:
+    project_id: UUID
+    name: str
+    agg: str
+    step: int
+    since: datetime
+    until: datetime
+    service: str | None = None
+    labels: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TraceSummary:
+    span_count: int
+    log_count: int
+    duration_ms: float
+    services: list[str]
+    error_span_ids: list[str]
+
+
+class SignalRepository:
+    """Reads (and the retention delete) of logs, spans and metric points; one session, no commits."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    # -- logs ---------------------------------------------------------------------------------------
+
+    async def list_logs(self, query: LogQuery) -> Sequence[Any]:
+        """Up to ``limit + 1`` rows newest first by ``(timestamp, id)``: the extra row says "more".
+
+        The keyset condition ``(timestamp, id) < (:ts, :id)`` is a btree range on
+        ``ix_logs_project_ts (project_id, timestamp, id)`` scanned backwards, so a page costs
+        ``limit`` index entries however deep the walk is, and a row committed between two pages can
+        never shift the walk (unlike OFFSET).
+        """
+        conditions: list[ColumnElement[bool]] = [LogRecord.project_id == query.project_id]
+        if query.service is not None:
+            conditions.append(LogRecord.service_name == query.service)
+        if query.min_level is not None:
+            conditions.append(LogRecord.level >= query.min_level)
+        if query.trace_id is not None:
+            conditions.append(LogRecord.trace_id == query.trace_id)
+        if query.q:
+            conditions.append(LogRecord.message.icontains(query.q, autoescape=True))
+        if query.since is not None:
+            conditions.append(LogRecord.timestamp >= query.since)
+        if query.until is not None:
+            conditions.append(LogRecord.timestamp < query.until)
+        if query.after is not None:
+            conditions.append(tuple_(LogRecord.timestamp, LogRecord.id) < tuple_(*query.after))
+        statement = (
+            select(*LOG_COLUMNS)
+            .where(*conditions)
+            .order_by(LogRecord.timestamp.desc(), LogRecord.id.desc())
+            .limit(query.limit + 1)
+        )
+        return (await self.session.execute(statement)).all()
+
+    # -- spans and traces ---------------------------------------------------------------------------
+
+    async def list_spans(self, query: SpanQuery) -> Sequence[Any]:
+        """Up to ``limit + 1`` spans newest first by ``(start_time, id)`` (see :meth:`list_logs`)."""
+        conditions: list[ColumnElement[bool]] = [Span.project_id == query.project_id]
+        if query.service is not None:
+            conditions.append(Span.service_name == query.service)
+        if query.name is not None:
+            conditions.append(Span.name == query.name)
+        if query.status is not None:
+            conditions.append(Span.status == query.status)
+        if query.min_duration_ms is not None:
+            conditions.append(Span.duration_ms >= query.min_duration_ms)
+        if query.since is not None:
+            conditions.append(Span.start_time >= query.since)
+        if query.until is not None:
+            conditions.append(Span.start_time < query.until)
+        if query.after is not None:
+            conditions.append(tuple_(Span.start_time, Span.id) < tuple_(*query.after))
+        statement = (
+            select(*SPAN_COLUMNS)
+            .where(*conditions)
+            .order_by(Span.start_time.desc(), Span.id.desc())
+            .limit(query.limit + 1)
+        )
+        return (await self.session.execute(statement)).all()
+
+    async def trace_summary(self, project_id: UUID, trace_id: str) -> TraceSummary:
+        """Counts, duration, services and error span ids of a trace in one round trip.
+
+        Duration is ``max(end_time) - min(start_time)`` over its spans (0 without spans); services are
+        those of its spans and of the logs carrying the trace_id, sorted.
+        """
+        in_spans = and_(Span.project_id == project_id, Span.trace_id == trace_id)
+        in_logs = and_(LogRecord.project_id == project_id, LogRecord.trace_id == trace_id)
+        services = union(
+            select(Span.service_name.label("service_name")).where(in_spans),
+            select(LogRecord.service_name.label("service_name")).where(in_logs),
+        ).subquery()
+        span_stats = select(
+            func.count().label("span_count"),
+            func.coalesce(
+                func.extract("epoch", func.max(Span.end_time) - func.min(Span.start_time)) * 1000.0, 0.0
+            ).label("duration_ms"),
+            func.coalesce(
+                func.array_agg(aggregate_order_by(Span.span_id, Span.start_time, Span.span_id)).filter(
+                    Span.status == 2
+                ),
+                literal_column("ARRAY[]::text[]"),
+            ).label("error_span_ids"),
+        ).where(in_spans)
+        stats = span_stats.subquery()
+        statement = select(
+            stats.c.span_count,
+            stats.c.duration_ms,
+            stats.c.error_span_ids,
+            select(func.count()).where(in_logs).scalar_subquery().label("log_count"),
+            select(
+                func.coalesce(
+                    func.array_agg(aggregate_order_by(services.c.service_name, services.c.service_name)),
+                    literal_column("ARRAY[]::text[]"),
+                )
+            )
+            .scalar_subquery()
+            .label("services"),
+        )
+        row = (await self.session.execute(statement)).one()
+        return TraceSummary(
+            span_count=int(row.span_count),
+            log_count=int(row.log_count),
+            duration_ms=float(row.duration_ms),
+            services=list(row.services),
+            error_span_ids=list(row.error_span_ids),
+        )
+
+    async def trace_spans(self, project_id: UUID, trace_id: str, limit: int) -> Sequence[Any]:
+        """The trace's spans by ``start_time`` (served by ``ix_spans_project_trace``)."""
+        statement = (
+            select(*SPAN_COLUMNS)
+            .where(Span.project_id == project_id, Span.trace_id == trace_id)
+            .order_by(Span.start_time, Span.span_id, Span.id)
+            .limit(limit)
+        )
+        return (await self.session.execute(statement)).all()
+
+    async def trace_logs(self, project_id: UUID, trace_id: str, limit: int) -> Sequence[Any]:
+        """Logs carrying the trace_id, oldest first (served by ``ix_logs_project_trace``)."""
+        statement = (
+            select(*LOG_COLUMNS)
+            .where(LogRecord.project_id == project_id, LogRecord.trace_id == trace_id)
+            .order_by(LogRecord.timestamp, LogRecord.id)
+            .limit(limit)
+        )
+        return (await self.session.execute(statement)).all()
+
+    # -- metrics ------------------------------------------------------------------------------------
+
+    async def metric_series(self, query: MetricSeriesQuery) -> Sequence[Any]:
+        """``(bucket_start, value)`` per non-empty bucket, oldest first.
+
+        ``date_bin(step, timestamp, epoch)`` aligns buckets to multiples of ``step`` seconds since
+        the Unix epoch; served by ``ix_metric_points_series_ts (project_id, name, service_name, ts)``.
+        """
+        bucket = func.date_bin(
+            literal(timedelta(seconds=query.step)), MetricPoint.timestamp, literal(EPOCH)
+        ).label("ts")
+        value = _AGGREGATES[query.agg](MetricPoint.value).label("value")
+        conditions: list[ColumnElement[bool]] = [
+            MetricPoint.project_id == query.project_id,
+            MetricPoint.name == query.name,
+            MetricPoint.timestamp >= query.since,
+            MetricPoint.timestamp < query.until,
+        ]
+        if query.service is not None:
+            conditions.append(MetricPoint.service_name == query.service)
+        if query.labels:
+            conditions.append(MetricPoint.labels.op("@>")(literal(query.labels, JSONB)))
+        statement = select(bucket, value).where(*conditions).group_by(bucket).order_by(bucket)
+        return (await self.session.execute(statement)).all()
+
+    # -- services -----------------------------------------------------------------------------------
+
+    async def service_stats(self, project_id: UUID, since: datetime) -> Sequence[Any]:
+        """Per service: last_seen, logs, spans, metrics and error count since ``since``.
+
+        Each table is aggregated over its ``(project_id, time)`` index range, then the three are
+        merged per service.
+        """
+        zero = literal(0, type_=LogRecord.id.type)
+        logs = (
+            select(
+                LogRecord.service_name.label("service_name"),
+                func.max(LogRecord.timestamp).label("last_seen"),
+                func.count().label("logs"),
+                zero.label("spans"),
+                zero.label("metrics"),
+                func.count().filter(LogRecord.level >= 40).label("errors"),
+            )
+            .where(LogRecord.project_id == project_id, LogRecord.timestamp >= since)
+            .group_by(LogRecord.service_name)
+        )
+        spans = (
+            select(
+                Span.service_name,
+                func.max(Span.start_time),
+                zero,
+                func.count(),
+                zero,
+                func.count().filter(Span.status == 2),
+            )
+            .where(Span.project_id == project_id, Span.start_time >= since)
+            .group_by(Span.service_name)
+        )
+        metrics = (
+            select(
+                MetricPoint.service_name,
+                func.max(MetricPoint.timestamp),
+                zero,
+                zero,
+                func.count(),
+                zero,
+            )
+            .where(MetricPoint.project_id == project_id, MetricPoint.timestamp >= since)
+            .group_by(MetricPoint.service_name)
+        )
+        merged = union_all(logs, spans, metrics).subquery()
+        statement = (
+            select(
+                merged.c.service_name,
+                func.max(merged.c.last_seen),
+                func.sum(merged.c.logs),
+                func.sum(merged.c.spans),
+                func.sum(merged.c.metrics),
+                func.sum(merged.c.errors),
+            )
+            .group_by(merged.c.service_name)
+            .order_by(merged.c.service_name)
+        )
+        return (await self.session.execute(statement)).all()
+
+    # -- retention ----------------------------------------------------------------------------------
+
+    async def delete_expired(self, table: str, cutoff: datetime, chunk_size: int) -> int:
+        """Delete at most ``chunk_size`` rows of ``table`` older than ``cutoff``; returns the count.
+
+        The doomed ids are found per project through the existing ``(project_id, time)`` indexes (a
+        LATERAL range scan per project), so retention needs no extra index that ingest would have
+        to maintain. Rows of a project that no longer exists are not reached (projects are never
+        deleted today).
+        """
+        model: Any = {"logs": LogRecord, "spans": Span, "metric_points": MetricPoint}[table]
+        time_column = model.start_time if model is Span else model.timestamp
+        per_project = (
+            select(model.id)
+            .where(model.project_id == Project.id, time_column < cutoff)
+            .limit(chunk_size)
+            .lateral()
+        )
+        doomed = select(per_project.c.id).select_from(Project).join(per_project, true()).limit(chunk_size)
+        # ``id = ANY(ARRAY(subquery))`` makes the ids an InitPlan probed through the primary key; the
+        # ``IN (subquery)`` form planned a sequential scan of the whole table and a hash semi-join.
+        statement = delete(model).where(model.id == any_(func.array(doomed.scalar_subquery())))
+        result = await self.session.execute(statement)
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
