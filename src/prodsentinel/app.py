@@ -16,6 +16,7 @@ from prodsentinel.auth.controllers import ApiKeyController
 from prodsentinel.auth.guards import SESSION_MAKER_STATE_KEY, auth_middleware, provide_principal
 from prodsentinel.auth.models import ApiKey
 from prodsentinel.auth.scopes import Principal
+from prodsentinel.incidents.controllers import AnomalyController, IncidentController
 from prodsentinel.lib import jobs
 from prodsentinel.lib.database import alchemy_config, migrate, resolve_database_url
 from prodsentinel.lib.errors import exception_to_response
@@ -50,7 +51,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await redis.aclose()
 
     return Litestar(
-        route_handlers=[HealthController, ApiKeyController],
+        route_handlers=[HealthController, ApiKeyController, IncidentController, AnomalyController],
         plugins=[
             plugins.sqlalchemy_plugin(db_config),
             saq,
