@@ -254,7 +254,8 @@ class TestCrashSafety:
             slow_id = await slow.scalar(
                 select(LogRecord.id).where(LogRecord.project_id == project, LogRecord.service_name == "late")
             )
-        assert cursor is not None and slow_id is not None
+        assert cursor is not None
+        assert slow_id is not None
         assert cursor.high_water_id < slow_id, "the mark must not pass an id still in flight"
         await slow.commit()
         await slow.close()

@@ -502,7 +502,10 @@ class IncidentRepository(SQLAlchemyAsyncRepository[Incident]):
         return list(rows)
 
     async def earliest_errors(self, project_id: UUID, trace_ids: Sequence[str], limit: int = 20) -> list[Row]:
-        """Error logs and ERROR spans of the traces in time order (the first one is the first error)."""
+        """Error logs and ERROR spans of the traces in time order (the first one is the first error).
+
+        A span's error time is its end: a caller's span starts before its callee's but fails after it.
+        """
         if not trace_ids:
             return []
         rows = await self.session.execute(
@@ -513,7 +516,7 @@ class IncidentRepository(SQLAlchemyAsyncRepository[Incident]):
                  FROM logs l
                  WHERE l.project_id = :pid AND l.trace_id = ANY(:traces) AND l.level >= 40)
                 UNION ALL
-                (SELECT 'span', s.signal_id, s.trace_id, s.service_name, s.start_time, s.name
+                (SELECT 'span', s.signal_id, s.trace_id, s.service_name, s.end_time, s.name
                  FROM spans s
                  WHERE s.project_id = :pid AND s.trace_id = ANY(:traces) AND s.status = 2)
                 ORDER BY ts, kind
