@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
+from saq import Queue
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.incidents.models import Incident
+from prodsentinel.lib import jobs
+from prodsentinel.lib.database import libpq_url
 from prodsentinel.notifications.models import Channel
 from tests.conftest import KeyFactory
 from tests.incidents.seed import project_id_of
@@ -43,3 +47,18 @@ async def add_channel(session_maker: async_sessionmaker[AsyncSession], project_i
         session.add(channel)
         await session.commit()
         return channel.id
+
+
+@pytest.fixture
+async def queue(database_url: str) -> AsyncIterator[Queue]:
+    """A real SAQ queue on the test PostgreSQL, bound as the process queue for ``lib.jobs.enqueue``."""
+    dsn = libpq_url(database_url).replace("postgresql://", "postgres://", 1)
+    q = Queue.from_url(dsn, name=f"incidents-{uuid4().hex[:8]}")
+    await q.connect()
+    previous = jobs.current_queue()
+    jobs.bind_queue(q)
+    try:
+        yield q
+    finally:
+        jobs.bind_queue(previous)
+        await q.disconnect()

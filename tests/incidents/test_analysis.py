@@ -5,19 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-import pytest
 from saq import Queue, Worker
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.incidents import analysis, services, tasks
 from prodsentinel.incidents.models import Anomaly, Incident
 from prodsentinel.lib import jobs
-from prodsentinel.lib.database import libpq_url
 from prodsentinel.notifications.signing import verify
 from prodsentinel.settings import Settings
 from tests.incidents.conftest import incidents_of
@@ -205,21 +202,6 @@ class TestAnalyser:
         assert result["origin_service"] == "db"
         assert result["first_error"]["text"] == "replica lag"
         assert await analysis.run_analysis(session_maker, uuid4(), settings=settings) is None
-
-
-@pytest.fixture
-async def queue(database_url: str) -> AsyncIterator[Queue]:
-    """A real SAQ queue on the test PostgreSQL, bound as the process queue for ``lib.jobs.enqueue``."""
-    dsn = libpq_url(database_url).replace("postgresql://", "postgres://", 1)
-    q = Queue.from_url(dsn, name=f"incidents-{uuid4().hex[:8]}")
-    await q.connect()
-    previous = jobs.current_queue()
-    jobs.bind_queue(q)
-    try:
-        yield q
-    finally:
-        jobs.bind_queue(previous)
-        await q.disconnect()
 
 
 class TestAnalysisDedup:

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID
 
+from saq import Queue, Worker
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.alerts.models import AuditEvent
-from prodsentinel.incidents import services
+from prodsentinel.incidents import services, tasks
 from prodsentinel.incidents.models import GroupingCursor, IncidentOccurrence
 from prodsentinel.incidents.repositories import SOURCES
+from prodsentinel.lib import jobs
 from prodsentinel.lib.database import session_scope
 from prodsentinel.notifications.models import OutboxItem
+from prodsentinel.settings import Settings
 from prodsentinel.signals.models import LogRecord
 from tests.incidents.conftest import add_channel, incidents_of
 from tests.incidents.seed import log_row, seed, span_row
@@ -289,3 +293,37 @@ class TestCrashSafety:
             "fast": 1,
             "late": 1,
         }
+
+
+class TestJobs:
+    def test_task_and_cron_names_are_registered(self) -> None:
+        from prodsentinel import worker
+
+        names = {getattr(task, "__qualname__", "") for task in worker.TASKS}
+        assert {"group_new_errors", "analyse_incident"} <= names
+        crons = {cron.function.__qualname__: cron for cron in worker.CRON_JOBS}
+        assert {"group_new_errors_cron", "auto_resolve_incidents", "detect_anomalies"} <= set(crons)
+        assert all(crons[name].timeout for name in crons)
+
+    async def test_ingest_style_enqueue_runs_the_grouping_job(
+        self,
+        queue: Queue,
+        session_maker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        project: UUID,
+        clock: datetime,
+    ) -> None:
+        await seed(session_maker, "log", [log_row(project, service="q", message="enqueued error", ts=clock)])
+        assert await jobs.enqueue("group_new_errors", key="group_new_errors", timeout=120) is True
+        assert await jobs.enqueue("group_new_errors", key="group_new_errors", timeout=120) is False
+
+        async def startup(ctx: Any) -> None:
+            ctx["session_maker"] = session_maker
+            ctx["settings"] = settings
+
+        worker = Worker(
+            queue, functions=[tasks.group_new_errors], startup=startup, burst=True, dequeue_timeout=0.5
+        )
+        await asyncio.wait_for(worker.start(), timeout=30)
+        [incident] = await incidents_of(session_maker, project)
+        assert incident.count == 1

@@ -603,79 +603,74 @@ class AnomalyRepository(SQLAlchemyAsyncRepository[Anomaly]):
         rows = await self.session.execute(
             text(
                 """
-                WITH recent AS (
+                WITH points AS (
                     -- per project through ix_metric_points_project_ts (no index leads with timestamp)
-                    SELECT m.id, m.project_id, m.name, m.service_name, m.labels, m.timestamp AS ts, m.value
+                    SELECT m.id, m.project_id, m.name, m.service_name, m.labels, m.timestamp AS ts, m.value,
+                           m.timestamp <= :score_start AS in_history
                     FROM projects p
                     JOIN LATERAL (
                         SELECT * FROM metric_points mp
-                        WHERE mp.project_id = p.id AND mp.timestamp > :score_start AND mp.timestamp <= :now
+                        WHERE mp.project_id = p.id AND mp.timestamp > :history_start AND mp.timestamp <= :now
                     ) AS m ON true
                 ),
-                series AS (
-                    SELECT DISTINCT project_id, name, service_name, labels FROM recent
-                ),
-                hist AS (
-                    SELECT s.project_id, s.name, s.service_name, s.labels, m.value
-                    FROM series s
-                    JOIN metric_points m
-                      ON m.project_id = s.project_id AND m.name = s.name AND m.service_name = s.service_name
-                     AND m.labels = s.labels
-                     AND m.timestamp > :history_start AND m.timestamp <= :score_start
-                    WHERE m.value NOT IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)
-                ),
-                med AS (
+                -- One pass, one group per series: history values, the median, and the recent points in
+                -- time order as arrays. No join between aggregates, so no plan depends on row estimates
+                -- of CTEs (which are poor and once produced a nested loop over every pair of series).
+                per_series AS (
                     SELECT project_id, name, service_name, labels,
-                           percentile_cont(0.5) WITHIN GROUP (ORDER BY value) AS median
-                    FROM hist
+                           array_agg(value) FILTER (WHERE in_history AND finite) AS history,
+                           percentile_cont(0.5) WITHIN GROUP (ORDER BY value)
+                               FILTER (WHERE in_history AND finite) AS median,
+                           array_agg(value ORDER BY ts, id) FILTER (WHERE NOT in_history) AS recent_values,
+                           array_agg(ts ORDER BY ts, id) FILTER (WHERE NOT in_history) AS recent_ts
+                    FROM (
+                        SELECT *,
+                               value NOT IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)
+                                   AS finite
+                        FROM points
+                    ) AS pts
                     GROUP BY project_id, name, service_name, labels
-                    HAVING count(*) >= :min_history
-                ),
-                spread AS (
-                    SELECT h.project_id, h.name, h.service_name, h.labels,
-                           percentile_cont(0.5) WITHIN GROUP (ORDER BY abs(h.value - md.median)) AS mad,
-                           avg(abs(h.value - md.median)) AS mean_ad
-                    FROM hist h
-                    JOIN med md USING (project_id, name, service_name, labels)
-                    GROUP BY h.project_id, h.name, h.service_name, h.labels
+                    HAVING count(*) FILTER (WHERE NOT in_history) > 0
+                       AND count(*) FILTER (WHERE in_history AND finite) >= :min_history
                 ),
                 base AS (
-                    SELECT md.project_id, md.name, md.service_name, md.labels, md.median,
+                    SELECT s.project_id, s.name, s.service_name, s.labels, s.median, s.recent_values,
+                           s.recent_ts, row_number() OVER () AS sid,
                            greatest(
-                               CASE WHEN sp.mad > 0 THEN :mad_scale * sp.mad
-                                    ELSE :mean_ad_scale * sp.mean_ad END,
-                               :floor_ratio * abs(md.median),
+                               CASE WHEN d.mad > 0 THEN :mad_scale * d.mad
+                                    ELSE :mean_ad_scale * d.mean_ad END,
+                               :floor_ratio * abs(s.median),
                                :min_scale) AS scale
-                    FROM med md JOIN spread sp USING (project_id, name, service_name, labels)
+                    FROM per_series s
+                    CROSS JOIN LATERAL (
+                        SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY abs(v - s.median)) AS mad,
+                               avg(abs(v - s.median)) AS mean_ad
+                        FROM unnest(s.history) AS v
+                    ) AS d
                 ),
                 scored AS (
-                    SELECT r.*, b.median, (r.value - b.median) / b.scale AS score
-                    FROM recent r JOIN base b USING (project_id, name, service_name, labels)
+                    SELECT b.sid, b.project_id, b.name, b.service_name, b.labels, b.median,
+                           u.ts, u.value, u.ord,
+                           (u.value - b.median) / b.scale AS score
+                    FROM base b
+                    CROSS JOIN LATERAL unnest(b.recent_ts, b.recent_values)
+                        WITH ORDINALITY AS u(ts, value, ord)
                 ),
                 dirs AS (
                     SELECT s.*,
                            CASE WHEN abs(s.score) > :threshold THEN sign(s.score)::int ELSE 0 END AS dir
                     FROM scored s
                 ),
-                islands AS (
-                    SELECT d.*,
-                           row_number() OVER (PARTITION BY project_id, name, service_name, labels
-                                              ORDER BY ts, id)
-                         - row_number() OVER (PARTITION BY project_id, name, service_name, labels, dir
-                                              ORDER BY ts, id) AS grp
-                    FROM dirs d
-                ),
                 runs AS (
-                    SELECT i.*,
-                           row_number() OVER (PARTITION BY project_id, name, service_name, labels, dir, grp
-                                              ORDER BY ts, id) AS run_length
-                    FROM islands i
+                    -- gaps and islands: within a run of one direction, ord - row_number() is constant
+                    SELECT d.*,
+                           row_number() OVER (PARTITION BY sid, dir, ord - rn ORDER BY ord) AS run_length
+                    FROM (
+                        SELECT dirs.*, row_number() OVER (PARTITION BY sid, dir ORDER BY ord) AS rn FROM dirs
+                    ) AS d
                 ),
                 flagged AS (
-                    SELECT DISTINCT ON (project_id, name, service_name, labels, ts) *
-                    FROM runs
-                    WHERE dir <> 0 AND run_length >= :sustained
-                    ORDER BY project_id, name, service_name, labels, ts, abs(score) DESC
+                    SELECT * FROM runs WHERE dir <> 0 AND run_length >= :sustained
                 )
                 INSERT INTO anomalies
                     (id, project_id, metric_name, service_name, labels, labels_key, ts, value, expected,
