@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
+import shutil
 import tempfile
 import time
 import uuid
@@ -28,14 +28,12 @@ from urllib.parse import urlsplit
 
 import asyncpg
 from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import create_async_engine, async_sessionmaker
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from prodsentinel.auth.models import Project  # noqa: E402
-from prodsentinel.incidents import services  # noqa: E402
-from prodsentinel.incidents.models import Anomaly, Incident  # noqa: E402
-from prodsentinel.lib.database import alchemy_config, migrate, session_scope  # noqa: E402
+from prodsentinel.auth.models import Project
+from prodsentinel.incidents import services
+from prodsentinel.incidents.models import Anomaly, Incident
+from prodsentinel.lib.database import alchemy_config, migrate, session_scope
 
 
 async def admin(url: str, sql: str) -> None:
@@ -65,7 +63,8 @@ async def bench(database_url: str, errors: int, series: int) -> None:
                 """
                 INSERT INTO logs (project_id, signal_id, trace_id, service_name, timestamp, level, message)
                 SELECT :pid, gen_random_uuid(), 'tr' || (g % 5000), 'svc' || (g % 5),
-                       CAST(:now AS timestamptz) - make_interval(secs => g % 3600), CASE WHEN g % 50 = 0 THEN 50 ELSE 40 END,
+                       CAST(:now AS timestamptz) - make_interval(secs => g % 3600),
+                       CASE WHEN g % 50 = 0 THEN 50 ELSE 40 END,
                        'op' || chr(97 + g % 20) || chr(97 + (g / 20) % 10) || ' failed for user ' || g
                        || ' request ' || md5(g::text)
                 FROM generate_series(1, :n) AS g
@@ -76,8 +75,8 @@ async def bench(database_url: str, errors: int, series: int) -> None:
         await session.execute(
             text(
                 """
-                INSERT INTO spans (project_id, signal_id, trace_id, span_id, parent_span_id, service_name, name,
-                                   start_time, end_time, duration_ms, status)
+                INSERT INTO spans (project_id, signal_id, trace_id, span_id, parent_span_id, service_name,
+                                   name, start_time, end_time, duration_ms, status)
                 SELECT :pid, gen_random_uuid(), 'tr' || (g % 5000), 's' || g, NULL, 'svc' || (g % 5),
                        'GET /items/' || g, CAST(:now AS timestamptz) - make_interval(secs => g % 3600),
                        CAST(:now AS timestamptz) - make_interval(secs => g % 3600), 0, 2
@@ -86,6 +85,9 @@ async def bench(database_url: str, errors: int, series: int) -> None:
             ),
             {"pid": project_id, "now": now, "n": n_spans},
         )
+    async with engine.connect() as connection:
+        await connection.execute(text("ANALYZE logs"))
+        await connection.execute(text("ANALYZE spans"))
     print(f"seeded {errors:,} error signals in {time.perf_counter() - started:.1f} s")
 
     started = time.perf_counter()
@@ -111,7 +113,8 @@ async def bench(database_url: str, errors: int, series: int) -> None:
         await session.execute(
             text(
                 """
-                INSERT INTO metric_points (project_id, signal_id, name, service_name, timestamp, value, labels)
+                INSERT INTO metric_points
+                    (project_id, signal_id, name, service_name, timestamp, value, labels)
                 SELECT :pid, gen_random_uuid(), 'metric_' || (s % 100), 'svc' || (s / 100),
                        CAST(:now AS timestamptz) - make_interval(secs => 330 + o * 60),
                        100 + 5 * random(), jsonb_build_object('shard', (s % 7)::text)
@@ -123,7 +126,8 @@ async def bench(database_url: str, errors: int, series: int) -> None:
         await session.execute(
             text(
                 """
-                INSERT INTO metric_points (project_id, signal_id, name, service_name, timestamp, value, labels)
+                INSERT INTO metric_points
+                    (project_id, signal_id, name, service_name, timestamp, value, labels)
                 SELECT :pid, gen_random_uuid(), 'metric_' || (s % 100), 'svc' || (s / 100),
                        CAST(:now AS timestamptz) - make_interval(secs => o * 60),
                        CASE WHEN s % 100 = 0 THEN 200 ELSE 100 + 5 * random() END,
@@ -137,40 +141,51 @@ async def bench(database_url: str, errors: int, series: int) -> None:
         await connection.execute(text("ANALYZE metric_points"))
     print(f"seeded {series:,} series x 45 points in {time.perf_counter() - started:.1f} s")
 
-    timings = []
-    for _ in range(2):  # the second run re-scores the same window: nothing new, same work
+    timings: list[float] = []
+    recorded: list[int] = []
+    for _run in range(2):  # the second run re-scores the same window: nothing new, same work
         started = time.perf_counter()
         async with session_scope(session_maker) as session:
-            anomalies, _ = await services.detect_anomalies(session, now=now)
+            anomalies, _transitions = await services.detect_anomalies(session, now=now)
         timings.append(time.perf_counter() - started)
-        if _ == 0:
-            first = len(anomalies)
+        recorded.append(len(anomalies))
     async with session_maker() as session:
         stored = await session.scalar(select(func.count()).select_from(Anomaly))
     print(
         f"anomaly scoring: {series:,} active series in {timings[0]:.2f} s (re-run {timings[1]:.2f} s); "
-        f"{first} anomalies recorded ({stored} stored), expected {series // 100 * 3}"
+        f"{recorded[0]} anomalies recorded, {recorded[1]} on re-run ({stored} stored), "
+        f"expected {series // 100 * 3}"
     )
     await engine.dispose()
 
 
-def server_url(embedded: bool) -> str:
-    """A libpq URL of a maintenance database: BENCH_POSTGRES_URL, the local server, or an embedded one."""
+def server_url(embedded: bool) -> tuple[str, Path | None]:
+    """A libpq URL of a maintenance database (BENCH_POSTGRES_URL, the local server, or an embedded one
+    in a temp dir, returned too so it can be stopped and removed)."""
     configured = os.environ.get("BENCH_POSTGRES_URL")
     if configured:
-        return configured
+        return configured, None
     local = "postgresql://postgres@127.0.0.1:5432/postgres"
     if not embedded:
         try:
             asyncio.run(admin(local, "SELECT 1"))
-            return local
+            return local, None
         except (OSError, asyncpg.PostgresError) as exc:
             print(f"local PostgreSQL unavailable ({type(exc).__name__}); using an embedded one")
     from prodsentinel.embedded import embedded_database_url
 
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
-    url = embedded_database_url(Path(tempfile.mkdtemp(prefix="ps-bench-")))
-    return "postgresql://" + url.split("://", 1)[1]
+    data_dir = Path(tempfile.mkdtemp(prefix="ps-bench-"))
+    url = embedded_database_url(data_dir)
+    return "postgresql://" + url.split("://", 1)[1], data_dir
+
+
+def stop_embedded(data_dir: Path) -> None:
+    from prodsentinel import embedded
+
+    if embedded._server is not None:
+        embedded._server.cleanup()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def main() -> None:
@@ -179,7 +194,7 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=10_000)
     parser.add_argument("--embedded", action="store_true", help="use an embedded PostgreSQL in a temp dir")
     args = parser.parse_args()
-    server = server_url(args.embedded)
+    server, data_dir = server_url(args.embedded)
     name = f"ps_bench_incidents_{uuid.uuid4().hex[:8]}"
     asyncio.run(admin(server, f'CREATE DATABASE "{name}"'))
     parts = urlsplit(server)
@@ -189,6 +204,8 @@ def main() -> None:
         asyncio.run(bench(url, args.errors, args.series))
     finally:
         asyncio.run(admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if data_dir is not None:
+            stop_embedded(data_dir)
 
 
 if __name__ == "__main__":

@@ -215,22 +215,25 @@ class IncidentRepository(SQLAlchemyAsyncRepository[Incident]):
                 ON CONFLICT (source, signal_pk) DO NOTHING
                 RETURNING project_id, fingerprint, ts, trace_id, level
             ),
+            -- Correlated subqueries instead of joins between CTEs: CTE row estimates are poor, and a
+            -- join planned as a nested loop over two 5,000-row CTEs cost seconds per batch.
             win AS (
-                SELECT ins.*, max(ts) OVER (PARTITION BY project_id, fingerprint) AS newest FROM ins
-            ),
-            traces AS (
-                SELECT DISTINCT project_id, trace_id FROM ins WHERE trace_id IS NOT NULL
-            ),
-            spread AS (
-                SELECT t.project_id, t.trace_id,
-                       (SELECT count(DISTINCT svc) FROM (
-                            SELECT l.service_name AS svc FROM logs l
-                            WHERE l.project_id = t.project_id AND l.trace_id = t.trace_id AND l.level >= 40
-                            UNION ALL
-                            SELECT sp.service_name FROM spans sp
-                            WHERE sp.project_id = t.project_id AND sp.trace_id = t.trace_id AND sp.status = 2
-                       ) AS e) AS services
-                FROM traces t
+                SELECT ins.*,
+                       max(ins.ts) OVER (PARTITION BY ins.project_id, ins.fingerprint) AS newest,
+                       -- "+ 0" keeps the planner on the (project, trace) indexes: the partial error
+                       -- indexes also match "level >= 40" / "status = 2" and, with stale statistics,
+                       -- were chosen and scanned every error of the project per row.
+                       CASE WHEN ins.trace_id IS NULL THEN 0 ELSE (
+                           SELECT count(DISTINCT e.svc) FROM (
+                               SELECT l.service_name AS svc FROM logs l
+                               WHERE l.project_id = ins.project_id AND l.trace_id = ins.trace_id
+                                 AND l.level + 0 >= 40
+                               UNION ALL
+                               SELECT sp.service_name FROM spans sp
+                               WHERE sp.project_id = ins.project_id AND sp.trace_id = ins.trace_id
+                                 AND sp.status + 0 = 2
+                           ) AS e) END AS services
+                FROM ins
             ),
             agg AS (
                 SELECT w.project_id, w.fingerprint,
@@ -240,9 +243,8 @@ class IncidentRepository(SQLAlchemyAsyncRepository[Incident]):
                        max(w.level) AS max_level,
                        count(*) FILTER (WHERE w.ts > w.newest - make_interval(secs => :window)) AS n_window,
                        (array_agg(DISTINCT w.trace_id) FILTER (WHERE w.trace_id IS NOT NULL))[1:10] AS traces,
-                       coalesce(max(sp.services), 0) AS spread
+                       max(w.services) AS spread
                 FROM win w
-                LEFT JOIN spread sp ON sp.project_id = w.project_id AND sp.trace_id = w.trace_id
                 GROUP BY w.project_id, w.fingerprint
             )
             SELECT a.*, a.n_window + (
@@ -505,6 +507,7 @@ class IncidentRepository(SQLAlchemyAsyncRepository[Incident]):
         """Error logs and ERROR spans of the traces in time order (the first one is the first error).
 
         A span's error time is its end: a caller's span starts before its callee's but fails after it.
+        ("+ 0": look up by trace, never by scanning the partial error indexes; see record_occurrences.)
         """
         if not trace_ids:
             return []
@@ -514,11 +517,11 @@ class IncidentRepository(SQLAlchemyAsyncRepository[Incident]):
                 (SELECT 'log' AS kind, l.signal_id, l.trace_id, l.service_name, l.timestamp AS ts,
                         l.message AS text
                  FROM logs l
-                 WHERE l.project_id = :pid AND l.trace_id = ANY(:traces) AND l.level >= 40)
+                 WHERE l.project_id = :pid AND l.trace_id = ANY(:traces) AND l.level + 0 >= 40)
                 UNION ALL
                 (SELECT 'span', s.signal_id, s.trace_id, s.service_name, s.end_time, s.name
                  FROM spans s
-                 WHERE s.project_id = :pid AND s.trace_id = ANY(:traces) AND s.status = 2)
+                 WHERE s.project_id = :pid AND s.trace_id = ANY(:traces) AND s.status + 0 = 2)
                 ORDER BY ts, kind
                 LIMIT :limit
                 """
