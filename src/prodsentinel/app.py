@@ -16,6 +16,7 @@ from prodsentinel.auth.controllers import ApiKeyController
 from prodsentinel.auth.guards import SESSION_MAKER_STATE_KEY, auth_middleware, provide_principal
 from prodsentinel.auth.models import ApiKey
 from prodsentinel.auth.scopes import Principal
+from prodsentinel.incidents.controllers import AnomalyController, IncidentController
 from prodsentinel.ingest.controllers import IngestController
 from prodsentinel.ingest.plugin import IngestPlugin
 from prodsentinel.lib import jobs
@@ -71,6 +72,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             SpanController,
             MetricController,
             ServiceController,
+            IncidentController,
+            AnomalyController,
         ],
         plugins=[
             plugins.sqlalchemy_plugin(db_config),

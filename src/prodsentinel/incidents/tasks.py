@@ -1,12 +1,69 @@
-"""SAQ jobs of this domain. Each task opens a session scope and calls one service function."""
+"""SAQ jobs of this domain. Each task opens a session scope and calls one service function.
+
+- ``group_new_errors``: enqueued by ingest after each commit holding errors (``key="group_new_errors"``,
+  so at most one is queued); the cron ``group_new_errors_cron`` (every 10 s) is the fallback that
+  finds whatever an enqueue failed to announce.
+- ``auto_resolve_incidents`` (cron, every minute): resolve quiet incidents.
+- ``detect_anomalies`` (cron, every minute): score active metric series.
+- ``analyse_incident``: root-cause analysis, job key ``analyse:<incident_id>``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from litestar_saq import CronJob
 
-__all__ = ("CRON_JOBS", "TASKS")
+from prodsentinel.incidents import analysis
+from prodsentinel.incidents import services as incident_services
+from prodsentinel.lib.jobs import settings_of, task_session
 
-TASKS: list[Any] = []
-CRON_JOBS: list[CronJob] = []
+__all__ = (
+    "CRON_JOBS",
+    "TASKS",
+    "analyse_incident",
+    "auto_resolve_incidents",
+    "detect_anomalies",
+    "group_new_errors",
+    "group_new_errors_cron",
+)
+
+
+async def group_new_errors(ctx: Any) -> dict[str, int]:
+    result = await incident_services.run_grouping(ctx["session_maker"])
+    return {"signals": result.signals, "batches": result.batches, "transitions": len(result.transitions)}
+
+
+async def group_new_errors_cron(ctx: Any) -> dict[str, int]:
+    """Cron twin of ``group_new_errors`` (cron job keys are ``cron:<function name>``, so it needs its own)."""
+    return await group_new_errors(ctx)
+
+
+async def auto_resolve_incidents(ctx: Any) -> dict[str, int]:
+    async with task_session(ctx) as session:
+        transitions = await incident_services.auto_resolve(
+            session, quiet_minutes=settings_of(ctx).incident_quiet_minutes
+        )
+    await incident_services.announce(transitions)
+    return {"resolved": len(transitions)}
+
+
+async def detect_anomalies(ctx: Any) -> dict[str, int]:
+    async with task_session(ctx) as session:
+        anomalies, transitions = await incident_services.detect_anomalies(session)
+    await incident_services.announce(transitions)
+    return {"anomalies": len(anomalies), "transitions": len(transitions)}
+
+
+async def analyse_incident(ctx: Any, *, incident_id: str) -> dict[str, Any]:
+    result = await analysis.run_analysis(ctx["session_maker"], UUID(incident_id), settings=settings_of(ctx))
+    return {"incident_id": incident_id, "origin_service": result["origin_service"] if result else None}
+
+
+TASKS: list[Any] = [group_new_errors, analyse_incident]
+CRON_JOBS: list[CronJob] = [
+    CronJob(function=group_new_errors_cron, cron="* * * * * */10", timeout=120),
+    CronJob(function=auto_resolve_incidents, cron="* * * * *", timeout=60),
+    CronJob(function=detect_anomalies, cron="* * * * *", timeout=120),
+]

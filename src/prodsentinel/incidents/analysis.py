@@ -1,0 +1,279 @@
+"""The built-in root-cause analyser and the optional external analyser webhook.
+
+It reads the stored telemetry around one incident (SQL in ``repositories``) and stores a structured,
+versioned result in ``incident.analysis``:
+
+- ``origin_service`` / ``origin_span``: the deepest ERROR span of the incident's sample traces (the
+  failure furthest down the call tree is the likely origin; callers above it fail because it failed);
+  without spans, the service of the earliest error;
+- ``first_error``: the earliest error (log or span) of those traces, across services;
+- ``related_bursts``: other services with >= 3 errors in the incident's window;
+- ``anomalies``: metric anomalies recorded in the window;
+- ``evidence``: the signal ids (and anomaly ids) each claim rests on;
+- ``summary``: one paragraph for humans.
+
+The window is the incident's recent activity: from ``max(first_seen, last_seen - 1 h) - 5 min`` to
+``last_seen + 5 min``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import httpx
+import msgspec
+import structlog
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from prodsentinel.incidents.models import Anomaly, Incident
+from prodsentinel.incidents.repositories import AnomalyRepository, IncidentRepository
+from prodsentinel.incidents.schemas import IncidentOut
+from prodsentinel.lib.database import session_scope
+from prodsentinel.lib.time import utcnow
+from prodsentinel.notifications.signing import delivery_headers
+from prodsentinel.settings import Settings
+
+__all__ = ("ANALYSIS_VERSION", "analyse", "build_analysis", "post_webhook", "run_analysis")
+
+logger = structlog.get_logger("prodsentinel.incidents.analysis")
+
+ANALYSIS_VERSION = 1
+WINDOW_BEFORE = timedelta(minutes=5)
+WINDOW_AFTER = timedelta(minutes=5)
+MAX_LOOKBACK = timedelta(hours=1)
+BURST_MIN_ERRORS = 3
+_WEBHOOK_NAMESPACE = uuid.UUID("6f2a4f0e-8a59-4c57-9a8e-4b8f9f3a7c11")
+
+
+def analysis_window(incident: Incident) -> tuple[datetime, datetime]:
+    start = max(incident.first_seen, incident.last_seen - MAX_LOOKBACK) - WINDOW_BEFORE
+    return start, incident.last_seen + WINDOW_AFTER
+
+
+async def analyse(
+    session: AsyncSession, incident_id: UUID, *, now: datetime | None = None
+) -> dict[str, Any] | None:
+    """Analyse one incident and store the result (the caller commits); ``None`` if it no longer exists."""
+    now = now or utcnow()
+    repo = IncidentRepository(session=session)
+    incident = await session.get(Incident, incident_id, populate_existing=True)
+    if incident is None:
+        return None
+    traces = list(incident.sample_trace_ids or [])
+    since, until = analysis_window(incident)
+    result = build_analysis(
+        incident,
+        deepest=await repo.deepest_error_spans(incident.project_id, traces),
+        errors=await repo.earliest_errors(incident.project_id, traces),
+        bursts=await repo.error_bursts(
+            incident.project_id,
+            exclude_service=incident.service_name,
+            since=since,
+            until=until,
+            min_count=BURST_MIN_ERRORS,
+        ),
+        anomalies=await AnomalyRepository(session=session).in_window(
+            incident.project_id, since=since, until=until
+        ),
+        window=(since, until),
+    )
+    await repo.save_analysis(incident.id, result, now)
+    return result
+
+
+def build_analysis(
+    incident: Incident,
+    *,
+    deepest: Sequence[Row[Any]],
+    errors: Sequence[Row[Any]],
+    bursts: Sequence[Row[Any]],
+    anomalies: Sequence[Anomaly],
+    window: tuple[datetime, datetime],
+) -> dict[str, Any]:
+    """Turn the query results into the versioned, JSON-ready analysis document (no I/O)."""
+    origin_span = (
+        {
+            "signal_id": str(deepest[0].signal_id),
+            "trace_id": deepest[0].trace_id,
+            "span_id": deepest[0].span_id,
+            "service_name": deepest[0].service_name,
+            "name": deepest[0].name,
+            "depth": int(deepest[0].depth),
+            "start_time": deepest[0].start_time.isoformat(),
+        }
+        if deepest
+        else None
+    )
+    first_error = (
+        {
+            "kind": errors[0].kind,
+            "signal_id": str(errors[0].signal_id),
+            "trace_id": errors[0].trace_id,
+            "service_name": errors[0].service_name,
+            "timestamp": errors[0].ts.isoformat(),
+            "text": errors[0].text[:500],
+        }
+        if errors
+        else None
+    )
+    if origin_span is not None:
+        origin_service = origin_span["service_name"]
+    elif first_error is not None:
+        origin_service = first_error["service_name"]
+    else:
+        origin_service = incident.service_name
+    related_bursts = [
+        {
+            "service_name": b.service_name,
+            "errors": int(b.errors),
+            "first_error": b.first_error.isoformat(),
+            "last_error": b.last_error.isoformat(),
+            "signal_ids": [str(s) for s in b.signal_ids],
+        }
+        for b in bursts
+    ]
+    anomaly_items = [
+        {
+            "id": str(a.id),
+            "metric": a.metric_name,
+            "service_name": a.service_name,
+            "labels": a.labels or {},
+            "ts": a.ts.isoformat(),
+            "value": a.value,
+            "expected": a.expected,
+            "score": round(a.score, 3),
+        }
+        for a in anomalies
+    ]
+    evidence = {
+        "spans": _unique(
+            [str(r.signal_id) for r in deepest] + [str(r.signal_id) for r in errors if r.kind == "span"]
+        ),
+        "logs": _unique([str(r.signal_id) for r in errors if r.kind == "log"]),
+        "bursts": _unique([s for b in related_bursts for s in b["signal_ids"]]),
+        "anomalies": [a["id"] for a in anomaly_items],
+    }
+    return {
+        "version": ANALYSIS_VERSION,
+        "origin_service": origin_service,
+        "origin_span": origin_span,
+        "first_error": first_error,
+        "related_bursts": related_bursts,
+        "anomalies": anomaly_items,
+        "evidence": evidence,
+        "window": {"since": window[0].isoformat(), "until": window[1].isoformat()},
+        "traces_examined": len(incident.sample_trace_ids or []),
+        "summary": _summary(
+            incident, origin_service, origin_span, first_error, related_bursts, anomaly_items
+        ),
+    }
+
+
+def _unique(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def _summary(
+    incident: Incident,
+    origin_service: str,
+    origin_span: dict[str, Any] | None,
+    first_error: dict[str, Any] | None,
+    bursts: list[dict[str, Any]],
+    anomalies: list[dict[str, Any]],
+) -> str:
+    parts = [
+        f"Incident '{incident.title}' ({incident.severity}, {incident.count} occurrences since "
+        f"{incident.first_seen.isoformat()})."
+    ]
+    if origin_span is not None:
+        parts.append(
+            f"The deepest failing span across {len(incident.sample_trace_ids or [])} sample trace(s) is "
+            f"'{origin_span['name']}' in {origin_span['service_name']} (depth {origin_span['depth']}), "
+            f"so {origin_service} is the likely origin."
+        )
+    elif first_error is not None:
+        parts.append(f"No failing spans were found; the earliest error came from {origin_service}.")
+    else:
+        parts.append(
+            f"The incident carries no trace data, so {origin_service} is the only service implicated."
+        )
+    if first_error is not None:
+        parts.append(
+            f"The first error in time was a {first_error['kind']} in {first_error['service_name']} at "
+            f"{first_error['timestamp']}."
+        )
+    if bursts:
+        described = ", ".join(f"{b['service_name']} ({b['errors']} errors)" for b in bursts[:5])
+        parts.append(f"Other services erred in the same window: {described}.")
+    else:
+        parts.append("No other service had an error burst in the same window.")
+    if anomalies:
+        described = ", ".join(
+            f"{a['metric']} on {a['service_name']} (score {a['score']})" for a in anomalies[:5]
+        )
+        parts.append(f"Metric anomalies in the window: {described}.")
+    else:
+        parts.append("No metric anomalies were recorded in the window.")
+    return " ".join(parts)
+
+
+async def run_analysis(
+    session_maker: async_sessionmaker[AsyncSession],
+    incident_id: UUID,
+    *,
+    settings: Settings,
+    now: datetime | None = None,
+) -> dict[str, Any] | None:
+    """The ``analyse_incident`` job: analyse and commit, then (outside the transaction) call the webhook."""
+    async with session_scope(session_maker) as session:
+        result = await analyse(session, incident_id, now=now)
+        incident = await session.get(Incident, incident_id) if result is not None else None
+        incident_body = (
+            msgspec.to_builtins(msgspec.convert(incident, IncidentOut, from_attributes=True))
+            if incident is not None
+            else None
+        )
+    if result is not None and incident_body is not None and settings.analysis_webhook_url:
+        await post_webhook(settings, incident_body, result)
+    return result
+
+
+async def post_webhook(settings: Settings, incident: dict[str, Any], analysis: dict[str, Any]) -> int | None:
+    """Send the analysis request to the external analyser, signed like §8 deliveries (best effort).
+
+    The event id is stable per incident episode and severity, so a receiver can deduplicate re-runs.
+    """
+    assert settings.analysis_webhook_url
+    event_id = uuid.uuid5(
+        _WEBHOOK_NAMESPACE, f"{incident['id']}:{incident['reopened_count']}:{incident['severity']}"
+    )
+    body = msgspec.json.encode(
+        {
+            "event_type": "INCIDENT_ANALYSIS_REQUESTED",
+            "event_id": str(event_id),
+            "incident": incident,
+            "analysis": analysis,
+        }
+    )
+    headers = delivery_headers(
+        delivery_id=uuid.uuid4(),
+        event_id=event_id,
+        timestamp=int(time.time()),
+        body=body,
+        secret=settings.analysis_webhook_secret,
+    )
+    try:
+        async with httpx.AsyncClient(timeout=settings.notify_timeout_seconds) as client:
+            response = await client.post(settings.analysis_webhook_url, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        logger.warning("analysis_webhook_failed", incident_id=incident["id"], error=type(exc).__name__)
+        return None
+    if response.status_code >= 300:
+        logger.warning("analysis_webhook_rejected", incident_id=incident["id"], status=response.status_code)
+    return response.status_code

@@ -1,0 +1,255 @@
+"""Root-cause analysis: the built-in analyser, the signed external webhook, SAQ job-key dedup."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+from saq import Queue, Worker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from prodsentinel.incidents import analysis, services, tasks
+from prodsentinel.incidents.models import Anomaly, Incident
+from prodsentinel.lib import jobs
+from prodsentinel.notifications.signing import verify
+from prodsentinel.settings import Settings
+from tests.incidents.conftest import incidents_of
+from tests.incidents.receiver import http_receiver
+from tests.incidents.seed import log_row, seed, span_row
+
+
+def ms(base: datetime, n: int) -> datetime:
+    return base + timedelta(milliseconds=n)
+
+
+async def seed_checkout_failure(
+    session_maker: async_sessionmaker[AsyncSession], project: UUID, clock: datetime, traces: int = 3
+) -> None:
+    """gateway -> orders -> payments(charge card fails; its db query is fine), errors logged on the way up."""
+    spans: list[dict[str, Any]] = []
+    logs: list[dict[str, Any]] = []
+    for t in range(traces):
+        trace, start = f"trace-{t}", clock + timedelta(seconds=10 * t)
+        spans += [
+            span_row(
+                project,
+                service="gateway",
+                name="GET /checkout",
+                trace_id=trace,
+                span_id=f"g{t}",
+                start=start,
+                duration_ms=100,
+            ),
+            span_row(
+                project,
+                service="orders",
+                name="POST /orders",
+                trace_id=trace,
+                span_id=f"o{t}",
+                parent_span_id=f"g{t}",
+                start=ms(start, 10),
+                duration_ms=80,
+            ),
+            span_row(
+                project,
+                service="payments",
+                name="charge card",
+                trace_id=trace,
+                span_id=f"p{t}",
+                parent_span_id=f"o{t}",
+                start=ms(start, 20),
+                duration_ms=40,
+            ),
+            span_row(
+                project,
+                service="payments",
+                name="SELECT cards",
+                trace_id=trace,
+                span_id=f"d{t}",
+                parent_span_id=f"p{t}",
+                start=ms(start, 25),
+                duration_ms=30,
+                status="OK",
+            ),
+        ]
+        logs += [
+            log_row(
+                project,
+                service="payments",
+                message="card processor timeout",
+                ts=ms(start, 58),
+                trace_id=trace,
+            ),
+            log_row(project, service="orders", message="payment failed", ts=ms(start, 85), trace_id=trace),
+            log_row(
+                project,
+                service="gateway",
+                message="checkout failed: upstream 502",
+                ts=ms(start, 99),
+                trace_id=trace,
+            ),
+        ]
+    # an unrelated burst in another service in the same window
+    logs += [
+        log_row(project, service="inventory", message=f"stock sync {i} failed", ts=ms(clock, 500 + i))
+        for i in range(4)
+    ]
+    await seed(session_maker, "span", spans)
+    await seed(session_maker, "log", logs)
+
+
+async def gateway_incident(session_maker: async_sessionmaker[AsyncSession], project: UUID) -> Incident:
+    [incident] = [
+        i for i in await incidents_of(session_maker, project) if i.title.startswith("gateway: checkout")
+    ]
+    return incident
+
+
+class TestAnalyser:
+    async def test_finds_the_origin_service_and_evidence_and_calls_the_signed_webhook(
+        self,
+        session_maker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        project: UUID,
+        clock: datetime,
+    ) -> None:
+        await seed_checkout_failure(session_maker, project, clock)
+        await services.run_grouping(session_maker, now=clock)
+        incident = await gateway_incident(session_maker, project)
+        assert incident.severity == "high"  # medium, one level up: the trace fails in 3 services
+        async with session_maker() as session:
+            session.add(
+                Anomaly(
+                    project_id=project,
+                    metric_name="db_latency_ms",
+                    service_name="payments",
+                    labels={},
+                    labels_key="{}",
+                    ts=clock + timedelta(seconds=5),
+                    value=900.0,
+                    expected=20.0,
+                    score=42.0,
+                )
+            )
+            await session.commit()
+
+        with http_receiver() as receiver:
+            configured = settings.with_overrides(
+                analysis_webhook_url=receiver.url, analysis_webhook_secret="s3cret"
+            )
+            result = await analysis.run_analysis(session_maker, incident.id, settings=configured, now=clock)
+
+            assert result is not None
+            assert result["version"] == 1
+            assert result["origin_service"] == "payments"
+            assert result["origin_span"]["name"] == "charge card"
+            assert result["origin_span"]["depth"] == 2
+            assert result["first_error"]["service_name"] == "payments"
+            assert result["first_error"]["kind"] == "log"
+            bursts = {b["service_name"]: b["errors"] for b in result["related_bursts"]}
+            assert bursts["inventory"] == 4
+            assert "gateway" not in bursts
+            assert [a["metric"] for a in result["anomalies"]] == ["db_latency_ms"]
+            assert result["evidence"]["spans"]
+            assert result["evidence"]["logs"]
+            assert result["evidence"]["anomalies"] == [result["anomalies"][0]["id"]]
+            assert "payments" in result["summary"]
+            assert "likely origin" in result["summary"]
+
+            [stored] = [i for i in await incidents_of(session_maker, project) if i.id == incident.id]
+            assert stored.analysis == result
+            assert stored.analysed_at == clock
+
+            [request] = receiver.requests
+            headers = request.headers
+            assert verify(
+                "s3cret",
+                headers["x-prodsentinel-timestamp"],
+                request.body,
+                headers["x-prodsentinel-signature"],
+                now=int(time.time()),
+            )
+            body = json.loads(request.body)
+            assert body["event_type"] == "INCIDENT_ANALYSIS_REQUESTED"
+            assert body["event_id"] == headers["x-prodsentinel-event-id"]
+            assert body["incident"]["id"] == str(incident.id)
+            assert body["analysis"]["origin_service"] == "payments"
+
+    async def test_log_only_incident_falls_back_to_the_earliest_error(
+        self,
+        session_maker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        project: UUID,
+        clock: datetime,
+    ) -> None:
+        await seed(
+            session_maker,
+            "log",
+            [
+                log_row(project, service="db", message="replica lag", ts=clock, trace_id="L1"),
+                log_row(project, service="api", message="stale read", ts=ms(clock, 5), trace_id="L1"),
+            ],
+        )
+        await services.run_grouping(session_maker, now=clock)
+        [incident] = [i for i in await incidents_of(session_maker, project) if i.service_name == "api"]
+        result = await analysis.run_analysis(session_maker, incident.id, settings=settings, now=clock)
+        assert result is not None
+        assert result["origin_span"] is None
+        assert result["origin_service"] == "db"
+        assert result["first_error"]["text"] == "replica lag"
+        assert await analysis.run_analysis(session_maker, uuid4(), settings=settings) is None
+
+
+class TestAnalysisDedup:
+    async def test_fifty_enqueues_make_one_run_and_a_later_escalation_reruns(
+        self,
+        queue: Queue,
+        session_maker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        project: UUID,
+        clock: datetime,
+    ) -> None:
+        await seed_checkout_failure(session_maker, project, clock, traces=1)
+        jobs.bind_queue(None)  # group without announcing, so the 50 requests below are the only ones
+        await services.run_grouping(session_maker, now=clock)
+        jobs.bind_queue(queue)
+        incident = await gateway_incident(session_maker, project)
+        runs: list[str] = []
+
+        async def startup(ctx: Any) -> None:
+            ctx["session_maker"] = session_maker
+            ctx["settings"] = settings
+
+        async def after_process(ctx: Any) -> None:
+            job = ctx["job"]
+            if job.function == "analyse_incident" and job.kwargs.get("incident_id") == str(incident.id):
+                runs.append(job.status)
+
+        async def drain() -> None:
+            worker = Worker(
+                queue,
+                functions=[tasks.analyse_incident],
+                startup=startup,
+                after_process=after_process,
+                burst=True,
+                dequeue_timeout=0.5,
+            )
+            await asyncio.wait_for(worker.start(), timeout=30)
+
+        accepted = await asyncio.gather(*(services.enqueue_analysis(incident.id) for _ in range(50)))
+        assert sum(accepted) == 1
+        await drain()
+        assert runs == ["complete"]
+        [stored] = [i for i in await incidents_of(session_maker, project) if i.id == incident.id]
+        assert stored.analysis is not None
+        assert stored.analysis["origin_service"] == "payments"
+
+        await asyncio.sleep(1.1)  # SAQ re-queues a finished key only for a later schedule second
+        assert await services.enqueue_analysis(incident.id) is True
+        assert await services.enqueue_analysis(incident.id) is False
+        await drain()
+        assert runs == ["complete", "complete"]
