@@ -11,6 +11,8 @@ from litestar.di import Provide
 from sqlalchemy import func, select
 
 from prodsentinel import plugins
+from prodsentinel.alerts import services as alert_services
+from prodsentinel.alerts.controllers import alerts_router
 from prodsentinel.auth.cli import KeysCLIPlugin
 from prodsentinel.auth.controllers import ApiKeyController
 from prodsentinel.auth.guards import SESSION_MAKER_STATE_KEY, auth_middleware, provide_principal
@@ -38,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def on_startup(app: Litestar) -> None:
         if settings.run_auto_migrate:
             await asyncio.to_thread(migrate, db_config)
+        await alert_services.load_policies_file(app.state[SESSION_MAKER_STATE_KEY], settings)
         queue = saq.get_queue(settings.queue_name)
         await queue.connect()
         jobs.bind_queue(queue)
@@ -50,7 +53,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await redis.aclose()
 
     return Litestar(
-        route_handlers=[HealthController, ApiKeyController],
+        route_handlers=[HealthController, ApiKeyController, alerts_router],
         plugins=[
             plugins.sqlalchemy_plugin(db_config),
             saq,
