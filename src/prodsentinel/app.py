@@ -49,6 +49,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     async def on_shutdown(app: Litestar) -> None:
         jobs.bind_queue(None)
+        if not settings.run_inprocess_workers:  # an in-process worker still uses the queue while it stops
+            await saq.get_queue(settings.queue_name).disconnect()  # else the pool's connections leak
         if redis is not None:
             await redis.aclose()
 
