@@ -202,43 +202,17 @@ async def _values(
     return {row[0]: (None if row[1] is None else float(row[1])) for row in result}
 
 
-_LOG_RATE_SQL = """
-WITH p AS (
-    SELECT * FROM jsonb_to_recordset(:policies)
-        AS p(policy_id uuid, project_id uuid, window_s int, min_level int, service text, q text,
-             q_regex text, scan_service text)
-),
-scans AS (
-    SELECT DISTINCT project_id, window_s, q, q_regex, scan_service FROM p
-),
-agg AS (
-    SELECT s.project_id, s.window_s, s.q, s.q_regex, s.scan_service, l.service_name, l.level,
-           count(*) AS n
-    FROM scans s
-    CROSS JOIN LATERAL (
-        SELECT logs.service_name, logs.level
-        FROM logs
-        WHERE logs.project_id = s.project_id
-          AND logs.timestamp > CAST(:now AS timestamptz) - make_interval(secs => s.window_s)
-          AND logs.timestamp <= CAST(:now AS timestamptz)
-          AND (s.scan_service IS NULL OR logs.service_name = s.scan_service)
-          AND (s.q IS NULL
-               OR (s.q_regex IS NOT NULL AND logs.message ~* s.q_regex)
-               OR (s.q_regex IS NULL AND strpos(lower(logs.message), lower(s.q)) > 0))
-    ) l
-    GROUP BY 1, 2, 3, 4, 5, 6, 7
-)
-SELECT p.policy_id, coalesce(sum(a.n), 0)::float8
-FROM p
-LEFT JOIN agg a
-    ON a.project_id = p.project_id
-   AND a.window_s = p.window_s
-   AND a.q IS NOT DISTINCT FROM p.q
-   AND a.scan_service IS NOT DISTINCT FROM p.scan_service
-   AND a.level >= p.min_level
-   AND (p.service IS NULL OR a.service_name = p.service)
-GROUP BY p.policy_id
-"""
+def _bucket_case(column: str, windows: Sequence[int]) -> str:
+    """SQL giving each row the smallest window (seconds) that contains it, NULL outside them all.
+
+    A row is in window ``w`` exactly when its bucket is <= ``w``, so counts per bucket add up to
+    every window's count without scanning once per window. The windows are validated integers.
+    """
+    branches = " ".join(
+        f"WHEN {column} > CAST(:now AS timestamptz) - make_interval(secs => {int(w)}) THEN {int(w)}"
+        for w in sorted(set(windows))
+    )
+    return f"CASE {branches} END"
 
 
 async def log_rate_values(
@@ -246,20 +220,77 @@ async def log_rate_values(
 ) -> dict[UUID, float | None]:
     """Count of matching logs in ``(now - window, now]``.
 
-    Row keys: policy_id, project_id, window_s, min_level, service, q, q_regex (the pattern when q
-    is ``/.../``), scan_service (the service when q is set: a text search is narrowed to the
-    service's index range; without q the service filter applies to the aggregate instead).
+    ONE index range scan per project over its largest window, grouped by (service, level, window
+    bucket), with one ``count(*) FILTER`` per distinct text query (bound parameters): so 1,000
+    policies cost one pass over the window's rows plus one cheap test per row and distinct ``q``.
+    Row keys: policy_id, project_id, window_s, min_level, service, q_index (0 = no q, else the
+    1-based position in the distinct queries passed as ``queries``).
     """
-    return await _values(session, _LOG_RATE_SQL, rows, now)
+    if not rows:
+        return {}
+    queries: list[tuple[str, bool]] = []  # (text, is_regex), distinct
+    lowest: dict[int, int] = {}  # q position -> lowest min_level of its policies
+    for row in rows:
+        key = (row["q_regex"], True) if row.get("q_regex") else (row["q"], False) if row.get("q") else None
+        if key is None:
+            row["q_index"] = 0
+            continue
+        if key not in queries:
+            queries.append(key)
+        row["q_index"] = position = queries.index(key) + 1
+        lowest[position] = min(lowest.get(position, row["min_level"]), int(row["min_level"]))
+    params: dict[str, Any] = {}
+    filters = []
+    for i, (query, is_regex) in enumerate(queries, start=1):
+        params[f"q_{i}"] = query if is_regex else query.lower()
+        test = f"l.message ~* :q_{i}" if is_regex else f"strpos(lower(l.message), :q_{i}) > 0"
+        # The level test comes first so the text test only runs on rows some policy can count.
+        filters.append(f"count(*) FILTER (WHERE l.level >= {lowest[i]} AND {test}) AS n_{i}")
+    counts = ", ".join(["count(*) AS n_0", *filters])
+    array = ", ".join(f"c.n_{i}" for i in range(len(queries) + 1))
+    bucket = _bucket_case("l.timestamp", [row["window_s"] for row in rows])
+    sql = f"""
+WITH p AS MATERIALIZED (
+    SELECT * FROM jsonb_to_recordset(:policies)
+        AS p(policy_id uuid, project_id uuid, window_s int, min_level int, service text, q_index int)
+),
+proj AS MATERIALIZED (SELECT project_id, max(window_s) AS max_w FROM p GROUP BY project_id),
+agg AS MATERIALIZED (
+    SELECT pr.project_id, c.service_name, c.level, c.bucket, u.n, u.q_index - 1 AS q_index
+    FROM proj pr
+    CROSS JOIN LATERAL (
+        SELECT l.service_name, l.level, {bucket} AS bucket, {counts}
+        FROM logs l
+        WHERE l.project_id = pr.project_id
+          AND l.timestamp > CAST(:now AS timestamptz) - make_interval(secs => pr.max_w)
+          AND l.timestamp <= CAST(:now AS timestamptz)
+        GROUP BY 1, 2, 3
+    ) c
+    CROSS JOIN LATERAL unnest(ARRAY[{array}]) WITH ORDINALITY AS u(n, q_index)
+    WHERE u.n > 0
+)
+SELECT p.policy_id, coalesce(sum(a.n), 0)::float8
+FROM p
+LEFT JOIN agg a
+    ON a.project_id = p.project_id
+   AND a.q_index = p.q_index
+   AND a.bucket <= p.window_s
+   AND a.level >= p.min_level
+   AND (p.service IS NULL OR a.service_name = p.service)
+GROUP BY p.policy_id
+"""
+    statement = text(sql).bindparams(_policies_param(rows), bindparam("now", now), **params)
+    result = await session.execute(statement)
+    return {row[0]: float(row[1]) for row in result}
 
 
 _ERROR_RATE_SQL = """
-WITH p AS (
+WITH p AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(:policies)
         AS p(policy_id uuid, project_id uuid, window_s int, service text)
 ),
-scans AS (SELECT DISTINCT project_id, window_s, service FROM p),
-agg AS (
+scans AS MATERIALIZED (SELECT DISTINCT project_id, window_s, service FROM p),
+agg AS MATERIALIZED (
     SELECT s.project_id, s.window_s, s.service, c.total, c.errors
     FROM scans s
     CROSS JOIN LATERAL (
@@ -283,33 +314,91 @@ async def error_rate_values(
     return await _values(session, _ERROR_RATE_SQL, rows, now)
 
 
-_METRIC_SQL = """
-WITH p AS (
+_METRIC_AGGREGATES = """
+        avg(m.value) AS v_avg, min(m.value) AS v_min, max(m.value) AS v_max, sum(m.value) AS v_sum,
+        count(*) AS v_count,
+        percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY m.value)
+            FILTER (WHERE k.need_pct) AS v_pct"""
+
+_METRIC_SQL = f"""
+WITH p AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(:policies)
         AS p(policy_id uuid, project_id uuid, window_s int, metric text, service text,
              match_labels jsonb, agg text)
 ),
-scans AS (
+keys AS MATERIALIZED (
     SELECT project_id, window_s, metric, service, match_labels,
            bool_or(agg IN ('p50', 'p95', 'p99')) AS need_pct
     FROM p GROUP BY 1, 2, 3, 4, 5
 ),
-agg AS (
-    SELECT s.project_id, s.window_s, s.metric, s.service, s.match_labels, c.*
-    FROM scans s
+-- A key naming its service: a precise range scan of (project, name, service, timestamp).
+by_service AS MATERIALIZED (
+    SELECT k.project_id, k.window_s, k.metric, k.service, k.match_labels, c.*
+    FROM keys k
     CROSS JOIN LATERAL (
-        SELECT avg(m.value) AS v_avg, min(m.value) AS v_min, max(m.value) AS v_max,
-               sum(m.value) AS v_sum, count(*) AS v_count,
-               percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY m.value)
-                   FILTER (WHERE s.need_pct) AS v_pct
+        SELECT {_METRIC_AGGREGATES}
         FROM metric_points m
-        WHERE m.project_id = s.project_id
-          AND m.name = s.metric
-          AND (s.service IS NULL OR m.service_name = s.service)
-          AND m.timestamp > CAST(:now AS timestamptz) - make_interval(secs => s.window_s)
+        WHERE m.project_id = k.project_id
+          AND m.name = k.metric
+          AND m.service_name = k.service
+          AND m.timestamp > CAST(:now AS timestamptz) - make_interval(secs => k.window_s)
           AND m.timestamp <= CAST(:now AS timestamptz)
-          AND (s.match_labels IS NULL OR m.labels @> s.match_labels)
+          AND (k.match_labels IS NULL OR m.labels @> k.match_labels)
     ) c
+    WHERE k.service IS NOT NULL
+),
+-- Keys over every service: the window's points are read once per project (by timestamp) and
+-- shared, instead of one scan per key over the metric's whole retention.
+wide AS MATERIALIZED (
+    SELECT project_id, max(window_s) AS max_w, array_agg(DISTINCT metric) AS metrics
+    FROM keys WHERE service IS NULL GROUP BY project_id
+),
+points AS MATERIALIZED (
+    SELECT w.project_id, m.name, m.labels, m.value, m.timestamp
+    FROM wide w
+    JOIN metric_points m
+      ON m.project_id = w.project_id
+     AND m.timestamp > CAST(:now AS timestamptz) - make_interval(secs => w.max_w)
+     AND m.timestamp <= CAST(:now AS timestamptz)
+     AND m.name = ANY(w.metrics)
+),
+all_services AS MATERIALIZED (
+    SELECT k.project_id, k.window_s, k.metric, k.service, k.match_labels,
+           avg(m.value) AS v_avg, min(m.value) AS v_min, max(m.value) AS v_max, sum(m.value) AS v_sum,
+           count(*) AS v_count, NULL::float8[] AS v_pct
+    FROM keys k
+    JOIN points m
+      ON m.project_id = k.project_id
+     AND m.name = k.metric
+     AND m.timestamp > CAST(:now AS timestamptz) - make_interval(secs => k.window_s)
+     AND (k.match_labels IS NULL OR m.labels @> k.match_labels)
+    WHERE k.service IS NULL
+    GROUP BY k.project_id, k.window_s, k.metric, k.service, k.match_labels
+),
+-- Percentiles need a sort per key: computed only for the keys that ask for one.
+all_services_pct AS MATERIALIZED (
+    SELECT k.project_id, k.window_s, k.metric, k.match_labels,
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY m.value) AS v_pct
+    FROM keys k
+    JOIN points m
+      ON m.project_id = k.project_id
+     AND m.name = k.metric
+     AND m.timestamp > CAST(:now AS timestamptz) - make_interval(secs => k.window_s)
+     AND (k.match_labels IS NULL OR m.labels @> k.match_labels)
+    WHERE k.service IS NULL AND k.need_pct
+    GROUP BY k.project_id, k.window_s, k.metric, k.match_labels
+),
+agg AS (
+    SELECT * FROM by_service
+    UNION ALL
+    SELECT a.project_id, a.window_s, a.metric, a.service, a.match_labels, a.v_avg, a.v_min, a.v_max,
+           a.v_sum, a.v_count, pct.v_pct
+    FROM all_services a
+    LEFT JOIN all_services_pct pct
+        ON pct.project_id = a.project_id
+       AND pct.window_s = a.window_s
+       AND pct.metric = a.metric
+       AND pct.match_labels IS NOT DISTINCT FROM a.match_labels
 )
 SELECT p.policy_id,
        CASE p.agg
@@ -317,13 +406,13 @@ SELECT p.policy_id,
            WHEN 'min' THEN a.v_min
            WHEN 'max' THEN a.v_max
            WHEN 'sum' THEN a.v_sum
-           WHEN 'count' THEN a.v_count::float8
+           WHEN 'count' THEN coalesce(a.v_count, 0)::float8
            WHEN 'p50' THEN a.v_pct[1]
            WHEN 'p95' THEN a.v_pct[2]
            WHEN 'p99' THEN a.v_pct[3]
        END
 FROM p
-JOIN agg a
+LEFT JOIN agg a
     ON a.project_id = p.project_id
    AND a.window_s = p.window_s
    AND a.metric = p.metric
@@ -341,12 +430,12 @@ async def metric_values(
 
 
 _ANOMALY_SQL = """
-WITH p AS (
+WITH p AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(:policies)
         AS p(policy_id uuid, project_id uuid, window_s int, metric text, service text)
 ),
-scans AS (SELECT DISTINCT project_id, window_s, metric, service FROM p),
-agg AS (
+scans AS MATERIALIZED (SELECT DISTINCT project_id, window_s, metric, service FROM p),
+agg AS MATERIALIZED (
     SELECT s.project_id, s.window_s, s.metric, s.service, c.n
     FROM scans s
     CROSS JOIN LATERAL (
@@ -377,10 +466,10 @@ async def anomaly_values(
 
 
 _INCIDENT_SQL = """
-WITH p AS (
+WITH p AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(:policies) AS p(policy_id uuid, project_id uuid, min_rank int)
 ),
-counts AS (
+counts AS MATERIALIZED (
     SELECT i.project_id,
            CASE i.severity WHEN 'low' THEN 0 WHEN 'medium' THEN 1 WHEN 'high' THEN 2 ELSE 3 END AS rank,
            count(*) AS n
