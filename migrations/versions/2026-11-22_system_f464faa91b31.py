@@ -1,7 +1,7 @@
 """system
 
 Revision ID: f464faa91b31
-Revises: ca733bea3691
+Revises: 88b36dbe14cc
 Create Date: 2026-11-22 02:45:56.905464
 
 """
@@ -43,7 +43,7 @@ sa.OneTimeCode = OneTimeCode
 
 # revision identifiers, used by Alembic.
 revision = 'f464faa91b31'
-down_revision = 'ca733bea3691'
+down_revision = '88b36dbe14cc'
 branch_labels = None
 depends_on = None
 

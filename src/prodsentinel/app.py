@@ -11,6 +11,8 @@ from litestar.di import Provide
 from sqlalchemy import func, select
 
 from prodsentinel import plugins
+from prodsentinel.alerts import services as alert_services
+from prodsentinel.alerts.controllers import alerts_router
 from prodsentinel.auth.cli import KeysCLIPlugin
 from prodsentinel.auth.controllers import ApiKeyController
 from prodsentinel.auth.guards import SESSION_MAKER_STATE_KEY, auth_middleware, provide_principal
@@ -50,6 +52,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def on_startup(app: Litestar) -> None:
         if settings.run_auto_migrate:
             await asyncio.to_thread(migrate, db_config)
+        await alert_services.load_policies_file(app.state[SESSION_MAKER_STATE_KEY], settings)
         queue = saq.get_queue(settings.queue_name)
         await queue.connect()
         jobs.bind_queue(queue)
@@ -58,8 +61,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     async def on_shutdown(app: Litestar) -> None:
         jobs.bind_queue(None)
-        # on_startup connected it: close its pool (each app otherwise leaked its connections).
-        await saq.get_queue(settings.queue_name).disconnect()
+        if not settings.run_inprocess_workers:  # an in-process worker still uses the queue while it stops
+            await saq.get_queue(settings.queue_name).disconnect()  # else the pool's connections leak
         if redis is not None:
             await redis.aclose()
 
@@ -74,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ServiceController,
             IncidentController,
             AnomalyController,
+            alerts_router,
         ],
         plugins=[
             plugins.sqlalchemy_plugin(db_config),

@@ -25,11 +25,22 @@ from prodsentinel.settings import Settings
 from prodsentinel.signals import tasks as signal_tasks
 from prodsentinel.system import tracing
 
-__all__ = ("CRON_JOBS", "TASKS", "saq_config")
+__all__ = ("CRON_JOBS", "TASKS", "cron_jobs", "saq_config")
 
 _DOMAIN_TASKS = (ingest_tasks, signal_tasks, incident_tasks, alert_tasks, notification_tasks)
 TASKS: list[Any] = [task for module in _DOMAIN_TASKS for task in module.TASKS]
 CRON_JOBS: list[CronJob] = [cron for module in _DOMAIN_TASKS for cron in module.CRON_JOBS]
+
+
+def cron_jobs(settings: Settings) -> list[CronJob]:
+    """Static ``CRON_JOBS`` plus the crons a domain builds from settings (``def cron_jobs(settings)``)."""
+    built = [
+        cron
+        for module in _DOMAIN_TASKS
+        if hasattr(module, "cron_jobs")
+        for cron in module.cron_jobs(settings)
+    ]
+    return [*CRON_JOBS, *built]
 
 
 def saq_config(settings: Settings, database_url: str) -> SAQConfig:
@@ -67,7 +78,7 @@ def saq_config(settings: Settings, database_url: str) -> SAQConfig:
                 dsn=dsn,
                 name=settings.queue_name,
                 tasks=TASKS,
-                scheduled_tasks=CRON_JOBS,
+                scheduled_tasks=cron_jobs(settings),
                 startup=startup,
                 shutdown=shutdown,
                 before_process=[tracing.attach_job_span],

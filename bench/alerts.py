@@ -1,0 +1,248 @@
+"""Benchmark: one alert-evaluation pass over 1,000 enabled policies and 1M stored logs.
+
+    uv run python bench/alerts.py [--logs 1000000] [--policies 1000] [--passes 3]
+
+Creates a fresh database on the PostgreSQL server of ``BENCH_POSTGRES_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/postgres``; the embedded server when that is unreachable),
+migrates it, seeds it set-based with ``generate_series`` (1M logs over the last hour in one project,
+plus 200k spans, 200k metric points, anomalies and incidents), creates the policies (mixed kinds), one
+webhook channel (so every notifying transition also writes its outbox row), and times
+``alerts.services.run_evaluation`` - the exact code path of the cron job - several times. The
+database is dropped at the end. Runtime is bounded: about a minute on a 2-core machine.
+"""
+
+# ruff: noqa: E501  (long SQL literals read better unwrapped)
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from prodsentinel.alerts import services
+from prodsentinel.alerts.models import AlertPolicy
+from prodsentinel.alerts.policies import normalise
+from prodsentinel.lib.database import alchemy_config, migrate
+
+SERVICES = [f"svc-{i}" for i in range(20)]
+MESSAGES = [
+    "request timeout after 30s",
+    "db connection refused",
+    "GET /api/orders 200",
+    "cache miss for key user:42",
+    "payment declined by upstream",
+    "retrying publish to queue",
+    "slow query detected",
+]
+METRICS = [f"metric_{i}" for i in range(10)]
+
+
+def server_url() -> str:
+    url = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), timeout=1):
+            return url
+    except OSError:
+        os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+        from prodsentinel.embedded import embedded_database_url
+
+        embedded = embedded_database_url(Path(tempfile.mkdtemp(prefix="ps-bench-")))
+        return "postgresql://" + embedded.split("://", 1)[1]
+
+
+async def seed(dsn: str, project_id: uuid.UUID, now: datetime, logs: int) -> dict[str, float]:
+    """Set-based seeding: each table is filled by one INSERT ... SELECT FROM generate_series."""
+    timings: dict[str, float] = {}
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(
+            "INSERT INTO projects (id, name, created_at, updated_at) VALUES ($1, 'bench', now(), now())",
+            project_id,
+        )
+        statements = {
+            "logs": f"""
+                INSERT INTO logs (project_id, signal_id, service_name, timestamp, level, message)
+                SELECT $1, gen_random_uuid(), 'svc-' || (g % 20),
+                       $2::timestamptz - (g::float8 * 3600000 / {logs}) * interval '1 millisecond',
+                       (ARRAY[10, 20, 20, 20, 30, 40, 50])[1 + (g % 7)],
+                       (ARRAY{MESSAGES!r})[1 + (g / 7) % {len(MESSAGES)}]
+                FROM generate_series(1, {logs}) g
+            """,
+            "spans": """
+                INSERT INTO spans (project_id, signal_id, trace_id, span_id, service_name, name, start_time,
+                                   end_time, duration_ms, status)
+                SELECT $1, gen_random_uuid(), md5(g::text), left(md5(g::text), 16), 'svc-' || (g % 20), 'GET /',
+                       $2::timestamptz - (g * 18) * interval '1 millisecond',
+                       $2::timestamptz - (g * 18) * interval '1 millisecond' + interval '5 milliseconds',
+                       5, CASE WHEN g % 17 = 0 THEN 2 ELSE 1 END
+                FROM generate_series(1, 200000) g
+            """,
+            "metric_points": """
+                INSERT INTO metric_points (project_id, signal_id, name, service_name, timestamp, value, labels)
+                SELECT $1, gen_random_uuid(), 'metric_' || (g % 10), 'svc-' || ((g / 10) % 20),
+                       $2::timestamptz - (g * 18) * interval '1 millisecond',
+                       (g % 1000)::float8, jsonb_build_object('route', '/r' || (g % 5))
+                FROM generate_series(1, 200000) g
+            """,
+            "anomalies": """
+                INSERT INTO anomalies (id, project_id, metric_name, service_name, labels, labels_key, ts, value,
+                                       expected, score, method, detected_at)
+                SELECT gen_random_uuid(), $1, 'metric_' || (g % 10), 'svc-' || (g % 20), '{}', '{}',
+                       $2::timestamptz - g * interval '3 seconds', 100, 10, 9, 'mad', $2::timestamptz
+                FROM generate_series(1, 1000) g
+            """,
+            "incidents": """
+                INSERT INTO incidents (id, project_id, fingerprint, title, service_name, source, severity, status,
+                                       count, first_seen, last_seen, sample_trace_ids, reopened_count,
+                                       created_at, updated_at)
+                SELECT gen_random_uuid(), $1, md5(g::text), 'boom', 'svc-' || (g % 20), 'log',
+                       (ARRAY['low', 'medium', 'high', 'critical'])[1 + g % 4],
+                       (ARRAY['open', 'acknowledged', 'resolved'])[1 + g % 3], 1,
+                       $2::timestamptz - interval '1 hour', $2::timestamptz, '{}', 0, now(), now()
+                FROM generate_series(1, 50) g
+            """,
+        }
+        for table, sql in statements.items():
+            started = time.perf_counter()
+            await connection.execute(sql, project_id, now)
+            timings[table] = time.perf_counter() - started
+        await connection.execute(
+            """INSERT INTO notification_channels (id, project_id, name, url, min_severity, enabled, created_at,
+                                                  updated_at)
+               VALUES (gen_random_uuid(), $1, 'bench-hook', 'http://127.0.0.1:9/hook', 'low', true, now(), now())""",
+            project_id,
+        )
+        started = time.perf_counter()
+        await connection.execute("ANALYZE")
+        timings["analyze"] = time.perf_counter() - started
+    finally:
+        await connection.close()
+    return timings
+
+
+def policies(project_id: uuid.UUID, count: int, rng: random.Random) -> list[dict[str, Any]]:
+    """Mixed kinds: 40% log_rate, 20% error_rate, 20% metric_threshold, 10% anomaly, 10% incident."""
+    rows = []
+    for i in range(count):
+        share = i % 10
+        raw: dict[str, Any] = {"name": f"policy-{i}", "severity": rng.choice(["low", "medium", "high"])}
+        raw["window_seconds"] = rng.choice([60, 300, 900])
+        raw["for_seconds"] = rng.choice([0, 0, 60])
+        if share < 4:
+            raw.update(kind="log_rate", threshold=rng.choice([10, 1000, 100000]))
+            if rng.random() < 0.7:
+                raw["service"] = rng.choice(SERVICES)
+            raw["level"] = rng.choice(["WARN", "ERROR", "CRITICAL"])
+            if rng.random() < 0.25:
+                raw["q"] = rng.choice(["timeout", "refused", "declined", "/^db conn.*$/", "/(slow|retry)/"])
+        elif share < 6:
+            raw.update(kind="error_rate", service=rng.choice(SERVICES), threshold=rng.choice([0.01, 0.5]))
+        elif share < 8:
+            raw.update(
+                kind="metric_threshold",
+                metric=rng.choice(METRICS),
+                agg=rng.choice(["avg", "min", "max", "sum", "count", "p50", "p95", "p99"]),
+                threshold=rng.choice([10.0, 500.0, 990.0]),
+            )
+            if rng.random() < 0.5:
+                raw["service"] = rng.choice(SERVICES)
+            if rng.random() < 0.3:
+                raw["match_labels"] = {"route": f"/r{rng.randrange(5)}"}
+        elif share < 9:
+            raw.update(kind="anomaly", metric=rng.choice(METRICS))
+            if rng.random() < 0.5:
+                raw["service"] = rng.choice(SERVICES)
+        else:
+            raw.update(kind="incident", min_severity=rng.choice(["low", "medium", "high", "critical"]))
+        spec = normalise(raw)
+        rows.append({"id": uuid.uuid4(), "project_id": project_id, **spec.columns()})
+    return rows
+
+
+async def profile(session_maker: async_sessionmaker[Any], now: datetime) -> None:
+    """Time each kind's value query alone (diagnostics for ``--profile``)."""
+    from sqlalchemy import select
+
+    async with session_maker() as session:
+        loaded = list(await session.scalars(select(AlertPolicy)))
+        for kind in ("log_rate", "error_rate", "metric_threshold", "anomaly", "incident"):
+            group = [p for p in loaded if p.kind == kind]
+            started = time.perf_counter()
+            await services._VALUE_QUERIES[kind](session, services._policy_rows(kind, group), now)
+            print(f"  {kind}: {len(group)} policies in {(time.perf_counter() - started) * 1000:.0f} ms")
+
+
+async def run(args: argparse.Namespace) -> None:
+    server = server_url()
+    name = f"ps_bench_alerts_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(server)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    parts = urlsplit(server)
+    query = f"?{parts.query}" if parts.query else ""
+    dsn = f"postgresql://{parts.netloc}/{name}{query}"
+    url = f"postgresql+asyncpg://{parts.netloc}/{name}{query}"
+    try:
+        await asyncio.to_thread(migrate, alchemy_config(url))
+        now = datetime.now(UTC).replace(microsecond=0)
+        project_id = uuid.uuid4()
+        started = time.perf_counter()
+        timings = await seed(dsn, project_id, now, args.logs)
+        print(
+            f"seeded in {time.perf_counter() - started:.1f}s: "
+            + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
+        )
+
+        engine = create_async_engine(url, pool_size=2)
+        session_maker = async_sessionmaker(engine, expire_on_commit=False)
+        async with session_maker() as session, session.begin():
+            await session.execute(insert(AlertPolicy), policies(project_id, args.policies, random.Random(7)))
+        if args.profile:
+            await profile(session_maker, now)
+        durations = []
+        for n in range(args.passes):
+            summary = await services.run_evaluation(
+                session_maker, interval_seconds=30, now=now + timedelta(seconds=n)
+            )
+            durations.append(summary.duration_ms)
+            print(
+                f"pass {n + 1}: {summary.duration_ms:.0f} ms - {summary.evaluated} policies, "
+                f"{summary.transitions} transitions ({summary.fired} fired, {summary.notified} outbox events)"
+            )
+        await engine.dispose()
+        print(
+            f"RESULT: {args.policies} enabled policies over {args.logs:,} logs: "
+            f"median {statistics.median(durations):.0f} ms, min {min(durations):.0f} ms, max {max(durations):.0f} ms"
+        )
+    finally:
+        admin = await asyncpg.connect(server)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--logs", type=int, default=1_000_000)
+    parser.add_argument("--policies", type=int, default=1000)
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="also time each kind's query alone")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""HTTP surface of alerting (SPEC §7): policies, alerts, silences, audit and manual evaluation.
+
+Thin: authorise (guards), call one service function, return a Struct. The request's ``db_session``
+commits when the handler succeeds (advanced-alchemy autocommit); evaluation owns its own unit of work.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from litestar import Controller, Router, delete, get, patch, post
+from litestar.datastructures import State
+from litestar.params import Body, Parameter
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from prodsentinel.alerts import services
+from prodsentinel.alerts.schemas import (
+    AlertOut,
+    AlertPage,
+    AuditPage,
+    EvaluationSummary,
+    PolicyIn,
+    PolicyList,
+    PolicyOut,
+    PolicyPatch,
+    SilenceIn,
+    SilenceOut,
+    SilencePage,
+)
+from prodsentinel.auth.guards import SESSION_MAKER_STATE_KEY, requires_scope
+from prodsentinel.auth.scopes import Principal, Scope
+from prodsentinel.lib.pagination import DEFAULT_LIMIT
+from prodsentinel.settings import Settings
+
+__all__ = ("AlertController", "AuditController", "PolicyController", "SilenceController", "alerts_router")
+
+READ = [requires_scope(Scope.READ)]
+OPERATE = [requires_scope(Scope.OPERATE)]
+ADMIN = [requires_scope(Scope.ADMIN)]
+
+
+def _policy_fields(data: PolicyIn) -> dict[str, Any]:
+    return {name: getattr(data, name) for name in data.__struct_fields__}
+
+
+class PolicyController(Controller):
+    """Alert policies: read with scope read; create, update and delete with admin."""
+
+    path = "/policies"
+    tags = ["alerts"]
+
+    @get("/", guards=READ, summary="List the project's alert policies")
+    async def list_policies(self, db_session: AsyncSession, principal: Principal) -> PolicyList:
+        return PolicyList(items=await services.list_policies(db_session, principal.project_id))
+
+    @get("/{policy_id:uuid}", guards=READ, summary="Get one alert policy")
+    async def get_policy(self, db_session: AsyncSession, principal: Principal, policy_id: UUID) -> PolicyOut:
+        return await services.get_policy(db_session, principal.project_id, policy_id)
+
+    @post("/", guards=ADMIN, summary="Create an alert policy (flat object, SPEC §7)")
+    async def create_policy(
+        self, db_session: AsyncSession, principal: Principal, data: PolicyIn = Body()
+    ) -> PolicyOut:
+        return await services.create_policy(
+            db_session, principal.project_id, _policy_fields(data), actor=principal.actor
+        )
+
+    @patch("/{policy_id:uuid}", guards=ADMIN, summary="Update an alert policy (partial)")
+    async def update_policy(
+        self, db_session: AsyncSession, principal: Principal, policy_id: UUID, data: PolicyPatch = Body()
+    ) -> PolicyOut:
+        return await services.update_policy(
+            db_session, principal.project_id, policy_id, data.given(), actor=principal.actor
+        )
+
+    @delete("/{policy_id:uuid}", guards=ADMIN, summary="Delete an alert policy and its alerts")
+    async def delete_policy(self, db_session: AsyncSession, principal: Principal, policy_id: UUID) -> None:
+        await services.delete_policy(db_session, principal.project_id, policy_id, actor=principal.actor)
+
+
+class SilenceController(Controller):
+    """Silences with Alertmanager matcher semantics."""
+
+    path = "/silences"
+    tags = ["alerts"]
+
+    @get("/", guards=READ, summary="List silences (newest first)")
+    async def list_silences(
+        self,
+        db_session: AsyncSession,
+        principal: Principal,
+        status: str | None = Parameter(default=None, description="pending | active | expired"),
+        cursor: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+    ) -> SilencePage:
+        return await services.list_silences(
+            db_session, principal.project_id, status=status, cursor=cursor, limit=limit
+        )
+
+    @post("/", guards=OPERATE, summary="Create a silence")
+    async def create_silence(
+        self, db_session: AsyncSession, principal: Principal, data: SilenceIn = Body()
+    ) -> SilenceOut:
+        return await services.create_silence(db_session, principal.project_id, data, actor=principal.actor)
+
+    @post("/{silence_id:uuid}/expire", guards=OPERATE, status_code=200, summary="Expire a silence now")
+    async def expire_silence(
+        self, db_session: AsyncSession, principal: Principal, silence_id: UUID
+    ) -> SilenceOut:
+        return await services.expire_silence(
+            db_session, principal.project_id, silence_id, actor=principal.actor
+        )
+
+
+class AuditController(Controller):
+    path = "/audit"
+    tags = ["alerts"]
+
+    @get("/", guards=READ, summary="Audit trail: state changes, acks, silences, policies, evaluations")
+    async def list_audit(
+        self,
+        db_session: AsyncSession,
+        principal: Principal,
+        action: str | None = Parameter(default=None, description="e.g. alert.firing, alert.ack"),
+        actor: str | None = None,
+        subject_type: str | None = Parameter(
+            default=None, description="alert | silence | policy | evaluation"
+        ),
+        subject_id: UUID | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+    ) -> AuditPage:
+        return await services.list_audit(
+            db_session,
+            principal.project_id,
+            action=action,
+            actor=actor,
+            subject_type=subject_type,
+            subject_id=subject_id,
+            since=since,
+            until=until,
+            cursor=cursor,
+            limit=limit,
+        )
+
+
+class AlertController(Controller):
+    """Alert instances, acknowledgements and manual evaluation."""
+
+    path = "/"
+    tags = ["alerts"]
+
+    @get("/active", guards=READ, summary="Pending and firing alerts")
+    async def active(self, db_session: AsyncSession, principal: Principal) -> AlertPage:
+        return AlertPage(items=await services.list_active(db_session, principal.project_id))
+
+    @get("/history", guards=READ, summary="Alerts that have been active, newest activation first")
+    async def history(
+        self,
+        db_session: AsyncSession,
+        principal: Principal,
+        alert_state: str | None = Parameter(
+            query="state", default=None, description="inactive | pending | firing | resolved"
+        ),
+        policy_id: UUID | None = None,
+        severity: str | None = None,
+        since: datetime | None = Parameter(default=None, description="activation (started_at) at or after"),
+        until: datetime | None = Parameter(default=None, description="activation (started_at) before"),
+        cursor: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+    ) -> AlertPage:
+        return await services.list_history(
+            db_session,
+            principal.project_id,
+            state=alert_state,
+            policy_id=policy_id,
+            severity=severity,
+            since=since,
+            until=until,
+            cursor=cursor,
+            limit=limit,
+        )
+
+    @get("/{alert_id:uuid}", guards=READ, summary="Get one alert")
+    async def get_alert(self, db_session: AsyncSession, principal: Principal, alert_id: UUID) -> AlertOut:
+        return await services.get_alert(db_session, principal.project_id, alert_id)
+
+    @post("/{alert_id:uuid}/ack", guards=OPERATE, status_code=200, summary="Acknowledge an active alert")
+    async def ack(self, db_session: AsyncSession, principal: Principal, alert_id: UUID) -> AlertOut:
+        return await services.ack_alert(db_session, principal.project_id, alert_id, actor=principal.actor)
+
+    @post("/{alert_id:uuid}/unack", guards=OPERATE, status_code=200, summary="Remove an acknowledgement")
+    async def unack(self, db_session: AsyncSession, principal: Principal, alert_id: UUID) -> AlertOut:
+        return await services.unack_alert(db_session, principal.project_id, alert_id, actor=principal.actor)
+
+    @post("/evaluate", guards=ADMIN, status_code=200, summary="Evaluate the project's policies now")
+    async def evaluate(self, state: State, principal: Principal) -> EvaluationSummary:
+        session_maker: async_sessionmaker[AsyncSession] = state[SESSION_MAKER_STATE_KEY]
+        settings: Settings = state["settings"]
+        return await services.run_evaluation(
+            session_maker,
+            interval_seconds=settings.alerts_interval_seconds,
+            actor=principal.actor,
+            project_id=principal.project_id,
+            manual=True,
+        )
+
+
+alerts_router = Router(
+    path="/api/v1/alerts",
+    route_handlers=[PolicyController, SilenceController, AuditController, AlertController],
+)

@@ -1,0 +1,536 @@
+"""SQL of the alerting domain.
+
+The evaluation queries are hand-written on purpose: they compute the value of every policy of one
+kind in ONE statement. The policies travel as a single JSONB parameter (``jsonb_to_recordset``);
+policies that read the same rows (same project, window and filters that narrow the scan) share one
+index range scan through a ``LATERAL`` subquery keyed by their DISTINCT "scan key", and the per-policy
+filters are then applied to a small aggregate instead of the raw signals. So the cost is one scan per
+distinct scan key, not one per policy and never one Python step per signal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from sqlalchemy import Select, and_, bindparam, insert, or_, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from prodsentinel.alerts.models import Alert, AlertPolicy, AuditEvent, Silence
+
+__all__ = (
+    "AUDIT_SUBJECTS",
+    "AlertRepository",
+    "AuditRepository",
+    "PolicyRepository",
+    "SilenceRepository",
+    "active_silences",
+    "alerts_for_evaluation",
+    "anomaly_values",
+    "enabled_policies",
+    "error_rate_values",
+    "incident_values",
+    "insert_alerts",
+    "insert_audit",
+    "log_rate_values",
+    "metric_values",
+    "update_alerts",
+)
+
+#: Subjects shown by ``GET /alerts/audit`` (the table is shared with other domains' actions).
+AUDIT_SUBJECTS = ("alert", "silence", "policy", "evaluation")
+
+
+class PolicyRepository(SQLAlchemyAsyncRepository[AlertPolicy]):
+    model_type = AlertPolicy
+
+
+class AlertRepository(SQLAlchemyAsyncRepository[Alert]):
+    model_type = Alert
+
+    async def page(
+        self,
+        project_id: UUID,
+        *,
+        states: Sequence[str] | None = None,
+        policy_id: UUID | None = None,
+        severity: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after: tuple[datetime, UUID] | None = None,
+        limit: int | None = None,
+        activated_only: bool = False,
+    ) -> list[tuple[Alert, str]]:
+        """Alerts with their policy name, newest activation first (keyset on ``(started_at, id)``)."""
+        statement: Select[Alert, str] = (
+            select(Alert, AlertPolicy.name)
+            .join(AlertPolicy, AlertPolicy.id == Alert.policy_id)
+            .where(Alert.project_id == project_id)
+        )
+        if activated_only:
+            statement = statement.where(Alert.started_at.is_not(None))
+        if states:
+            statement = statement.where(Alert.state.in_(states))
+        if policy_id is not None:
+            statement = statement.where(Alert.policy_id == policy_id)
+        if severity is not None:
+            statement = statement.where(Alert.severity == severity)
+        if since is not None:
+            statement = statement.where(Alert.started_at >= since)
+        if until is not None:
+            statement = statement.where(Alert.started_at < until)
+        if after is not None:
+            statement = statement.where(tuple_(Alert.started_at, Alert.id) < tuple_(*after))
+        statement = statement.order_by(Alert.started_at.desc().nulls_last(), Alert.id.desc())
+        if limit is not None:
+            statement = statement.limit(limit)
+        return [(alert, name) for alert, name in (await self.session.execute(statement)).all()]
+
+    async def one_with_policy_name(self, project_id: UUID, alert_id: UUID) -> tuple[Alert, str] | None:
+        row = (
+            await self.session.execute(
+                select(Alert, AlertPolicy.name)
+                .join(AlertPolicy, AlertPolicy.id == Alert.policy_id)
+                .where(Alert.project_id == project_id, Alert.id == alert_id)
+            )
+        ).first()
+        return None if row is None else (row[0], row[1])
+
+
+class SilenceRepository(SQLAlchemyAsyncRepository[Silence]):
+    model_type = Silence
+
+    async def page(
+        self,
+        project_id: UUID,
+        *,
+        status: str | None,
+        now: datetime,
+        after: tuple[datetime, UUID] | None,
+        limit: int,
+    ) -> list[Silence]:
+        statement = select(Silence).where(Silence.project_id == project_id)
+        not_expired = and_(Silence.expired_at.is_(None), Silence.ends_at > now)
+        if status == "pending":
+            statement = statement.where(not_expired, Silence.starts_at > now)
+        elif status == "active":
+            statement = statement.where(not_expired, Silence.starts_at <= now)
+        elif status == "expired":
+            statement = statement.where(or_(Silence.expired_at.is_not(None), Silence.ends_at <= now))
+        if after is not None:
+            statement = statement.where(tuple_(Silence.created_at, Silence.id) < tuple_(*after))
+        statement = statement.order_by(Silence.created_at.desc(), Silence.id.desc()).limit(limit)
+        return list(await self.session.scalars(statement))
+
+
+class AuditRepository(SQLAlchemyAsyncRepository[AuditEvent]):
+    model_type = AuditEvent
+
+    async def page(
+        self,
+        project_id: UUID,
+        *,
+        action: str | None = None,
+        actor: str | None = None,
+        subject_type: str | None = None,
+        subject_id: UUID | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after: tuple[datetime, UUID] | None = None,
+        limit: int,
+    ) -> list[AuditEvent]:
+        statement = select(AuditEvent).where(
+            AuditEvent.project_id == project_id, AuditEvent.subject_type.in_(AUDIT_SUBJECTS)
+        )
+        if action is not None:
+            statement = statement.where(AuditEvent.action == action)
+        if actor is not None:
+            statement = statement.where(AuditEvent.actor == actor)
+        if subject_type is not None:
+            statement = statement.where(AuditEvent.subject_type == subject_type)
+        if subject_id is not None:
+            statement = statement.where(AuditEvent.subject_id == subject_id)
+        if since is not None:
+            statement = statement.where(AuditEvent.at >= since)
+        if until is not None:
+            statement = statement.where(AuditEvent.at < until)
+        if after is not None:
+            statement = statement.where(tuple_(AuditEvent.at, AuditEvent.id) < tuple_(*after))
+        statement = statement.order_by(AuditEvent.at.desc(), AuditEvent.id.desc()).limit(limit)
+        return list(await self.session.scalars(statement))
+
+
+# --- evaluation -------------------------------------------------------------------------------------
+
+
+async def enabled_policies(session: AsyncSession, project_id: UUID | None) -> list[AlertPolicy]:
+    statement = select(AlertPolicy).where(AlertPolicy.enabled.is_(True))
+    if project_id is not None:
+        statement = statement.where(AlertPolicy.project_id == project_id)
+    return list(await session.scalars(statement.order_by(AlertPolicy.id)))
+
+
+async def alerts_for_evaluation(
+    session: AsyncSession, policy_ids: Sequence[UUID], project_id: UUID | None
+) -> list[Alert]:
+    """Instances of the evaluated policies, plus every non-inactive instance in scope (those of
+    disabled policies or of a stale label set recover through the state machine)."""
+    condition = Alert.state != "inactive"
+    if policy_ids:
+        condition = or_(condition, Alert.policy_id.in_(policy_ids))
+    statement = select(Alert).where(condition)
+    if project_id is not None:
+        statement = statement.where(Alert.project_id == project_id)
+    return list(await session.scalars(statement))
+
+
+def _policies_param(rows: list[dict[str, Any]]) -> Any:
+    return bindparam("policies", rows, type_=JSONB)
+
+
+async def _values(
+    session: AsyncSession, sql: str, rows: list[dict[str, Any]], now: datetime
+) -> dict[UUID, float | None]:
+    if not rows:
+        return {}
+    statement = text(sql).bindparams(_policies_param(rows), bindparam("now", now))
+    result = await session.execute(statement)
+    return {row[0]: (None if row[1] is None else float(row[1])) for row in result}
+
+
+def _bucket_case(column: str, windows: Sequence[int]) -> str:
+    """SQL giving each row the smallest window (seconds) that contains it, NULL outside them all.
+
+    A row is in window ``w`` exactly when its bucket is <= ``w``, so counts per bucket add up to
+    every window's count without scanning once per window. The windows are validated integers.
+    """
+    branches = " ".join(
+        f"WHEN {column} > CAST(:now AS timestamptz) - make_interval(secs => {int(w)}) THEN {int(w)}"
+        for w in sorted(set(windows))
+    )
+    return f"CASE {branches} END"
+
+
+async def log_rate_values(
+    session: AsyncSession, rows: list[dict[str, Any]], now: datetime
+) -> dict[UUID, float | None]:
+    """Count of matching logs in ``(now - window, now]``.
+
+    ONE index range scan per project over its largest window, grouped by (service, level, window
+    bucket), with one ``count(*) FILTER`` per distinct text query (bound parameters): so 1,000
+    policies cost one pass over the window's rows plus one cheap test per row and distinct ``q``.
+    Row keys: policy_id, project_id, window_s, min_level, service, q_index (0 = no q, else the
+    1-based position in the distinct queries passed as ``queries``).
+    """
+    if not rows:
+        return {}
+    queries: list[tuple[str, bool]] = []  # (text, is_regex), distinct
+    lowest: dict[int, int] = {}  # q position -> lowest min_level of its policies
+    for row in rows:
+        key = (row["q_regex"], True) if row.get("q_regex") else (row["q"], False) if row.get("q") else None
+        if key is None:
+            row["q_index"] = 0
+            continue
+        if key not in queries:
+            queries.append(key)
+        row["q_index"] = position = queries.index(key) + 1
+        lowest[position] = min(lowest.get(position, row["min_level"]), int(row["min_level"]))
+    params: dict[str, Any] = {}
+    filters = []
+    for i, (query, is_regex) in enumerate(queries, start=1):
+        params[f"q_{i}"] = query if is_regex else query.lower()
+        test = f"l.message ~* :q_{i}" if is_regex else f"strpos(lower(l.message), :q_{i}) > 0"
+        # The level test comes first so the text test only runs on rows some policy can count.
+        filters.append(f"count(*) FILTER (WHERE l.level >= {lowest[i]} AND {test}) AS n_{i}")
+    counts = ", ".join(["count(*) AS n_0", *filters])
+    array = ", ".join(f"c.n_{i}" for i in range(len(queries) + 1))
+    bucket = _bucket_case("l.timestamp", [row["window_s"] for row in rows])
+    sql = f"""
+WITH p AS MATERIALIZED (
+    SELECT * FROM jsonb_to_recordset(:policies)
+        AS p(policy_id uuid, project_id uuid, window_s int, min_level int, service text, q_index int)
+),
+proj AS MATERIALIZED (SELECT project_id, max(window_s) AS max_w FROM p GROUP BY project_id),
+agg AS MATERIALIZED (
+    SELECT pr.project_id, c.service_name, c.level, c.bucket, u.n, u.q_index - 1 AS q_index
+    FROM proj pr
+    CROSS JOIN LATERAL (
+        SELECT l.service_name, l.level, {bucket} AS bucket, {counts}
+        FROM logs l
+        WHERE l.project_id = pr.project_id
+          AND l.timestamp > CAST(:now AS timestamptz) - make_interval(secs => pr.max_w)
+          AND l.timestamp <= CAST(:now AS timestamptz)
+        GROUP BY 1, 2, 3
+    ) c
+    CROSS JOIN LATERAL unnest(ARRAY[{array}]) WITH ORDINALITY AS u(n, q_index)
+    WHERE u.n > 0
+)
+SELECT p.policy_id, coalesce(sum(a.n), 0)::float8
+FROM p
+LEFT JOIN agg a
+    ON a.project_id = p.project_id
+   AND a.q_index = p.q_index
+   AND a.bucket <= p.window_s
+   AND a.level >= p.min_level
+   AND (p.service IS NULL OR a.service_name = p.service)
+GROUP BY p.policy_id
+"""
+    statement = text(sql).bindparams(_policies_param(rows), bindparam("now", now), **params)
+    result = await session.execute(statement)
+    return {row[0]: float(row[1]) for row in result}
+
+
+_ERROR_RATE_SQL = """
+WITH p AS MATERIALIZED (
+    SELECT * FROM jsonb_to_recordset(:policies)
+        AS p(policy_id uuid, project_id uuid, window_s int, service text)
+),
+scans AS MATERIALIZED (SELECT DISTINCT project_id, window_s, service FROM p),
+agg AS MATERIALIZED (
+    SELECT s.project_id, s.window_s, s.service, c.total, c.errors
+    FROM scans s
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS total, count(*) FILTER (WHERE spans.status = 2) AS errors
+        FROM spans
+        WHERE spans.project_id = s.project_id
+          AND spans.service_name = s.service
+          AND spans.start_time > CAST(:now AS timestamptz) - make_interval(secs => s.window_s)
+          AND spans.start_time <= CAST(:now AS timestamptz)
+    ) c
+)
+SELECT p.policy_id, CASE WHEN a.total > 0 THEN a.errors::float8 / a.total END
+FROM p JOIN agg a USING (project_id, window_s, service)
+"""
+
+
+async def error_rate_values(
+    session: AsyncSession, rows: list[dict[str, Any]], now: datetime
+) -> dict[UUID, float | None]:
+    """ERROR spans / all spans of the service that started in the window; None without spans."""
+    return await _values(session, _ERROR_RATE_SQL, rows, now)
+
+
+_METRIC_AGGREGATES = """
+        avg(m.value) AS v_avg, min(m.value) AS v_min, max(m.value) AS v_max, sum(m.value) AS v_sum,
+        count(*) AS v_count,
+        percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY m.value)
+            FILTER (WHERE k.need_pct) AS v_pct"""
+
+_METRIC_SQL = f"""
+WITH p AS MATERIALIZED (
+    SELECT * FROM jsonb_to_recordset(:policies)
+        AS p(policy_id uuid, project_id uuid, window_s int, metric text, service text,
+             match_labels jsonb, agg text)
+),
+keys AS MATERIALIZED (
+    SELECT project_id, window_s, metric, service, match_labels,
+           bool_or(agg IN ('p50', 'p95', 'p99')) AS need_pct
+    FROM p GROUP BY 1, 2, 3, 4, 5
+),
+-- A key naming its service: a precise range scan of (project, name, service, timestamp).
+by_service AS MATERIALIZED (
+    SELECT k.project_id, k.window_s, k.metric, k.service, k.match_labels, c.*
+    FROM keys k
+    CROSS JOIN LATERAL (
+        SELECT {_METRIC_AGGREGATES}
+        FROM metric_points m
+        WHERE m.project_id = k.project_id
+          AND m.name = k.metric
+          AND m.service_name = k.service
+          AND m.timestamp > CAST(:now AS timestamptz) - make_interval(secs => k.window_s)
+          AND m.timestamp <= CAST(:now AS timestamptz)
+          AND (k.match_labels IS NULL OR m.labels @> k.match_labels)
+    ) c
+    WHERE k.service IS NOT NULL
+),
+-- Keys over every service: the window's points are read once per project (by timestamp) and
+-- shared, instead of one scan per key over the metric's whole retention.
+wide AS MATERIALIZED (
+    SELECT project_id, max(window_s) AS max_w, array_agg(DISTINCT metric) AS metrics
+    FROM keys WHERE service IS NULL GROUP BY project_id
+),
+points AS MATERIALIZED (
+    SELECT w.project_id, m.name, m.labels, m.value, m.timestamp
+    FROM wide w
+    JOIN metric_points m
+      ON m.project_id = w.project_id
+     AND m.timestamp > CAST(:now AS timestamptz) - make_interval(secs => w.max_w)
+     AND m.timestamp <= CAST(:now AS timestamptz)
+     AND m.name = ANY(w.metrics)
+),
+all_services AS MATERIALIZED (
+    SELECT k.project_id, k.window_s, k.metric, k.service, k.match_labels,
+           avg(m.value) AS v_avg, min(m.value) AS v_min, max(m.value) AS v_max, sum(m.value) AS v_sum,
+           count(*) AS v_count, NULL::float8[] AS v_pct
+    FROM keys k
+    JOIN points m
+      ON m.project_id = k.project_id
+     AND m.name = k.metric
+     AND m.timestamp > CAST(:now AS timestamptz) - make_interval(secs => k.window_s)
+     AND (k.match_labels IS NULL OR m.labels @> k.match_labels)
+    WHERE k.service IS NULL
+    GROUP BY k.project_id, k.window_s, k.metric, k.service, k.match_labels
+),
+-- Percentiles need a sort per key: computed only for the keys that ask for one.
+all_services_pct AS MATERIALIZED (
+    SELECT k.project_id, k.window_s, k.metric, k.match_labels,
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY m.value) AS v_pct
+    FROM keys k
+    JOIN points m
+      ON m.project_id = k.project_id
+     AND m.name = k.metric
+     AND m.timestamp > CAST(:now AS timestamptz) - make_interval(secs => k.window_s)
+     AND (k.match_labels IS NULL OR m.labels @> k.match_labels)
+    WHERE k.service IS NULL AND k.need_pct
+    GROUP BY k.project_id, k.window_s, k.metric, k.match_labels
+),
+agg AS (
+    SELECT * FROM by_service
+    UNION ALL
+    SELECT a.project_id, a.window_s, a.metric, a.service, a.match_labels, a.v_avg, a.v_min, a.v_max,
+           a.v_sum, a.v_count, pct.v_pct
+    FROM all_services a
+    LEFT JOIN all_services_pct pct
+        ON pct.project_id = a.project_id
+       AND pct.window_s = a.window_s
+       AND pct.metric = a.metric
+       AND pct.match_labels IS NOT DISTINCT FROM a.match_labels
+)
+SELECT p.policy_id,
+       CASE p.agg
+           WHEN 'avg' THEN a.v_avg
+           WHEN 'min' THEN a.v_min
+           WHEN 'max' THEN a.v_max
+           WHEN 'sum' THEN a.v_sum
+           WHEN 'count' THEN coalesce(a.v_count, 0)::float8
+           WHEN 'p50' THEN a.v_pct[1]
+           WHEN 'p95' THEN a.v_pct[2]
+           WHEN 'p99' THEN a.v_pct[3]
+       END
+FROM p
+LEFT JOIN agg a
+    ON a.project_id = p.project_id
+   AND a.window_s = p.window_s
+   AND a.metric = p.metric
+   AND a.service IS NOT DISTINCT FROM p.service
+   AND a.match_labels IS NOT DISTINCT FROM p.match_labels
+"""
+
+
+async def metric_values(
+    session: AsyncSession, rows: list[dict[str, Any]], now: datetime
+) -> dict[UUID, float | None]:
+    """The aggregate of the metric's points in the window (percentiles as ``percentile_cont``);
+    None when there is no point (``count`` is then 0)."""
+    return await _values(session, _METRIC_SQL, rows, now)
+
+
+_ANOMALY_SQL = """
+WITH p AS MATERIALIZED (
+    SELECT * FROM jsonb_to_recordset(:policies)
+        AS p(policy_id uuid, project_id uuid, window_s int, metric text, service text)
+),
+scans AS MATERIALIZED (SELECT DISTINCT project_id, window_s, metric, service FROM p),
+agg AS MATERIALIZED (
+    SELECT s.project_id, s.window_s, s.metric, s.service, c.n
+    FROM scans s
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n
+        FROM anomalies an
+        WHERE an.project_id = s.project_id
+          AND an.metric_name = s.metric
+          AND (s.service IS NULL OR an.service_name = s.service)
+          AND an.ts > CAST(:now AS timestamptz) - make_interval(secs => s.window_s)
+          AND an.ts <= CAST(:now AS timestamptz)
+    ) c
+)
+SELECT p.policy_id, a.n::float8
+FROM p
+JOIN agg a
+    ON a.project_id = p.project_id
+   AND a.window_s = p.window_s
+   AND a.metric = p.metric
+   AND a.service IS NOT DISTINCT FROM p.service
+"""
+
+
+async def anomaly_values(
+    session: AsyncSession, rows: list[dict[str, Any]], now: datetime
+) -> dict[UUID, float | None]:
+    """Number of recorded anomalies of the metric (and service) in the window."""
+    return await _values(session, _ANOMALY_SQL, rows, now)
+
+
+_INCIDENT_SQL = """
+WITH p AS MATERIALIZED (
+    SELECT * FROM jsonb_to_recordset(:policies) AS p(policy_id uuid, project_id uuid, min_rank int)
+),
+counts AS MATERIALIZED (
+    SELECT i.project_id,
+           CASE i.severity WHEN 'low' THEN 0 WHEN 'medium' THEN 1 WHEN 'high' THEN 2 ELSE 3 END AS rank,
+           count(*) AS n
+    FROM incidents i
+    WHERE i.project_id IN (SELECT DISTINCT project_id FROM p)
+      AND i.status IN ('open', 'acknowledged')
+      AND i.first_seen <= CAST(:now AS timestamptz)
+    GROUP BY 1, 2
+)
+SELECT p.policy_id, coalesce(sum(c.n) FILTER (WHERE c.rank >= p.min_rank), 0)::float8
+FROM p LEFT JOIN counts c ON c.project_id = p.project_id
+GROUP BY p.policy_id
+"""
+
+
+async def incident_values(
+    session: AsyncSession, rows: list[dict[str, Any]], now: datetime
+) -> dict[UUID, float | None]:
+    """Open or acknowledged incidents at or above the policy's minimum severity (no window)."""
+    return await _values(session, _INCIDENT_SQL, rows, now)
+
+
+async def active_silences(session: AsyncSession, project_ids: Sequence[UUID], now: datetime) -> list[Silence]:
+    if not project_ids:
+        return []
+    statement = select(Silence).where(
+        Silence.project_id.in_(project_ids),
+        Silence.starts_at <= now,
+        Silence.ends_at > now,
+        Silence.expired_at.is_(None),
+    )
+    return list(await session.scalars(statement.order_by(Silence.created_at, Silence.id)))
+
+
+async def insert_alerts(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(Alert), rows)
+
+
+_ALERT_UPDATE_COLUMNS = (
+    "state",
+    "value",
+    "started_at",
+    "fired_at",
+    "resolved_at",
+    "last_evaluated_at",
+    "acked_by",
+    "acked_at",
+    "silenced_by",
+    "updated_at",
+)
+
+
+async def update_alerts(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Bulk UPDATE by primary key (one executemany); each row carries every updatable column."""
+    if rows:
+        await session.execute(
+            update(Alert), [{key: row[key] for key in ("id", *_ALERT_UPDATE_COLUMNS)} for row in rows]
+        )
+
+
+async def insert_audit(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(AuditEvent), rows)

@@ -1,0 +1,191 @@
+"""Wire format of the alerting API (SPEC §7): flat policies, alerts, silences, audit rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from prodsentinel.lib.structs import Struct
+
+__all__ = (
+    "AlertOut",
+    "AlertPage",
+    "AuditOut",
+    "AuditPage",
+    "EvaluationSummary",
+    "MatcherIn",
+    "PolicyIn",
+    "PolicyList",
+    "PolicyOut",
+    "PolicyPatch",
+    "SilenceIn",
+    "SilenceOut",
+    "SilencePage",
+)
+
+
+class PolicyIn(Struct):
+    """A policy as created. Everything is optional at this layer on purpose: the service validates
+    the whole object at once so a missing field or an unknown kind is a 422 with one clear sentence."""
+
+    name: str | None = None
+    kind: str | None = None
+    severity: str | None = None
+    for_seconds: int | None = None
+    window_seconds: int | None = None
+    operator: str | None = None
+    threshold: float | None = None
+    labels: dict[str, str] | None = None
+    enabled: bool | None = None
+    service: str | None = None
+    level: str | None = None
+    q: str | None = None
+    metric: str | None = None
+    agg: str | None = None
+    match_labels: dict[str, str] | None = None
+    min_severity: str | None = None
+
+
+class PolicyPatch(Struct):
+    """A partial update: absent fields keep their value; ``null`` resets a field to its default."""
+
+    name: str | msgspec.UnsetType | None = msgspec.UNSET
+    kind: str | msgspec.UnsetType | None = msgspec.UNSET
+    severity: str | msgspec.UnsetType | None = msgspec.UNSET
+    for_seconds: int | msgspec.UnsetType | None = msgspec.UNSET
+    window_seconds: int | msgspec.UnsetType | None = msgspec.UNSET
+    operator: str | msgspec.UnsetType | None = msgspec.UNSET
+    threshold: float | msgspec.UnsetType | None = msgspec.UNSET
+    labels: dict[str, str] | msgspec.UnsetType | None = msgspec.UNSET
+    enabled: bool | msgspec.UnsetType | None = msgspec.UNSET
+    service: str | msgspec.UnsetType | None = msgspec.UNSET
+    level: str | msgspec.UnsetType | None = msgspec.UNSET
+    q: str | msgspec.UnsetType | None = msgspec.UNSET
+    metric: str | msgspec.UnsetType | None = msgspec.UNSET
+    agg: str | msgspec.UnsetType | None = msgspec.UNSET
+    match_labels: dict[str, str] | msgspec.UnsetType | None = msgspec.UNSET
+    min_severity: str | msgspec.UnsetType | None = msgspec.UNSET
+
+    def given(self) -> dict[str, Any]:
+        """The fields the client sent (``null`` included)."""
+        return {
+            name: value
+            for name in self.__struct_fields__
+            if (value := getattr(self, name)) is not msgspec.UNSET
+        }
+
+
+class PolicyOut(Struct, omit_defaults=True):
+    """A stored policy, flat. Per-kind fields appear for the policy's kind only (``null`` when unset)."""
+
+    id: UUID
+    name: str
+    kind: str
+    severity: str
+    for_seconds: int
+    window_seconds: int
+    operator: str
+    threshold: float
+    labels: dict[str, str]
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+    service: str | msgspec.UnsetType | None = msgspec.UNSET
+    level: str | msgspec.UnsetType | None = msgspec.UNSET
+    q: str | msgspec.UnsetType | None = msgspec.UNSET
+    metric: str | msgspec.UnsetType | None = msgspec.UNSET
+    agg: str | msgspec.UnsetType | None = msgspec.UNSET
+    match_labels: dict[str, str] | msgspec.UnsetType | None = msgspec.UNSET
+    min_severity: str | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class PolicyList(Struct):
+    items: list[PolicyOut]
+
+
+class AlertOut(Struct):
+    """One alert instance (per policy and label set); ``silenced_by`` is the silence active now."""
+
+    id: UUID
+    policy_id: UUID
+    policy_name: str
+    labels: dict[str, str]
+    state: str
+    severity: str
+    value: float | None
+    started_at: datetime | None
+    fired_at: datetime | None
+    resolved_at: datetime | None
+    acked_by: str | None
+    acked_at: datetime | None
+    silenced_by: UUID | None
+    last_evaluated_at: datetime | None
+    updated_at: datetime
+
+
+class AlertPage(Struct):
+    items: list[AlertOut]
+    next_cursor: str | None = None
+
+
+class MatcherIn(Struct):
+    name: str
+    op: str
+    value: str
+
+
+class SilenceIn(Struct):
+    """``starts_at`` defaults to now; ``ends_at`` must be after it and in the future."""
+
+    matchers: list[MatcherIn]
+    ends_at: datetime
+    starts_at: datetime | None = None
+    comment: str = ""
+
+
+class SilenceOut(Struct):
+    id: UUID
+    matchers: list[MatcherIn]
+    starts_at: datetime
+    ends_at: datetime
+    comment: str
+    created_by: str
+    status: str
+    expired_at: datetime | None
+    created_at: datetime
+
+
+class SilencePage(Struct):
+    items: list[SilenceOut]
+    next_cursor: str | None = None
+
+
+class AuditOut(Struct):
+    id: UUID
+    at: datetime
+    actor: str
+    action: str
+    subject_type: str
+    subject_id: UUID | None
+    details: dict[str, Any]
+
+
+class AuditPage(Struct):
+    items: list[AuditOut]
+    next_cursor: str | None = None
+
+
+class EvaluationSummary(Struct):
+    """What one evaluation pass did. ``skipped``: another evaluator held the lease."""
+
+    skipped: bool
+    evaluated: int = 0
+    transitions: int = 0
+    fired: int = 0
+    resolved: int = 0
+    notified: int = 0
+    duration_ms: float = 0.0
+    evaluated_at: datetime | None = None
