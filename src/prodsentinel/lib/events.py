@@ -68,6 +68,8 @@ MAX_NOTIFY_BYTES = 7900
 Publish = Callable[[bytes, list[str]], Awaitable[None]]
 
 _publisher: Publish | None = None
+#: The event loop the publisher's connections belong to: asyncpg/redis connections are loop-bound.
+_publisher_loop: asyncio.AbstractEventLoop | None = None
 _envelope_encoder = msgspec.json.Encoder()
 
 
@@ -95,9 +97,10 @@ def decode_event(payload: bytes) -> tuple[str, bytes]:
 
 
 def bind_publisher(publish: Publish) -> None:
-    """Make ``publish`` this process's way out (done at app start and at worker start)."""
-    global _publisher
+    """Make ``publish`` this process's way out (done at app start and at worker start, in its loop)."""
+    global _publisher, _publisher_loop
     _publisher = publish
+    _publisher_loop = asyncio.get_running_loop()
 
 
 def unbind_publisher(publish: Publish) -> None:
@@ -112,8 +115,10 @@ async def publish_event(event_type: str, project_id: UUID, data: dict[str, Any])
 
     Call it after the transaction that caused the event committed. Never raises: a failure is logged.
     """
-    if _publisher is None:
-        logger.debug("event_not_published", reason="no_publisher", event_type=event_type)
+    if _publisher is None or _publisher_loop is not asyncio.get_running_loop():
+        # No publisher, or one bound in another event loop (e.g. a service called from a test's loop
+        # while an app runs in its own): its connections cannot be used from here.
+        logger.debug("event_not_published", reason="no_publisher_in_this_loop", event_type=event_type)
         return False
     try:
         payload = encode_event(event_type, data)
