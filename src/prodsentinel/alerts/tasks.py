@@ -15,6 +15,7 @@ from msgspec import to_builtins
 from prodsentinel.alerts import services
 from prodsentinel.lib.jobs import settings_of
 from prodsentinel.settings import Settings
+from prodsentinel.system.services import record_loop_tick
 
 __all__ = (
     "CRON_JOBS",
@@ -39,6 +40,7 @@ async def evaluate_alerts(ctx: Any) -> dict[str, Any]:
     summary = await services.run_evaluation(
         ctx["session_maker"], interval_seconds=settings.alerts_interval_seconds
     )
+    await record_loop_tick(ctx, "alerts")
     result: dict[str, Any] = to_builtins(summary)
     return result
 

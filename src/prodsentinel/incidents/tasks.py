@@ -18,6 +18,7 @@ from litestar_saq import CronJob
 from prodsentinel.incidents import analysis
 from prodsentinel.incidents import services as incident_services
 from prodsentinel.lib.jobs import settings_of, task_session
+from prodsentinel.system.services import record_loop_tick, record_tick
 
 __all__ = (
     "CRON_JOBS",
@@ -37,7 +38,9 @@ async def group_new_errors(ctx: Any) -> dict[str, int]:
 
 async def group_new_errors_cron(ctx: Any) -> dict[str, int]:
     """Cron twin of ``group_new_errors`` (cron job keys are ``cron:<function name>``, so it needs its own)."""
-    return await group_new_errors(ctx)
+    result = await group_new_errors(ctx)
+    await record_loop_tick(ctx, "incidents")
+    return result
 
 
 async def auto_resolve_incidents(ctx: Any) -> dict[str, int]:
@@ -52,6 +55,7 @@ async def auto_resolve_incidents(ctx: Any) -> dict[str, int]:
 async def detect_anomalies(ctx: Any) -> dict[str, int]:
     async with task_session(ctx) as session:
         anomalies, transitions = await incident_services.detect_anomalies(session)
+        await record_tick(session, "anomalies")
     await incident_services.announce(transitions)
     return {"anomalies": len(anomalies), "transitions": len(transitions)}
 

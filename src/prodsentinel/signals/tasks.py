@@ -8,6 +8,7 @@ from litestar_saq import CronJob
 
 from prodsentinel.lib.jobs import settings_of
 from prodsentinel.signals import services as signal_services
+from prodsentinel.system.services import record_loop_tick
 
 __all__ = ("CRON_JOBS", "TASKS", "purge_expired_signals")
 
@@ -22,6 +23,7 @@ async def purge_expired_signals(ctx: Any) -> dict[str, Any]:
     this task hands it the session maker instead of one session.
     """
     report = await signal_services.purge_expired_signals(ctx["session_maker"], settings_of(ctx))
+    await record_loop_tick(ctx, "retention")
     return {"deleted": report.deleted, "complete": report.complete}
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from prodsentinel.lib.jobs import task_session
 from prodsentinel.system.models import SchedulerTick
 
-__all__ = ("SCHEDULER_LOOPS", "record_tick")
+__all__ = ("SCHEDULER_LOOPS", "record_loop_tick", "record_tick")
 
 #: The loops whose ticks are exported (and alerted on by deploy/prometheus/rules).
 SCHEDULER_LOOPS = ("alerts", "dispatch", "anomalies", "incidents", "retention")
@@ -26,3 +29,13 @@ async def record_tick(session: AsyncSession, loop: str) -> None:
             index_elements=[SchedulerTick.loop], set_={"last_tick_at": statement.excluded.last_tick_at}
         )
     )
+
+
+async def record_loop_tick(ctx: Any, loop: str) -> None:
+    """For a cron task whose work succeeded: record the tick in a unit of work of its own.
+
+    For loops whose service owns its transactions (evaluation, grouping, retention); a run that raised
+    records nothing, so a loop that keeps failing looks stalled.
+    """
+    async with task_session(ctx) as session:
+        await record_tick(session, loop)
