@@ -83,6 +83,9 @@ def structlog_config(settings: Settings) -> StructlogConfig:
     return StructlogConfig(
         structlog_logging_config=StructLoggingConfig(
             processors=processors,
+            # Match the renderer: JSON renders bytes, the console renderer str (Litestar picks the
+            # factory from the terminal, not from our renderer, and LOG_FORMAT=console crashed).
+            logger_factory=structlog.BytesLoggerFactory() if as_json else structlog.WriteLoggerFactory(),
             wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(settings.log_level)),
             log_exceptions="debug",  # 5xx are logged once by lib.errors; 4xx are not errors of ours
         ),
