@@ -20,6 +20,8 @@ from prodsentinel.lib import jobs
 from prodsentinel.lib.database import alchemy_config, migrate, resolve_database_url
 from prodsentinel.lib.errors import exception_to_response
 from prodsentinel.lib.observability import RequestContextMiddleware, add_response_headers
+from prodsentinel.notifications.controllers import notifications_router
+from prodsentinel.notifications.plugin import NotificationsPlugin
 from prodsentinel.settings import Settings, get_settings
 from prodsentinel.system.controllers import HealthController
 
@@ -50,13 +52,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await redis.aclose()
 
     return Litestar(
-        route_handlers=[HealthController, ApiKeyController],
+        route_handlers=[HealthController, ApiKeyController, notifications_router],
         plugins=[
             plugins.sqlalchemy_plugin(db_config),
             saq,
             plugins.structlog_plugin(settings),
             plugins.granian_plugin(),
             KeysCLIPlugin(),
+            NotificationsPlugin(settings),
         ],
         middleware=[
             RequestContextMiddleware(),
