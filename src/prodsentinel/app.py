@@ -48,6 +48,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     async def on_shutdown(app: Litestar) -> None:
         jobs.bind_queue(None)
+        # on_startup connected it: close its pool (each app otherwise leaked its connections).
+        await saq.get_queue(settings.queue_name).disconnect()
         if redis is not None:
             await redis.aclose()
 
