@@ -83,7 +83,8 @@ class Receiver:
         self._loop.close()
 
     async def _stop(self) -> None:
-        assert self._server is not None and self._release is not None
+        assert self._server is not None
+        assert self._release is not None
         self._release.set()
         self._server.close()
         for writer in list(self._writers):

@@ -137,4 +137,3 @@ async def dispatch_until(
 
 def all_status(status: str) -> Callable[[list[OutboxItem]], bool]:
     return lambda items: bool(items) and all(item.status == status for item in items)
-

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -60,8 +59,11 @@ class TestSignedDelivery:
         assert counts.delivered == 1
         [request] = receiver.wait_for(1)
         [item] = await outbox(session_maker, project_id)
-        assert item.status == "delivered" and item.attempts == 1 and item.delivered_at is not None
-        assert request.method == "POST" and request.path == "/hook"
+        assert item.status == "delivered"
+        assert item.attempts == 1
+        assert item.delivered_at is not None
+        assert request.method == "POST"
+        assert request.path == "/hook"
         assert request.headers["content-type"] == "application/json"
         assert request.headers["x-prodsentinel-delivery-id"] == str(item.delivery_id)
         assert request.headers["x-prodsentinel-event-id"] == str(event_id)
@@ -78,7 +80,8 @@ class TestSignedDelivery:
         assert body["alert"]["labels"] == {"service": "api"}
         [attempt] = await ledger(session_maker, project_id)
         assert (attempt.outcome, attempt.http_status, attempt.error_code) == ("delivered", 200, None)
-        assert attempt.attempt_number == 1 and attempt.duration_ms > 0
+        assert attempt.attempt_number == 1
+        assert attempt.duration_ms > 0
 
     async def test_no_secret_means_no_signature_header(
         self,
@@ -136,7 +139,9 @@ class TestSignedDelivery:
     ) -> None:
         receiver = receivers()
         critical_only = await create_channel(client, admin_key, url=receiver.url, min_severity="critical")
-        resolved_only = await create_channel(client, admin_key, url=receiver.url, event_types=["ALERT_RESOLVED"])
+        resolved_only = await create_channel(
+            client, admin_key, url=receiver.url, event_types=["ALERT_RESOLVED"]
+        )
         everything = await create_channel(client, admin_key, url=receiver.url)
         disabled = await create_channel(client, admin_key, url=receiver.url, enabled=False)
         await add_events(session_maker, project_id, event_type="ALERT_FIRING", severity="high")
@@ -170,7 +175,9 @@ class TestRetries:
 
         [item] = await dispatch_until(session_maker, fast_settings, project_id, all_status("delivered"))
 
-        assert item.attempts == 2 and item.last_http_status == 200 and item.last_error_code is None
+        assert item.attempts == 2
+        assert item.last_http_status == 200
+        assert item.last_error_code is None
         rows = await ledger(session_maker, project_id)
         assert [(r.attempt_number, r.outcome, r.http_status, r.error_code) for r in rows] == [
             (1, "retry", 500, "http_5xx"),
@@ -202,7 +209,8 @@ class TestRetries:
         assert 7.0 <= wait <= 9.0, wait  # not the 0.01 s jitter backoff
         # Not due yet: another pass sends nothing.
         counts = await services.dispatch_due(session_maker, fast_settings, project_id=project_id)
-        assert counts.claimed == 0 and receiver.count == 1
+        assert counts.claimed == 0
+        assert receiver.count == 1
 
     async def test_always_failing_goes_dead_after_max_attempts(
         self,
@@ -315,7 +323,8 @@ class TestConcurrency:
             services.dispatch_due(session_maker, small_batches, project_id=project_id),
         )
 
-        assert first.claimed > 0 and second.claimed > 0  # both really worked
+        assert first.claimed > 0
+        assert second.claimed > 0
         assert first.claimed + second.claimed == 200
         assert first.delivered + second.delivered == 200
         assert len(receiver.delivery_counts) == 200
@@ -338,29 +347,29 @@ class TestConcurrency:
         await add_events(session_maker, project_id)
         recovery = settings.with_overrides(notify_timeout_seconds=3.0, notify_visibility_seconds=4.0)
 
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                str(Path(__file__).with_name("dispatcher_proc.py")),
-                database_url,
-                str(project_id),
-                "3.0",
-                "4.0",
-            ],
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(Path(__file__).with_name("dispatcher_proc.py")),
+            database_url,
+            str(project_id),
+            "3.0",
+            "4.0",
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
         )
         try:
             # The worker claimed the item, committed, and is now inside the HTTP request.
-            [held] = receiver.wait_for(1, timeout=30)
+            [held] = await receiver.wait_for_async(1, timeout=30)
             os.kill(worker.pid, signal.SIGKILL)
-            assert worker.wait(timeout=10) == -signal.SIGKILL
+            assert await asyncio.wait_for(worker.wait(), timeout=10) == -signal.SIGKILL
         finally:
-            if worker.poll() is None:
+            if worker.returncode is None:
                 worker.kill()
 
         [item] = await outbox(session_maker, project_id)
-        assert item.status == "delivering" and item.attempts == 1 and item.locked_until is not None
+        assert item.status == "delivering"
+        assert item.attempts == 1
+        assert item.locked_until is not None
         # Still invisible to other dispatchers until the visibility timeout passes.
         early = await services.dispatch_due(session_maker, recovery, project_id=project_id)
         assert early.claimed == 0
@@ -374,9 +383,11 @@ class TestConcurrency:
         counts = await services.dispatch_due(session_maker, recovery, project_id=project_id)
         receiver.release()
 
-        assert counts.delivered == 1 and counts.lost == 1
+        assert counts.delivered == 1
+        assert counts.lost == 1
         [item] = await outbox(session_maker, project_id)
-        assert item.status == "delivered" and item.attempts == 2
+        assert item.status == "delivered"
+        assert item.attempts == 2
         requests = receiver.wait_for(2)
         # The receiver saw the same delivery twice; event_id lets it deduplicate.
         assert {r.headers["x-prodsentinel-delivery-id"] for r in requests} == {str(item.delivery_id)}

@@ -19,7 +19,9 @@ def test_env_example_lists_every_setting() -> None:
 
 
 def test_env_example_defaults_parse_to_the_defaults() -> None:
-    values = dict(re.findall(r"^([A-Z][A-Z0-9_]+)=(.*)$", (ROOT / ".env.example").read_text(), flags=re.MULTILINE))
+    values = dict(
+        re.findall(r"^([A-Z][A-Z0-9_]+)=(.*)$", (ROOT / ".env.example").read_text(), flags=re.MULTILINE)
+    )
     loaded = load_settings(values)
     assert loaded == Settings()
 

@@ -8,6 +8,7 @@ connections to a receiver are reused across batches and jobs.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -25,6 +26,9 @@ from prodsentinel.notifications.repositories import ClaimedItem
 __all__ = ("SECRET_UNAVAILABLE", "AttemptFacts", "close_client", "send_batch", "send_one", "shared_client")
 
 logger = structlog.get_logger("prodsentinel.notifications")
+# httpx logs every request at INFO; at hundreds of deliveries a second that drowns the logs, and the
+# attempt ledger already records each one.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 #: Error code when a channel's ``secret_env`` names a variable that is unset in the sending process.
 #: Nothing is sent (an unsigned request would be rejected by a verifying receiver and would leak the

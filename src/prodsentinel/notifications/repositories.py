@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -485,7 +485,7 @@ async def trends(
 
     sent/retry/dead count ledger rows by outcome; replay counts replay deliveries created.
     """
-    step = "1 hour" if unit == "hour" else "1 day"
+    step = timedelta(hours=1) if unit == "hour" else timedelta(days=1)
     rows = await session.execute(
         text(
             """
