@@ -1,6 +1,6 @@
 """Rules of the notifications domain: the outbox write side, channels, the dispatcher, replays, reads.
 
-Delivery contract (SPEC §8, details in docs/notify.md):
+Delivery contract (SPEC §8, details in docs/notifications.md):
 
 - ``add_event`` writes one outbox item per matching channel inside the caller's transaction; after the
   commit the caller calls :func:`enqueue_dispatch` so delivery starts at once (the cron is the net).
@@ -393,11 +393,17 @@ async def list_channels(
     session: AsyncSession, *, project_id: UUID, window_seconds: int = _HEALTH_WINDOW
 ) -> list[ChannelOut]:
     """The project's channels with delivery health over the last ``window_seconds``."""
+    _check_window(window_seconds)
     channels = await session.scalars(
         select(Channel).where(Channel.project_id == project_id).order_by(Channel.name)
     )
     health = await _health_map(session, project_id=project_id, window_seconds=window_seconds)
     return [_channel_out(channel, health.get(channel.id)) for channel in channels]
+
+
+def _check_window(window_seconds: int) -> None:
+    if not 60 <= window_seconds <= 90 * 86_400:
+        raise ValidationError("window must be between 60 seconds and 90 days.")
 
 
 def _empty_health(window_seconds: int = _HEALTH_WINDOW) -> ChannelHealth:
@@ -834,8 +840,7 @@ async def get_attempt(session: AsyncSession, *, project_id: UUID, attempt_id: UU
 
 
 async def stats(session: AsyncSession, *, project_id: UUID, window_seconds: int = _HEALTH_WINDOW) -> StatsOut:
-    if not 60 <= window_seconds <= 90 * 86_400:
-        raise ValidationError("window must be between 60 seconds and 90 days.")
+    _check_window(window_seconds)
     totals = dict.fromkeys(_STATUSES, 0)
     totals.update(await repo.status_totals(session, project_id))
     pending, dead, oldest = await repo.outbox_gauges(session, project_id)
