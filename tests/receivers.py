@@ -53,6 +53,7 @@ class Receiver:
         self.requests: list[Recorded] = []
         self.delivery_counts: Counter[str] = Counter()
         self.overlaps = 0
+        self.connections = 0
         self._in_flight: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -60,6 +61,7 @@ class Receiver:
         self._server: asyncio.Server | None = None
         self._release: asyncio.Event | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -89,7 +91,9 @@ class Receiver:
         self._server.close()
         for writer in list(self._writers):
             writer.close()
-        await asyncio.sleep(0)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -146,6 +150,11 @@ class Receiver:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)  # type: ignore[arg-type]
+        with self._lock:
+            self.connections += 1
         try:
             while True:
                 try:
@@ -170,6 +179,8 @@ class Receiver:
                     return
         finally:
             self._writers.discard(writer)
+            if task is not None:
+                self._tasks.discard(task)  # type: ignore[arg-type]
             writer.close()
 
     async def _respond(
