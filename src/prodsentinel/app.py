@@ -25,6 +25,8 @@ from prodsentinel.lib import jobs
 from prodsentinel.lib.database import alchemy_config, migrate, resolve_database_url
 from prodsentinel.lib.errors import exception_to_response
 from prodsentinel.lib.observability import RequestContextMiddleware, add_response_headers
+from prodsentinel.notifications.controllers import notifications_router
+from prodsentinel.notifications.plugin import NotificationsPlugin
 from prodsentinel.settings import Settings, get_settings
 from prodsentinel.signals.controllers import (
     LogController,
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             IncidentController,
             AnomalyController,
             alerts_router,
+            notifications_router,
         ],
         plugins=[
             plugins.sqlalchemy_plugin(db_config),
@@ -88,6 +91,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             IngestPlugin(settings, database_url),
             DemoCLIPlugin(),
             *system.plugins(),
+            NotificationsPlugin(settings),
         ],
         middleware=[
             RequestContextMiddleware(),

@@ -141,11 +141,38 @@ class Settings:
     notify_max_attempts: int = field(default=8, metadata=_env("PRODSENTINEL_NOTIFY_MAX_ATTEMPTS"))
     notify_backoff_seconds: float = field(default=2.0, metadata=_env("PRODSENTINEL_NOTIFY_BACKOFF_SECONDS"))
     notify_timeout_seconds: float = field(default=10.0, metadata=_env("PRODSENTINEL_NOTIFY_TIMEOUT_SECONDS"))
+    notify_visibility_seconds: float | None = field(
+        default=None, metadata=_env("PRODSENTINEL_NOTIFY_VISIBILITY_SECONDS")
+    )
+    notify_concurrency: int = field(default=50, metadata=_env("PRODSENTINEL_NOTIFY_CONCURRENCY"))
+    notify_batch_size: int = field(default=200, metadata=_env("PRODSENTINEL_NOTIFY_BATCH_SIZE"))
     inprocess_workers: bool | None = field(default=None, metadata=_env("PRODSENTINEL_INPROCESS_WORKERS"))
     auto_migrate: bool | None = field(default=None, metadata=_env("PRODSENTINEL_AUTO_MIGRATE"))
     queue_name: str = field(default="prodsentinel", metadata=_env("PRODSENTINEL_QUEUE_NAME"))
     worker_concurrency: int = field(default=10, metadata=_env("PRODSENTINEL_WORKER_CONCURRENCY"))
     sse_keepalive_seconds: float = field(default=15.0, metadata=_env("PRODSENTINEL_SSE_KEEPALIVE_SECONDS"))
+
+    def __post_init__(self) -> None:
+        if (
+            self.notify_visibility_seconds is not None
+            and self.notify_visibility_seconds <= self.notify_timeout_seconds
+        ):
+            raise SettingsError(
+                "invalid configuration: PRODSENTINEL_NOTIFY_VISIBILITY_SECONDS="
+                f"{self.notify_visibility_seconds!r}: must exceed PRODSENTINEL_NOTIFY_TIMEOUT_SECONDS "
+                f"({self.notify_timeout_seconds!r}), or a slow send could be claimed again while in flight"
+            )
+
+    @property
+    def notify_visibility(self) -> float:
+        """How long a claimed outbox item stays invisible to other dispatchers (crash recovery delay).
+
+        Default: the send timeout plus 30 s, so a live worker always finishes (or times out) before its
+        claim expires; only a dead worker's claim is ever taken over.
+        """
+        if self.notify_visibility_seconds is not None:
+            return self.notify_visibility_seconds
+        return self.notify_timeout_seconds + 30.0
 
     @property
     def embedded(self) -> bool:
@@ -197,6 +224,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "notify_max_attempts": _parse_positive_int,
     "notify_backoff_seconds": _parse_positive_float,
     "notify_timeout_seconds": _parse_positive_float,
+    "notify_visibility_seconds": _parse_positive_float,
+    "notify_concurrency": _parse_positive_int,
+    "notify_batch_size": _parse_positive_int,
     "inprocess_workers": _parse_bool,
     "auto_migrate": _parse_bool,
     "queue_name": lambda raw: raw.strip() or "prodsentinel",

@@ -101,7 +101,6 @@ logger = structlog.get_logger("prodsentinel.alerts")
 SCHEDULER_ACTOR = "system:scheduler"
 POLICIES_FILE_ACTOR = "system:policies-file"
 EVALUATION_LEASE = "alerts:evaluate"
-DISPATCH_JOB = "dispatch_due"
 ACTIVE_STATES = (AlertState.PENDING.value, AlertState.FIRING.value)
 
 
@@ -760,12 +759,9 @@ async def run_evaluation(
             await repo.insert_audit(session, [_evaluation_audit(project_id, actor, summary)])
     # Committed: announce. Both are best effort; the dispatch cron finds the items anyway.
     if result.notified:
-        await jobs.enqueue(DISPATCH_JOB, key=DISPATCH_JOB, timeout=60)
+        await notification_services.enqueue_dispatch()
     for event_type, event_project, data in result.live_events:
-        try:
-            await events.publish_event(event_type, event_project, data)
-        except Exception:
-            logger.warning("publish_event_failed", event_type=event_type, exc_info=True)
+        await events.publish_event(event_type, event_project, data)
     summary.duration_ms = _elapsed_ms(started)
     if result.transitions:
         logger.info(

@@ -56,7 +56,7 @@ from prodsentinel.lib.errors import BadRequestError, ConflictError, NotFoundErro
 from prodsentinel.lib.events import publish_event
 from prodsentinel.lib.pagination import check_limit, decode_cursor, encode_cursor
 from prodsentinel.lib.time import utcnow
-from prodsentinel.notifications.services import add_event
+from prodsentinel.notifications.services import add_event, enqueue_dispatch
 from prodsentinel.signals.anomalies import DEFAULT_PARAMS, AnomalyParams
 from prodsentinel.signals.models import LEVEL_NAMES, SPAN_STATUS_NAMES, LogRecord, Span
 
@@ -380,11 +380,8 @@ async def announce(transitions: Sequence[Transition]) -> None:
     if not transitions:
         return
     for transition in transitions:
-        try:
-            await publish_event(transition.stream_type, transition.project_id, transition.payload())
-        except Exception:
-            logger.warning("publish_event_failed", event=transition.stream_type, exc_info=True)
-    await jobs.enqueue("dispatch_due", key="dispatch_due", timeout=60)
+        await publish_event(transition.stream_type, transition.project_id, transition.payload())
+    await enqueue_dispatch()
     for transition in transitions:
         if transition.kind != "resolved" and Severity(transition.incident.severity) in ANALYSED_SEVERITIES:
             await enqueue_analysis(transition.incident.id)

@@ -39,10 +39,15 @@ async def enqueue(function: str, *, key: str | None = None, timeout: int = 60, *
     """Enqueue a job after the caller's transaction committed.
 
     A failure is logged, not raised: the work it announces is also found by a cron job, so a lost
-    enqueue only delays it. ``key`` dedups (SAQ keeps at most one queued or running job per key).
+    enqueue only delays it. ``key`` dedups (SAQ keeps at most one queued or running job per key). It
+    is prefixed with the queue name, because SAQ's PostgreSQL job keys are global across queues: a key
+    left queued on one queue (say, by an API process whose queue has no worker) would otherwise
+    block the same job on every other queue of the database.
     """
     if _queue is None:
         return False
+    if key is not None:
+        key = f"{_queue.name}:{key}"
     try:
         job = await _queue.enqueue(function, key=key, timeout=timeout, **kwargs)
     except Exception:

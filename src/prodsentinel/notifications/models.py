@@ -68,6 +68,14 @@ class OutboxItem(UUIDv7AuditBase):
         ),
         Index("ix_outbox_items_project_created", "project_id", "created_at"),
         Index("ix_outbox_items_event", "event_id"),
+        # History (delivered/dead, newest first) and per-status totals of one project.
+        Index("ix_outbox_items_project_status_updated", "project_id", "status", "updated_at"),
+        # "Was this dead item already replayed?" (replay-dead skips those).
+        Index(
+            "ix_outbox_items_replayed_from",
+            "replayed_from_id",
+            postgresql_where=text("replayed_from_id IS NOT NULL"),
+        ),
     )
 
     project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
@@ -94,7 +102,11 @@ class DeliveryAttempt(UUIDv7Base):
     """One HTTP attempt; rows are only ever inserted (the immutable ledger)."""
 
     __tablename__ = "delivery_attempts"
-    __table_args__ = (Index("ix_delivery_attempts_project_started", "project_id", "started_at"),)
+    __table_args__ = (
+        Index("ix_delivery_attempts_project_started", "project_id", "started_at"),
+        # Channel health: last success/failure and recent error codes per channel.
+        Index("ix_delivery_attempts_channel_started", "channel_id", "started_at"),
+    )
 
     project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     outbox_id: Mapped[UUID] = mapped_column(ForeignKey("outbox_items.id", ondelete="CASCADE"), index=True)
@@ -106,5 +118,5 @@ class DeliveryAttempt(UUIDv7Base):
     duration_ms: Mapped[float] = mapped_column(Double)
     http_status: Mapped[int | None] = mapped_column(SmallInteger, default=None)
     error_code: Mapped[str | None] = mapped_column(String(40), default=None)
-    #: delivered | retry | dead
+    #: delivered | retry | dead (``error_code`` ``worker_lost``: the worker died mid-send; no response known)
     outcome: Mapped[str] = mapped_column(String(16))

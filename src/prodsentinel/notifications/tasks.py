@@ -1,12 +1,43 @@
-"""SAQ jobs of this domain. Each task opens a session scope and calls one service function."""
+"""SAQ jobs of this domain. Each task opens no session of its own: the dispatcher needs two short
+transactions per batch (claim, then results) around the HTTP calls, so it takes the session maker.
+
+- ``dispatch_due``: enqueued by other domains after they commit outbox events
+  (``notifications.services.enqueue_dispatch()``); loops until nothing is due (bounded).
+- ``dispatch_due_cron``: the same every 2 seconds, the safety net for lost or deduplicated enqueues,
+  retries whose delay has passed and claims of crashed workers. Its own name because PostgreSQL cron
+  job keys (``cron:<qualname>``) are global.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar_saq import CronJob
 
-__all__ = ("CRON_JOBS", "TASKS")
+from prodsentinel.lib.jobs import settings_of
+from prodsentinel.notifications import services
 
-TASKS: list[Any] = []
-CRON_JOBS: list[CronJob] = []
+__all__ = ("CRON_JOBS", "TASKS", "dispatch_due", "dispatch_due_cron")
+
+
+async def dispatch_due(ctx: Any) -> dict[str, int]:
+    """Deliver every due outbox item (all projects), batch after batch, for up to 30 s."""
+    result = await services.dispatch_due(ctx["session_maker"], settings_of(ctx))
+    return msgspec.structs.asdict(result)
+
+
+async def dispatch_due_cron(ctx: Any) -> dict[str, int]:
+    """The cron twin of :func:`dispatch_due` (a distinct qualname gives a distinct cron job key)."""
+    return await dispatch_due(ctx)
+
+
+TASKS: list[Any] = [dispatch_due]
+CRON_JOBS: list[CronJob] = [
+    CronJob(
+        function=dispatch_due_cron,
+        cron="*/2 * * * * *",
+        timeout=services.DISPATCH_JOB_TIMEOUT,
+        unique=True,
+    )
+]

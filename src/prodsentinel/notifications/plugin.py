@@ -1,0 +1,51 @@
+"""App wiring of the notifications domain: channels from ``PRODSENTINEL_CHANNELS_FILE`` and the shared
+webhook client's lifetime.
+
+The file is parsed and validated when the app is built, so a bad file stops the start with one line
+naming the variable (no traceback); it is upserted into the database at startup, after migrations.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import structlog
+from litestar import Litestar
+from litestar.config.app import AppConfig
+from litestar.plugins import InitPluginProtocol
+
+from prodsentinel.auth.guards import SESSION_MAKER_STATE_KEY
+from prodsentinel.lib.database import session_scope
+from prodsentinel.notifications import delivery, services
+from prodsentinel.settings import Settings, SettingsError
+
+__all__ = ("NotificationsPlugin",)
+
+logger = structlog.get_logger("prodsentinel.notifications")
+
+
+class NotificationsPlugin(InitPluginProtocol):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.channel_items: list[services.ChannelFileItem] = []
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        if self.settings.channels_file is not None:
+            try:
+                self.channel_items = services.parse_channels_file(self.settings.channels_file)
+            except SettingsError as exc:
+                print(f"prodsentinel: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+        app_config.on_startup.append(self._load_channels)
+        app_config.on_shutdown.append(self._close_client)
+        return app_config
+
+    async def _load_channels(self, app: Litestar) -> None:
+        if not self.channel_items:
+            return
+        async with session_scope(app.state[SESSION_MAKER_STATE_KEY]) as session:
+            count = await services.load_channels_file(session, self.channel_items)
+        logger.info("channels_loaded", count=count, file=str(self.settings.channels_file))
+
+    async def _close_client(self, app: Litestar) -> None:
+        await delivery.close_client()

@@ -1,0 +1,120 @@
+"""The dispatch job through a real SAQ Worker, on the PostgreSQL queue and on Redis when reachable."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from uuid import UUID
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from saq import Queue, Worker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from prodsentinel.lib import jobs
+from prodsentinel.lib.database import libpq_url
+from prodsentinel.notifications import services, tasks
+from prodsentinel.settings import Settings
+from tests.notifications.conftest import add_events, create_channel, outbox
+from tests.receivers import Receiver
+
+Client = AsyncTestClient[Litestar]
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    queue: Queue, session_maker: async_sessionmaker[AsyncSession], settings: Settings
+) -> AsyncIterator[Worker]:
+    """A real SAQ worker running ``dispatch_due``; the process's enqueue target while it runs."""
+
+    async def startup(ctx: Any) -> None:
+        ctx["session_maker"] = session_maker
+        ctx["settings"] = settings
+
+    worker = Worker(queue, functions=tasks.TASKS, startup=startup, concurrency=2)
+    previous = jobs.current_queue()
+    await queue.connect()
+    run = asyncio.create_task(worker.start())
+    await asyncio.sleep(1.0)  # SAQ sweeps jobs enqueued while the worker starts (saq #277)
+    jobs.bind_queue(queue)
+    try:
+        yield worker
+    finally:
+        jobs.bind_queue(previous)
+        await worker.stop()
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await run
+        await queue.disconnect()
+
+
+async def _deliver_through_worker(
+    queue: Queue,
+    client: Client,
+    admin_key: str,
+    project_id: UUID,
+    session_maker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    receiver: Receiver,
+) -> None:
+    await create_channel(client, admin_key, url=receiver.url, secret="0123456789abcdef")
+    async with running_worker(queue, session_maker, settings.with_overrides(notify_timeout_seconds=2.0)):
+        await add_events(session_maker, project_id, 3)
+        # What alert transitions do after their commit:
+        assert await services.enqueue_dispatch() is True
+        requests = await receiver.wait_for_async(3, timeout=20)
+        for _ in range(200):  # the worker records the results right after the responses
+            items = await outbox(session_maker, project_id)
+            if all(i.status == "delivered" for i in items):
+                break
+            await asyncio.sleep(0.05)
+    assert len({r.headers["x-prodsentinel-delivery-id"] for r in requests}) == 3
+    assert [i.status for i in items] == ["delivered"] * 3
+
+
+class TestDispatchJob:
+    async def test_on_the_postgresql_queue(
+        self,
+        client: Client,
+        admin_key: str,
+        project_id: UUID,
+        session_maker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        database_url: str,
+        receivers: Callable[..., Receiver],
+    ) -> None:
+        dsn = libpq_url(database_url).replace("postgresql://", "postgres://", 1)
+        queue = Queue.from_url(dsn, name=f"notify-test-{uuid.uuid4().hex[:8]}")
+        await _deliver_through_worker(
+            queue, client, admin_key, project_id, session_maker, settings, receivers()
+        )
+
+    async def test_on_redis(
+        self,
+        client: Client,
+        admin_key: str,
+        project_id: UUID,
+        session_maker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        redis_url: str | None,
+        receivers: Callable[..., Receiver],
+    ) -> None:
+        if redis_url is None:
+            pytest.skip("Redis is not reachable on 127.0.0.1:6379")
+        queue = Queue.from_url(redis_url, name=f"notify-test-{uuid.uuid4().hex[:8]}")
+        await _deliver_through_worker(
+            queue, client, admin_key, project_id, session_maker, settings, receivers()
+        )
+
+    def test_registered_with_the_worker_and_cron(self) -> None:
+        from prodsentinel.worker import CRON_JOBS, TASKS
+
+        assert tasks.dispatch_due in TASKS
+        [cron] = [c for c in CRON_JOBS if c.function is tasks.dispatch_due_cron]
+        assert cron.cron == "*/2 * * * * *"
+        assert cron.timeout
+        assert cron.unique
