@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from prodsentinel.system import services as system_services
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 RULES_FILE = DEPLOY / "prometheus" / "rules" / "prodsentinel.rules.yml"
@@ -55,7 +57,8 @@ SPEC_METRICS = (
     | {f"{h}{suffix}" for h in SPEC_HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 )
 STANDARD_METRICS = {"up"}
-SCHEDULER_LOOPS = {"alerts", "dispatch", "anomalies", "incidents"}
+#: The loops the app records ticks for; every one needs an interval in the stall rules.
+SCHEDULER_LOOPS = set(system_services.SCHEDULER_LOOPS)
 
 REQUIRED_COMPOSE_SERVICES = {"api", "worker", "postgres", "redis", "prometheus", "grafana", "alertmanager"}
 

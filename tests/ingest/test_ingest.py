@@ -548,12 +548,16 @@ class TestIncidentSeam:
 
     async def _job_queue(self, session_maker: async_sessionmaker[AsyncSession]) -> str | None:
         async with session_maker() as session:
-            value = await session.scalar(text("SELECT queue FROM saq_jobs WHERE key = 'group_new_errors'"))
+            value = await session.scalar(
+                text("SELECT queue FROM saq_jobs WHERE key LIKE :pattern"), {"pattern": "%:group_new_errors"}
+            )
         return None if value is None else str(value)
 
     async def _clear(self, session_maker: async_sessionmaker[AsyncSession]) -> None:
         async with session_maker() as session:
-            await session.execute(text("DELETE FROM saq_jobs WHERE key = 'group_new_errors'"))
+            await session.execute(
+                text("DELETE FROM saq_jobs WHERE key LIKE :pattern"), {"pattern": "%:group_new_errors"}
+            )
             await session.commit()
 
     async def test_error_logs_enqueue_the_grouping_job(
