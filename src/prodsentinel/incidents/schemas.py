@@ -7,6 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from prodsentinel.lib.structs import Struct
+from prodsentinel.signals.schemas import LogItem, SpanItem
 
 __all__ = (
     "AnomalyOut",
@@ -14,8 +15,6 @@ __all__ = (
     "IncidentDetail",
     "IncidentOut",
     "IncidentPage",
-    "LogSample",
-    "SpanSample",
 )
 
 
@@ -44,36 +43,11 @@ class IncidentOut(Struct):
     analysed_at: datetime | None = None
 
 
-class LogSample(Struct):
-    signal_id: UUID
-    trace_id: str | None
-    span_id: str | None
-    service_name: str
-    timestamp: datetime
-    level: str
-    message: str
-    attributes: dict[str, Any] | None
-
-
-class SpanSample(Struct):
-    signal_id: UUID
-    trace_id: str
-    span_id: str
-    parent_span_id: str | None
-    service_name: str
-    name: str
-    start_time: datetime
-    end_time: datetime
-    duration_ms: float
-    status: str
-    attributes: dict[str, Any] | None
-
-
 class IncidentDetail(IncidentOut):
     """One incident with a few of its most recent occurrences."""
 
-    sample_logs: list[LogSample] = []
-    sample_spans: list[SpanSample] = []
+    sample_logs: list[LogItem] = []
+    sample_spans: list[SpanItem] = []
 
 
 class IncidentPage(Struct):

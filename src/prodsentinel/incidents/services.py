@@ -36,8 +36,6 @@ from prodsentinel.incidents.schemas import (
     IncidentDetail,
     IncidentOut,
     IncidentPage,
-    LogSample,
-    SpanSample,
 )
 from prodsentinel.incidents.severity import (
     ANOMALY_BASE,
@@ -57,8 +55,9 @@ from prodsentinel.lib.events import publish_event
 from prodsentinel.lib.pagination import check_limit, decode_cursor, encode_cursor
 from prodsentinel.lib.time import utcnow
 from prodsentinel.notifications.services import add_event, enqueue_dispatch
+from prodsentinel.signals import services as signal_services
 from prodsentinel.signals.anomalies import DEFAULT_PARAMS, AnomalyParams
-from prodsentinel.signals.models import LEVEL_NAMES, SPAN_STATUS_NAMES, LogRecord, Span
+from prodsentinel.signals.models import LEVEL_NAMES
 
 __all__ = (
     "SYSTEM_ACTOR",
@@ -593,37 +592,12 @@ async def get_incident(session: AsyncSession, project_id: UUID, incident_id: UUI
     base = msgspec.structs.asdict(incident_out(incident))
     return IncidentDetail(
         **base,
-        sample_logs=[_log_sample(row) for row in await repo.sample_logs(incident, SAMPLE_SIGNALS)],
-        sample_spans=[_span_sample(row) for row in await repo.sample_spans(incident, SAMPLE_SIGNALS)],
-    )
-
-
-def _log_sample(row: LogRecord) -> LogSample:
-    return LogSample(
-        signal_id=row.signal_id,
-        trace_id=row.trace_id,
-        span_id=row.span_id,
-        service_name=row.service_name,
-        timestamp=row.timestamp,
-        level=LEVEL_NAMES.get(row.level, str(row.level)),
-        message=row.message,
-        attributes=row.attributes,
-    )
-
-
-def _span_sample(row: Span) -> SpanSample:
-    return SpanSample(
-        signal_id=row.signal_id,
-        trace_id=row.trace_id,
-        span_id=row.span_id,
-        parent_span_id=row.parent_span_id,
-        service_name=row.service_name,
-        name=row.name,
-        start_time=row.start_time,
-        end_time=row.end_time,
-        duration_ms=row.duration_ms,
-        status=SPAN_STATUS_NAMES.get(row.status, str(row.status)),
-        attributes=row.attributes,
+        sample_logs=[
+            signal_services.log_item(row) for row in await repo.sample_logs(incident, SAMPLE_SIGNALS)
+        ],
+        sample_spans=[
+            signal_services.span_item(row) for row in await repo.sample_spans(incident, SAMPLE_SIGNALS)
+        ],
     )
 
 

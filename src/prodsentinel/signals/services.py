@@ -161,7 +161,8 @@ def _after(cursor: str | None, kind: str) -> tuple[datetime, int] | None:
 # -- row mapping ------------------------------------------------------------------------------------
 
 
-def _log_item(row: Any) -> LogItem:
+def log_item(row: Any) -> LogItem:
+    """A stored log row (ORM object or Row) as the API's item; also used by incident samples."""
     return LogItem(
         signal_id=row.signal_id,
         trace_id=row.trace_id,
@@ -172,6 +173,11 @@ def _log_item(row: Any) -> LogItem:
         message=row.message,
         attributes=row.attributes,
     )
+
+
+def span_item(row: Any) -> SpanItem:
+    """A stored span row as the API's item; also used by incident samples."""
+    return SpanItem(**_span_fields(row))
 
 
 def _span_fields(row: Any) -> dict[str, Any]:
@@ -269,7 +275,7 @@ class SignalQueryService:
         rows = await self.repository.list_logs(query)
         page, more = rows[: query.limit], len(rows) > query.limit
         next_cursor = encode_cursor([_LOG_CURSOR, page[-1].timestamp, page[-1].id]) if more else None
-        return LogPage(items=[_log_item(row) for row in page], next_cursor=next_cursor)
+        return LogPage(items=[log_item(row) for row in page], next_cursor=next_cursor)
 
     async def list_spans(
         self,
@@ -301,7 +307,7 @@ class SignalQueryService:
         rows = await self.repository.list_spans(query)
         page, more = rows[: query.limit], len(rows) > query.limit
         next_cursor = encode_cursor([_SPAN_CURSOR, page[-1].start_time, page[-1].id]) if more else None
-        return SpanPage(items=[SpanItem(**_span_fields(row)) for row in page], next_cursor=next_cursor)
+        return SpanPage(items=[span_item(row) for row in page], next_cursor=next_cursor)
 
     async def get_trace(self, project_id: UUID, trace_id: str) -> TraceView:
         """The trace as a tree; NotFoundError when the project has no span and no log with this id."""
@@ -317,7 +323,7 @@ class SignalQueryService:
             services=summary.services,
             error_span_ids=summary.error_span_ids,
             spans=build_trace_tree(nodes),
-            logs=[_log_item(row) for row in log_rows],
+            logs=[log_item(row) for row in log_rows],
         )
 
     async def metric_series(
