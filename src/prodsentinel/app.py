@@ -9,6 +9,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 
 from prodsentinel import plugins
 from prodsentinel.alerts import services as alert_services
@@ -58,8 +59,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         queue = saq.get_queue(settings.queue_name)
         await queue.connect()
         jobs.bind_queue(queue)
-        if settings.embedded:
-            await _hint_first_key(app)
+        await _hint_first_key(app)
 
     async def on_shutdown(app: Litestar) -> None:
         jobs.bind_queue(None)
@@ -119,8 +119,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
 
 async def _hint_first_key(app: Litestar) -> None:
-    async with app.state[SESSION_MAKER_STATE_KEY]() as session:
-        key_count = await session.scalar(select(func.count()).select_from(ApiKey))
+    """Tell a new operator how to get in (and an unmigrated database how to get ready)."""
+    try:
+        async with app.state[SESSION_MAKER_STATE_KEY]() as session:
+            key_count = await session.scalar(select(func.count()).select_from(ApiKey))
+    except DBAPIError:
+        logger.warning("database_not_ready", hint="apply migrations with: prodsentinel database upgrade")
+        return
     if not key_count:
         logger.warning(
             "no_api_keys",

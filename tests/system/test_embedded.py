@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 import pytest
+
+from tests.system.servers import granian_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,3 +118,37 @@ def test_run_boots_embedded_database_serves_and_stops_cleanly(tmp_path: Path) ->
         assert [item["name"] for item in listed.json()["items"]] == ["ops"]
     finally:
         _stop(process)
+
+
+@pytest.mark.timeout(120)
+def test_unmigrated_database_starts_not_ready(postgres_server_url: str, tmp_path: Path) -> None:
+    """A fresh, unmigrated database: the API starts, /health/ready is 503 until `database upgrade`."""
+    name = f"prodsentinel_unmigrated_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        connection = await asyncpg.connect(postgres_server_url)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = urlunsplit(urlsplit(postgres_server_url)._replace(path=f"/{name}"))
+    try:
+        with granian_server({"DATABASE_URL": url}) as base_url:
+            ready = httpx.get(f"{base_url}/health/ready", timeout=5)
+            assert ready.status_code == 503
+            assert ready.json()["migrations"] == "pending"
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PRODSENTINEL_")}
+            env["DATABASE_URL"] = url
+            subprocess.run(
+                [sys.executable, "-m", "prodsentinel", "database", "upgrade", "--no-prompt"],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                timeout=120,
+                check=True,
+            )
+            assert httpx.get(f"{base_url}/health/ready", timeout=5).status_code == 200
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
