@@ -181,7 +181,8 @@ def run_client(kind: str, server_pid: int, *args: Any) -> dict[str, Any]:
     """
     parent, child = multiprocessing.Pipe(duplex=False)
     process = multiprocessing.get_context("fork").Process(target=_client_process, args=(kind, args, child))
-    server_cpu, postgres_cpu, machine = cpu_seconds(process_tree(server_pid)), postgres_cpu_seconds(), machine_cpu()
+    server_cpu = cpu_seconds(process_tree(server_pid))
+    postgres_cpu, machine = postgres_cpu_seconds(), machine_cpu()
     process.start()
     result: dict[str, Any] = parent.recv()
     process.join()
@@ -234,7 +235,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(database_url: str, port: int, workers: int) -> subprocess.Popen[bytes]:
+def start_server(
+    database_url: str, port: int, workers: int, extra: list[str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -246,7 +249,7 @@ def start_server(database_url: str, port: int, workers: int) -> subprocess.Popen
     command = [
         sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--host", "127.0.0.1",
         "--port", str(port), "--workers", str(workers), "--loop", "uvloop", "--http", "1",
-        "--log-level", "warning", "--no-access-log", "prodsentinel.app:create_app",
+        "--log-level", "warning", "--no-access-log", *(extra or []), "prodsentinel.app:create_app",
     ]  # fmt: skip
     server = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True)
     deadline = time.monotonic() + 60
@@ -404,6 +407,11 @@ def main() -> None:
     parser.add_argument("--single-seconds", type=float, default=15.0)
     parser.add_argument("--clients", type=int, default=32, help="single-event connections (default 32)")
     parser.add_argument("--workers", type=int, default=1, help="granian worker processes (default 1)")
+    parser.add_argument(
+        "--granian-args",
+        default="",
+        help="extra granian options, e.g. '--runtime-mode st' (the benchmark always passes --loop uvloop)",
+    )
     parser.add_argument("--keep-db", action="store_true", help="do not drop the benchmark database")
     args = parser.parse_args()
 
@@ -419,7 +427,7 @@ def main() -> None:
         bodies.append((msgspec.json.encode(logs), [log["signal_id"] for log in logs]))
 
     port = free_port()
-    server = start_server(url, port, args.workers)
+    server = start_server(url, port, args.workers, args.granian_args.split())
     try:
         batch = run_client("batch", server.pid, port, key, bodies, args.batch_clients)
         single = run_client("single", server.pid, port, key, args.single_seconds, args.clients)
