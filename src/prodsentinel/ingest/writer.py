@@ -118,8 +118,9 @@ class TableWriter:
         submission = Submission(rows=rows, reserved=reserved, notify=notify)
         self._queue.append(submission)
         self._wakeup.set()
-        # shield: a client that disconnects must not cancel a write other requests share
-        return await asyncio.shield(submission.future)
+        # No shield needed: a client that disconnects cancels only its own future; the flush that carries
+        # its rows still runs (and releases the budget) and skips results for futures already done.
+        return await submission.future
 
     async def _run(self) -> None:
         while True:
