@@ -166,18 +166,66 @@ def _client_process(kind: str, args: tuple[Any, ...], out: Any) -> None:
     except ImportError:  # pragma: no cover
         pass
     runner = _run_batches if kind == "batch" else _run_single
-    out.send(asyncio.run(runner(*args)))  # type: ignore[operator]
+    cpu = time.process_time()
+    result = asyncio.run(runner(*args))  # type: ignore[operator]
+    result["client_cpu"] = time.process_time() - cpu
+    out.send(result)
     out.close()
 
 
-def run_client(kind: str, *args: Any) -> dict[str, Any]:
-    """Run one load phase in a separate process (so the client never shares the server's core budget)."""
+def run_client(kind: str, server_pid: int, *args: Any) -> dict[str, Any]:
+    """Run one load phase in a separate process (its own interpreter and event loop, not the server's).
+
+    Also measures the CPU seconds the phase cost: the client process, the server's process tree, every
+    ``postgres`` process, and the whole machine (``/proc/stat``, which includes other users' jobs).
+    """
     parent, child = multiprocessing.Pipe(duplex=False)
     process = multiprocessing.get_context("fork").Process(target=_client_process, args=(kind, args, child))
+    server_cpu = cpu_seconds(process_tree(server_pid))
+    postgres_cpu, machine = postgres_cpu_seconds(), machine_cpu()
     process.start()
     result: dict[str, Any] = parent.recv()
     process.join()
+    machine_after = machine_cpu()
+    result["server_cpu"] = cpu_seconds(process_tree(server_pid)) - server_cpu
+    result["postgres_cpu"] = postgres_cpu_seconds() - postgres_cpu
+    result["machine_busy"] = (machine_after[0] - machine[0]) / max(1e-9, machine_after[1] - machine[1])
     return result
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds consumed so far by ``pids`` (their exited children not included)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU seconds of every live ``postgres`` process (server and backends; other users' too)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return cpu_seconds(pids)
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of all cores since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return float(sum(values) - idle), float(sum(values))
 
 
 # ------------------------------------------------------------------------------------------- server
@@ -187,7 +235,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(database_url: str, port: int, workers: int) -> subprocess.Popen[bytes]:
+def start_server(
+    database_url: str, port: int, workers: int, extra: list[str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -199,7 +249,7 @@ def start_server(database_url: str, port: int, workers: int) -> subprocess.Popen
     command = [
         sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--host", "127.0.0.1",
         "--port", str(port), "--workers", str(workers), "--loop", "uvloop", "--http", "1",
-        "--log-level", "warning", "--no-access-log", "prodsentinel.app:create_app",
+        "--log-level", "warning", "--no-access-log", *(extra or []), "prodsentinel.app:create_app",
     ]  # fmt: skip
     server = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True)
     deadline = time.monotonic() + 60
@@ -357,6 +407,11 @@ def main() -> None:
     parser.add_argument("--single-seconds", type=float, default=15.0)
     parser.add_argument("--clients", type=int, default=32, help="single-event connections (default 32)")
     parser.add_argument("--workers", type=int, default=1, help="granian worker processes (default 1)")
+    parser.add_argument(
+        "--granian-args",
+        default="",
+        help="extra granian options, e.g. '--runtime-mode st' (the benchmark always passes --loop uvloop)",
+    )
     parser.add_argument("--keep-db", action="store_true", help="do not drop the benchmark database")
     args = parser.parse_args()
 
@@ -372,10 +427,10 @@ def main() -> None:
         bodies.append((msgspec.json.encode(logs), [log["signal_id"] for log in logs]))
 
     port = free_port()
-    server = start_server(url, port, args.workers)
+    server = start_server(url, port, args.workers, args.granian_args.split())
     try:
-        batch = run_client("batch", port, key, bodies, args.batch_clients)
-        single = run_client("single", port, key, args.single_seconds, args.clients)
+        batch = run_client("batch", server.pid, port, key, bodies, args.batch_clients)
+        single = run_client("single", server.pid, port, key, args.single_seconds, args.clients)
         peaks = peak_rss_mib(server.pid)
     finally:
         stop_server(server)
@@ -408,6 +463,14 @@ def main() -> None:
         f"single  {args.clients} clients x {args.single_seconds:.0f} s: {single_rps:,.0f} req/s (= logs/s); "
         f"p50 {s50:.1f} ms, p99 {s99:.1f} ms; statuses {single['statuses']}"
     )
+    for name, phase in (("batch", batch), ("single", single)):
+        seconds = phase["elapsed"]
+        print(
+            f"cpu     {name}: server {phase['server_cpu'] / seconds:.0%} of a core, client "
+            f"{phase['client_cpu'] / seconds:.0%}, postgres (all) {phase['postgres_cpu'] / seconds:.0%}; "
+            f"machine {phase['machine_busy']:.0%} busy of {os.cpu_count()} cores; server "
+            f"{phase['server_cpu'] / max(1, len(phase['latencies'])) * 1e6:,.0f} µs CPU per request"
+        )
     print(
         f"verify  acknowledged {len(acked)}, stored {check['stored']} (distinct {check['distinct_stored']}), "
         f"missing {check['missing']}, stored twice {check['duplicated']}"

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -527,6 +528,43 @@ class TestAuth:
             )
             await session.commit()
         assert (await post(client, "/api/v1/ingest/logs", key, body)).status_code == 401
+
+
+class TestHttpMetrics:
+    """The ingest routes have no Litestar guard (the scope is checked in the handler): still counted."""
+
+    @staticmethod
+    async def _counts(client: AsyncTestClient[Litestar], key: str) -> dict[tuple[str, str], float]:
+        response = await client.get("/metrics", headers={"X-API-Key": key})
+        assert response.status_code == 200, response.text
+        counts: dict[tuple[str, str], float] = {}
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                labels = sample.labels
+                if labels.get("path") == "/api/v1/ingest/logs" and labels.get("method") == "POST":
+                    counts[(sample.name, labels["status_code"])] = sample.value
+        return counts
+
+    async def test_ingest_requests_are_counted_by_status(
+        self, client: AsyncTestClient[Litestar], make_key: KeyFactory
+    ) -> None:
+        reader = await make_key("read")
+        before = await self._counts(client, reader)
+        body = msgspec.json.encode(LogInFactory.build())
+        ingest = await make_key("ingest")
+        for _ in range(3):
+            assert (await post(client, "/api/v1/ingest/logs", ingest, body)).status_code == 202
+        assert (await post(client, "/api/v1/ingest/logs", reader, body)).status_code == 403
+        assert (await client.post("/api/v1/ingest/logs", content=body)).status_code == 401
+        after = await self._counts(client, reader)
+
+        def delta(name: str, status: str) -> float:
+            return after.get((name, status), 0.0) - before.get((name, status), 0.0)
+
+        assert delta("http_requests_total", "202") == 3
+        assert delta("http_request_duration_seconds_count", "202") == 3
+        assert delta("http_requests_total", "403") == 1
+        assert delta("http_requests_total", "401") == 1
 
 
 class TestOpenAPI:

@@ -87,22 +87,25 @@ class TableWriter:
         self._budget = budget
         self._max_rows = max_rows
         self._on_committed = on_committed
+        self._flushers = flushers
         self._queue: deque[Submission] = deque()
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"ingest-writer-{self._table.name}"
-        )
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._run(), name=f"ingest-writer-{self._table.name}-{n}")
+            for n in range(self._flushers)
+        ]
 
     async def stop(self) -> None:
         """Refuse new rows, drain what was accepted for writing, then stop."""
         self._closed = True
         self._wakeup.set()
-        if self._task is not None:
-            await self._task
+        if self._tasks:
+            await asyncio.gather(*self._tasks)
 
     async def write(self, rows: Sequence[Row], *, reserved: int, notify: bool) -> tuple[int, int]:
         """Store ``rows`` (validated; keys may repeat) and return ``(accepted, duplicates)`` after commit.
@@ -115,8 +118,9 @@ class TableWriter:
         submission = Submission(rows=rows, reserved=reserved, notify=notify)
         self._queue.append(submission)
         self._wakeup.set()
-        # shield: a client that disconnects must not cancel a write other requests share
-        return await asyncio.shield(submission.future)
+        # No shield needed: a client that disconnects cancels only its own future; the flush that carries
+        # its rows still runs (and releases the budget) and skips results for futures already done.
+        return await submission.future
 
     async def _run(self) -> None:
         while True:

@@ -16,12 +16,16 @@ Three sources end up on ``GET /metrics``:
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import structlog
 from litestar import Controller, Request, Response, get
+from litestar.enums import ScopeType
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController, PrometheusMiddleware
-from litestar.types import ASGIApp
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ASGIApp, Message, Receive, Send
+from litestar.types import Scope as ASGIScope
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -95,6 +99,63 @@ class HttpMetricsMiddleware(PrometheusMiddleware):
         from litestar._asgi.utils import wrap_in_exception_handler  # the helper Litestar's router uses
 
         super().__init__(app=wrap_in_exception_handler(app), config=config)
+        # Same metrics, names and labels as the stock middleware, but the labelled children are looked up
+        # once per (method, route template[, status]) and reused: the stock ``__call__`` builds a Request,
+        # label dicts and three ``.labels()`` lookups per request (~8 % of the ingest CPU when measured).
+        self._fast = not (config.labels or config.exemplars or config.excluded_http_methods)
+        self._in_progress: dict[tuple[str, str], Any] = {}
+        self._finished: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if not self._fast or scope["type"] != ScopeType.HTTP:
+            await super().__call__(scope, receive, send)
+            return
+        http: dict[str, Any] = scope  # type: ignore[assignment]
+        method: str = http["method"]
+        path: str = http["path_template"] if self._config.group_path else http["path"]
+        in_progress = self._in_progress.get((method, path))
+        if in_progress is None:
+            in_progress = self._in_progress[(method, path)] = self.requests_in_progress(
+                self._labels(method, path, 200)
+            ).labels(method, path, 200, self._config.app_name)
+        started = time.perf_counter()
+        span = [200, 0.0]  # status code, duration
+
+        async def wrapped_send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                span[0] = message["status"]  # type: ignore[typeddict-item]
+            elif kind == "http.response.body":
+                span[1] = time.perf_counter() - started
+            await send(message)
+
+        in_progress.inc()
+        try:
+            await self.app(scope, receive, wrapped_send)
+        finally:
+            in_progress.dec()
+            status = int(span[0])
+            finished = self._finished.get((method, path, status))
+            if finished is None:
+                finished = self._finished[(method, path, status)] = self._children(method, path, status)
+            count, duration, errors = finished
+            if errors is not None:
+                errors.inc()
+            count.inc()
+            duration.observe(span[1])
+
+    def _labels(self, method: str, path: str, status: int) -> dict[str, str | int | float]:
+        return {"method": method, "path": path, "status_code": status, "app_name": self._config.app_name}
+
+    def _children(self, method: str, path: str, status: int) -> tuple[Any, Any, Any]:
+        labels = self._labels(method, path, status)
+        values = [*labels.values()]
+        errors = (
+            self.requests_error_count(labels).labels(*values)
+            if status >= HTTP_500_INTERNAL_SERVER_ERROR
+            else None
+        )
+        return self.request_count(labels).labels(*values), self.request_time(labels).labels(*values), errors
 
 
 def http_metrics_config() -> PrometheusConfig:
