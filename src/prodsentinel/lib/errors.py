@@ -104,7 +104,9 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
             extra["errors"] = exc.extra
         headers = dict(exc.headers or {})
         if exc.status_code == 429 and "Retry-After" not in headers:
-            headers["Retry-After"] = "1"
+            # The rate limiter says when its window resets; retrying sooner is another 429.
+            reset = next((v for k, v in headers.items() if k.lower() == "ratelimit-reset"), None)
+            headers["Retry-After"] = reset if reset and reset.isdigit() and int(reset) > 0 else "1"
         return Response(
             _body(str(detail), request, **extra),
             status_code=exc.status_code,

@@ -24,7 +24,6 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController, 
 from litestar.types import ASGIApp
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -225,6 +224,11 @@ async def render_metrics(session_maker: async_sessionmaker[AsyncSession]) -> byt
     return generate_latest(process_registry) + generate_latest(stored_registry)
 
 
+#: prometheus_client's CONTENT_TYPE_PLAIN_0_0_4 without its charset: Litestar appends
+#: "; charset=utf-8" to every text/* type, which would repeat it.
+PROMETHEUS_MEDIA_TYPE = "text/plain; version=0.0.4"
+
+
 class MetricsController(PrometheusController):
     """``GET /metrics``: Litestar's controller, rendering our two sources (see the module docstring)."""
 
@@ -235,12 +239,12 @@ class MetricsController(PrometheusController):
     @get(
         summary="Prometheus metrics (text format)",
         description="Scope read unless PRODSENTINEL_METRICS_AUTH=0. Stored-state values cover all projects.",
-        media_type=CONTENT_TYPE_PLAIN_0_0_4,
+        media_type=PROMETHEUS_MEDIA_TYPE,
         opt={"no_rate_limit": True},
     )
     async def get(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         body = await render_metrics(request.app.state[SESSION_MAKER_STATE_KEY])
-        return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
+        return Response(body, media_type=PROMETHEUS_MEDIA_TYPE)
 
 
 def metrics_controller(settings: Settings) -> type[Controller]:
