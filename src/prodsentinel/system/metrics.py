@@ -3,7 +3,7 @@
 Three sources end up on ``GET /metrics``:
 
 - HTTP RED metrics, from Litestar's ``PrometheusMiddleware`` with prefix ``http`` and grouped paths:
-  ``http_requests_total{method,path,status_code,app_name}``, ``http_request_duration_seconds``
+  ``http_requests_total{method,path,status_code}``, ``http_request_duration_seconds``
   (histogram), plus Litestar's ``http_requests_in_progress`` and ``http_requests_error_total``. ``path``
   is the route template (``/api/v1/incidents/{incident_id:uuid}``).
 - Process-local counters of this process (``prodsentinel_ingested_signals_total{type}``,
@@ -94,6 +94,13 @@ class HttpMetricsMiddleware(PrometheusMiddleware):
         from litestar._asgi.utils import wrap_in_exception_handler  # the helper Litestar's router uses
 
         super().__init__(app=wrap_in_exception_handler(app), config=config)
+
+    def _get_default_labels(self, request: Request[Any, Any, Any]) -> dict[str, str | int | float]:
+        """SPEC §9 names the labels exactly (method, path, status_code): Litestar's constant ``app_name``
+        label is dropped (one service per scrape target; Prometheus adds ``job``/``instance``)."""
+        labels = super()._get_default_labels(request)
+        labels.pop("app_name", None)
+        return labels
 
 
 def http_metrics_config() -> PrometheusConfig:
