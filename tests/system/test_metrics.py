@@ -90,8 +90,7 @@ class TestHttpMetrics:
         after = await scrape(client, read)
 
         def delta(name: str, **labels: str) -> float:
-            full = {"app_name": "prodsentinel", **labels}
-            return value(after, name, **full) - value(before, name, **full)
+            return value(after, name, **labels) - value(before, name, **labels)
 
         assert delta("http_requests_total", method="DELETE", path=template, status_code="404") == 3
         assert delta("http_requests_total", method="GET", path="/api/v1/keys", status_code="401") == 1
@@ -314,7 +313,7 @@ class TestMultiProcess:
                     response = await http.get("/metrics", headers={"Authorization": f"Bearer {read}"})
                     assert response.status_code == 200
                     samples = parse(response.text)
-                    labels = {"app_name": "prodsentinel", "method": "GET", "path": "/api/v1/keys"}
+                    labels = {"method": "GET", "path": "/api/v1/keys"}
                     totals.add(value(samples, "http_requests_total", status_code="401", **labels))
                     assert value(samples, "prodsentinel_stored_state_up") == 1
         assert totals == {12.0}

@@ -66,7 +66,7 @@ from prodsentinel.auth.services import ProjectService
 from prodsentinel.incidents.severity import Severity, rank
 from prodsentinel.lib import events, jobs
 from prodsentinel.lib.database import session_scope
-from prodsentinel.lib.errors import ConflictError, NotFoundError, ValidationError
+from prodsentinel.lib.errors import BadRequestError, ConflictError, NotFoundError, ValidationError
 from prodsentinel.lib.pagination import check_limit, decode_cursor, encode_cursor
 from prodsentinel.lib.time import as_utc, utcnow
 from prodsentinel.notifications import services as notification_services
@@ -841,9 +841,9 @@ async def list_history(
     """
     check_limit(limit)
     if state is not None and state not in {s.value for s in AlertState}:
-        raise ValidationError(f"state {state!r} is not one of inactive, pending, firing, resolved.")
+        raise BadRequestError(f"state {state!r} is not one of inactive, pending, firing, resolved.")
     if severity is not None and severity not in ("low", "medium", "high"):
-        raise ValidationError(f"severity {severity!r} is not one of low, medium, high.")
+        raise BadRequestError(f"severity {severity!r} is not one of low, medium, high.")
     after = decode_cursor(cursor, (datetime, UUID)) if cursor else None
     rows = await repo.AlertRepository(session=session).page(
         project_id,
@@ -1004,7 +1004,7 @@ async def list_silences(
     """Silences newest first; ``status`` filters on the status at request time."""
     check_limit(limit)
     if status is not None and status not in ("pending", "active", "expired"):
-        raise ValidationError(f"status {status!r} is not one of pending, active, expired.")
+        raise BadRequestError(f"status {status!r} is not one of pending, active, expired.")
     now = utcnow()
     after = decode_cursor(cursor, (datetime, UUID)) if cursor else None
     rows = await repo.SilenceRepository(session=session).page(

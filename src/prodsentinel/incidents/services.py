@@ -53,7 +53,7 @@ from prodsentinel.lib.database import session_scope
 from prodsentinel.lib.errors import BadRequestError, ConflictError, NotFoundError
 from prodsentinel.lib.events import publish_event
 from prodsentinel.lib.pagination import check_limit, decode_cursor, encode_cursor
-from prodsentinel.lib.time import utcnow
+from prodsentinel.lib.time import as_utc, utcnow
 from prodsentinel.notifications.services import add_event, enqueue_dispatch
 from prodsentinel.signals import services as signal_services
 from prodsentinel.signals.anomalies import DEFAULT_PARAMS, AnomalyParams
@@ -613,6 +613,8 @@ async def list_anomalies(
     cursor: str | None = None,
 ) -> AnomalyPage:
     check_limit(limit)
+    since = as_utc(since) if since is not None else None  # naive = UTC, as everywhere else
+    until = as_utc(until) if until is not None else None
     if since is not None and until is not None and since > until:
         raise BadRequestError("since must not be after until.")
     after: tuple[datetime, UUID] | None = None

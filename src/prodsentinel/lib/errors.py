@@ -99,15 +99,20 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
         )
     if isinstance(exc, HTTPException):
         detail = exc.detail if exc.detail else "Request failed."
+        status_code = exc.status_code
         extra: dict[str, Any] = {}
         if isinstance(exc, ValidationException) and exc.extra:
-            extra["errors"] = exc.extra
+            status_code, detail, errors = _validation_error(exc.extra, status_code, str(detail))
+            if errors:
+                extra["errors"] = errors
         headers = dict(exc.headers or {})
         if exc.status_code == 429 and "Retry-After" not in headers:
-            headers["Retry-After"] = "1"
+            # The rate limiter says when its window resets; retrying sooner is another 429.
+            reset = next((v for k, v in headers.items() if k.lower() == "ratelimit-reset"), None)
+            headers["Retry-After"] = reset if reset and reset.isdigit() and int(reset) > 0 else "1"
         return Response(
             _body(str(detail), request, **extra),
-            status_code=exc.status_code,
+            status_code=status_code,
             headers=headers,
             media_type=MediaType.JSON,
         )
@@ -116,3 +121,24 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
     return Response(
         _body(detail, request), status_code=HTTP_500_INTERNAL_SERVER_ERROR, media_type=MediaType.JSON
     )
+
+
+def _validation_error(errors: Any, status_code: int, detail: str) -> tuple[int, str, Any]:
+    """Status, sentence and ``errors`` list for Litestar's parameter/body validation failures.
+
+    Litestar answers every failed check with 400. We keep 400 for the query, path and headers (and for
+    a missing body, which is not JSON at all), but a well-formed JSON body of the wrong shape is a 422,
+    like the services' own checks and like ingest (SPEC §3/§4/§7: invalid content 422, malformed JSON
+    400), so one endpoint never answers the same mistake two ways. The first problem goes into the
+    sentence so a client sees what to fix without parsing ``errors``.
+    """
+    if not isinstance(errors, list) or not errors or not all(isinstance(e, dict) for e in errors):
+        return status_code, detail, errors
+    if {str(getattr(e.get("source"), "value", e.get("source"))) for e in errors} == {"body"}:
+        if any(error.get("key") == "data" and error.get("message") == "'data'" for error in errors):
+            return 400, "The request body is missing: send a JSON object.", None
+        status_code = 422
+    first = errors[0]
+    source = getattr(first.get("source"), "value", first.get("source")) or "request"
+    where = f"{source} {first['key']}" if first.get("key") else str(source)
+    return status_code, f"{detail.rstrip('.')}: {where}: {first.get('message', 'invalid')}.", errors

@@ -5,21 +5,17 @@ limited to the caller's project (another project's ids are 404)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
-from litestar import Controller, Request, Response, Router, delete, get, patch, post
+from litestar import Controller, Response, Router, delete, get, patch, post
 from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import State
-from litestar.exceptions import ValidationException
 from litestar.params import Body
-from litestar.status_codes import HTTP_201_CREATED, HTTP_422_UNPROCESSABLE_ENTITY
-from litestar.types import ExceptionHandlersMap
+from litestar.status_codes import HTTP_201_CREATED
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prodsentinel.auth.guards import SESSION_MAKER_STATE_KEY, requires_scope
 from prodsentinel.auth.scopes import Principal, Scope
-from prodsentinel.lib.errors import exception_to_response
 from prodsentinel.lib.pagination import DEFAULT_LIMIT
 from prodsentinel.notifications import services
 from prodsentinel.notifications.schemas import (
@@ -44,17 +40,6 @@ _ADMIN = [requires_scope(Scope.ADMIN)]
 _DISPATCH_BUDGET_SECONDS = 5.0
 
 
-def _unprocessable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Body validation of channel writes answers 422 like the service's own checks (one status for
-    "your channel definition is wrong"), instead of Litestar's default 400."""
-    response = exception_to_response(request, exc)
-    response.status_code = HTTP_422_UNPROCESSABLE_ENTITY
-    return response
-
-
-_BODY_422: ExceptionHandlersMap = {ValidationException: _unprocessable}
-
-
 class ChannelController(Controller):
     """Webhook channels of the caller's project; secrets are write-only."""
 
@@ -72,7 +57,7 @@ class ChannelController(Controller):
             )
         )
 
-    @post("/", guards=_ADMIN, exception_handlers=_BODY_422, summary="Create a channel (admin)")
+    @post("/", guards=_ADMIN, summary="Create a channel (admin)")
     async def create_channel(
         self, db_session: AsyncSession, principal: Principal, data: ChannelCreate = Body()
     ) -> ChannelOut:
@@ -84,9 +69,7 @@ class ChannelController(Controller):
     ) -> ChannelOut:
         return await services.get_channel(db_session, project_id=principal.project_id, channel_id=channel_id)
 
-    @patch(
-        "/{channel_id:uuid}", guards=_ADMIN, exception_handlers=_BODY_422, summary="Change a channel (admin)"
-    )
+    @patch("/{channel_id:uuid}", guards=_ADMIN, summary="Change a channel (admin)")
     async def update_channel(
         self, db_session: AsyncSession, principal: Principal, channel_id: UUID, data: ChannelUpdate = Body()
     ) -> ChannelOut:

@@ -36,7 +36,7 @@ from prodsentinel.auth.models import Project
 from prodsentinel.incidents.severity import Severity, rank
 from prodsentinel.lib import jobs
 from prodsentinel.lib.database import session_scope
-from prodsentinel.lib.errors import ConflictError, NotFoundError, ValidationError
+from prodsentinel.lib.errors import BadRequestError, ConflictError, NotFoundError, ValidationError
 from prodsentinel.lib.pagination import check_limit, decode_cursor, encode_cursor
 from prodsentinel.lib.time import as_utc, utcnow
 from prodsentinel.notifications import delivery, retry
@@ -400,7 +400,7 @@ async def list_channels(
 
 def _check_window(window_seconds: int) -> None:
     if not 60 <= window_seconds <= 90 * 86_400:
-        raise ValidationError("window must be between 60 seconds and 90 days.")
+        raise BadRequestError("window must be between 60 seconds and 90 days.")
 
 
 def _empty_health(window_seconds: int = _HEALTH_WINDOW) -> ChannelHealth:
@@ -719,9 +719,9 @@ async def list_outbox(
     """Outbox items, newest first (keyset on ``created_at, id``)."""
     check_limit(limit)
     if status is not None and status not in _STATUSES:
-        raise ValidationError(f"status must be one of {', '.join(_STATUSES)}.")
+        raise BadRequestError(f"status must be one of {', '.join(_STATUSES)}.")
     if event_type is not None and event_type not in EVENT_TYPES:
-        raise ValidationError(f"event_type must be one of {', '.join(EVENT_TYPES)}.")
+        raise BadRequestError(f"event_type must be one of {', '.join(EVENT_TYPES)}.")
     rows = await repo.outbox_page(
         session,
         project_id=project_id,
@@ -750,7 +750,7 @@ async def history(
     check_limit(limit)
     finished = (OutboxStatus.DELIVERED, OutboxStatus.DEAD)
     if status is not None and status not in finished:
-        raise ValidationError("status must be delivered or dead.")
+        raise BadRequestError("status must be delivered or dead.")
     rows = await repo.outbox_page(
         session,
         project_id=project_id,
@@ -809,7 +809,7 @@ async def list_attempts(
 ) -> AttemptPage:
     check_limit(limit)
     if outcome is not None and outcome not in ("delivered", "retry", "dead"):
-        raise ValidationError("outcome must be delivered, retry or dead.")
+        raise BadRequestError("outcome must be delivered, retry or dead.")
     rows = await repo.attempts_page(
         session,
         project_id=project_id,
@@ -872,16 +872,16 @@ async def trends(
 ) -> TrendsOut:
     """Sent/retry/dead/replay counts per UTC hour or day; defaults: the last 24 hours / 30 days."""
     if bucket not in ("hour", "day"):
-        raise ValidationError("bucket must be hour or day.")
+        raise BadRequestError("bucket must be hour or day.")
     step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
     until = as_utc(until) if until else utcnow()
     since = (
         as_utc(since) if since else until - (timedelta(hours=24) if bucket == "hour" else timedelta(days=30))
     )
     if since >= until:
-        raise ValidationError("since must be before until.")
+        raise BadRequestError("since must be before until.")
     if (until - since) / step > _MAX_BUCKETS:
-        raise ValidationError(f"the range holds more than {_MAX_BUCKETS} {bucket} buckets; narrow it.")
+        raise BadRequestError(f"the range holds more than {_MAX_BUCKETS} {bucket} buckets; narrow it.")
     rows = await repo.trends(session, project_id=project_id, unit=bucket, since=since, until=until)
     return TrendsOut(
         bucket=bucket,

@@ -37,6 +37,7 @@ class HealthController(Controller):
     path = "/health"
     tags = ["health"]
     opt = {"exclude_from_auth": True, "no_rate_limit": True}
+    security = [{}]  # public: overrides the schema-wide API key requirement in the OpenAPI document
 
     @get("/", summary="Dependency health: database, queue and redis, each with latency")
     async def health(self, request: Request[Any, Any, Any]) -> health.HealthReport:

@@ -3,7 +3,7 @@
 Three sources end up on ``GET /metrics``:
 
 - HTTP RED metrics, from Litestar's ``PrometheusMiddleware`` with prefix ``http`` and grouped paths:
-  ``http_requests_total{method,path,status_code,app_name}``, ``http_request_duration_seconds``
+  ``http_requests_total{method,path,status_code}``, ``http_request_duration_seconds``
   (histogram), plus Litestar's ``http_requests_in_progress`` and ``http_requests_error_total``. ``path``
   is the route template (``/api/v1/incidents/{incident_id:uuid}``).
 - Process-local counters of this process (``prodsentinel_ingested_signals_total{type}``,
@@ -28,7 +28,6 @@ from litestar.types import ASGIApp, Message, Receive, Send
 from litestar.types import Scope as ASGIScope
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -156,6 +155,13 @@ class HttpMetricsMiddleware(PrometheusMiddleware):
             else None
         )
         return self.request_count(labels).labels(*values), self.request_time(labels).labels(*values), errors
+
+    def _get_default_labels(self, request: Request[Any, Any, Any]) -> dict[str, str | int | float]:
+        """SPEC §9 names the labels exactly (method, path, status_code): Litestar's constant ``app_name``
+        label is dropped (one service per scrape target; Prometheus adds ``job``/``instance``)."""
+        labels = super()._get_default_labels(request)
+        labels.pop("app_name", None)
+        return labels
 
 
 def http_metrics_config() -> PrometheusConfig:
@@ -286,6 +292,11 @@ async def render_metrics(session_maker: async_sessionmaker[AsyncSession]) -> byt
     return generate_latest(process_registry) + generate_latest(stored_registry)
 
 
+#: prometheus_client's CONTENT_TYPE_PLAIN_0_0_4 without its charset: Litestar appends
+#: "; charset=utf-8" to every text/* type, which would repeat it.
+PROMETHEUS_MEDIA_TYPE = "text/plain; version=0.0.4"
+
+
 class MetricsController(PrometheusController):
     """``GET /metrics``: Litestar's controller, rendering our two sources (see the module docstring)."""
 
@@ -296,12 +307,12 @@ class MetricsController(PrometheusController):
     @get(
         summary="Prometheus metrics (text format)",
         description="Scope read unless PRODSENTINEL_METRICS_AUTH=0. Stored-state values cover all projects.",
-        media_type=CONTENT_TYPE_PLAIN_0_0_4,
+        media_type=PROMETHEUS_MEDIA_TYPE,
         opt={"no_rate_limit": True},
     )
     async def get(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         body = await render_metrics(request.app.state[SESSION_MAKER_STATE_KEY])
-        return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
+        return Response(body, media_type=PROMETHEUS_MEDIA_TYPE)
 
 
 def metrics_controller(settings: Settings) -> type[Controller]:
