@@ -394,6 +394,19 @@ class TestValidation:
             assert response.status_code == 400, (body, content_type)
             assert response.json()["request_id"]
 
+    async def test_malformed_line_after_an_invalid_item_is_still_400(
+        self, client: AsyncTestClient[Litestar], make_key: KeyFactory
+    ) -> None:
+        invalid_item = msgspec.json.encode(
+            {**msgspec.to_builtins(LogInFactory.build()), "signal_id": "not-a-uuid"}
+        )
+        body = invalid_item + b"\n{oops\n"
+        response = await post(
+            client, "/api/v1/ingest/logs", await make_key("ingest"), body, "application/x-ndjson"
+        )
+        assert response.status_code == 400
+        assert "line 1" in response.json()["detail"]
+
     async def test_bad_gzip_is_400(self, client: AsyncTestClient[Litestar], make_key: KeyFactory) -> None:
         response = await client.post(
             "/api/v1/ingest/logs",

@@ -184,7 +184,9 @@ def _decode_ndjson(body: bytes, item_type: type[T], *, max_items: int) -> list[T
         try:
             items.append(decoder.decode(line))
         except msgspec.ValidationError as exc:
-            _raise_if_malformed(line, f" on NDJSON line {index} (non-empty lines)")
+            # Malformed JSON on this or any later line is a 400, whatever came first (SPEC §4).
+            for later, rest in enumerate(lines[index:], start=index):
+                _raise_if_malformed(rest, f" on NDJSON line {later} (non-empty lines)")
             error = _item_error(str(exc), array=False)
             raise invalid_items([ItemError(index, error.path, error.message)]) from None
         except msgspec.DecodeError as exc:

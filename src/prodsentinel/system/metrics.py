@@ -114,9 +114,10 @@ class HttpMetricsMiddleware(PrometheusMiddleware):
         path: str = http["path_template"] if self._config.group_path else http["path"]
         in_progress = self._in_progress.get((method, path))
         if in_progress is None:
-            in_progress = self._in_progress[(method, path)] = self.requests_in_progress(
-                self._labels(method, path, 200)
-            ).labels(method, path, 200, self._config.app_name)
+            labels = self._labels(method, path, 200)
+            in_progress = self._in_progress[(method, path)] = self.requests_in_progress(labels).labels(
+                *labels.values()
+            )
         started = time.perf_counter()
         span = [200, 0.0]  # status code, duration
 
@@ -144,7 +145,8 @@ class HttpMetricsMiddleware(PrometheusMiddleware):
             duration.observe(span[1])
 
     def _labels(self, method: str, path: str, status: int) -> dict[str, str | int | float]:
-        return {"method": method, "path": path, "status_code": status, "app_name": self._config.app_name}
+        """The same labels as :meth:`_get_default_labels` (the slow path), built without a Request."""
+        return {"method": method, "path": path, "status_code": status}
 
     def _children(self, method: str, path: str, status: int) -> tuple[Any, Any, Any]:
         labels = self._labels(method, path, status)
