@@ -44,3 +44,27 @@ class TestSaqMonitor:
         assert len(asset.content) > 100
         # Only the assets: the rest of /saq stays behind the key.
         assert (await client.get("/saq/health")).status_code == 401
+
+
+class TestBrowserAccess:
+    """Browsers cannot send X-API-Key: the monitor challenges for Basic auth with the key as password."""
+
+    async def test_basic_auth_with_the_key_as_password(
+        self, client: AsyncTestClient[Litestar], make_key: KeyFactory
+    ) -> None:
+        challenge = await client.get("/saq/")
+        assert challenge.status_code == 401
+        assert challenge.headers["www-authenticate"].startswith("Basic ")
+        admin, reader = await make_key("admin"), await make_key("read")
+        assert (await client.get("/saq/api/queues", auth=("ops", admin))).status_code == 200
+        assert (await client.get("/saq/api/queues", auth=("ops", reader))).status_code == 403
+        wrong = await client.get("/saq/api/queues", auth=("ops", admin + "x"))
+        assert wrong.status_code == 401
+        assert "www-authenticate" in wrong.headers
+
+    async def test_basic_auth_is_only_for_the_monitor(
+        self, client: AsyncTestClient[Litestar], make_key: KeyFactory
+    ) -> None:
+        response = await client.get("/api/v1/keys", auth=("ops", await make_key("admin")))
+        assert response.status_code == 401
+        assert "www-authenticate" not in response.headers

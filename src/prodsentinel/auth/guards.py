@@ -6,6 +6,8 @@ every request, so a revocation is effective for the very next request on every i
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -31,6 +33,14 @@ SESSION_MAKER_STATE_KEY = "session_maker"
 PUBLIC_PATHS = ["^/health", "^/schema", "^/saq/static"]
 
 
+#: Browsers cannot add an ``X-API-Key`` header, so the SAQ monitor also takes the key as the password
+#: of HTTP Basic auth (any user name); its 401 carries the challenge that makes the browser ask.
+MONITOR_PREFIX = "/saq"
+MONITOR_CHALLENGE = {
+    "WWW-Authenticate": 'Basic realm="ProdSentinel SAQ monitor (password: an admin API key)"'
+}
+
+
 def extract_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     key = connection.headers.get("x-api-key")
     if key:
@@ -39,7 +49,22 @@ def extract_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
+    if scheme.lower() == "basic" and connection.scope["path"].startswith(MONITOR_PREFIX):
+        return _basic_password(credentials.strip())
     return None
+
+
+def _basic_password(credentials: str) -> str | None:
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[2] or None
+
+
+def _unauthorized(connection: ASGIConnection[Any, Any, Any, Any], detail: str) -> NotAuthorizedException:
+    on_monitor = connection.scope["path"].startswith(MONITOR_PREFIX)
+    return NotAuthorizedException(detail, headers=MONITOR_CHALLENGE if on_monitor else None)
 
 
 class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
@@ -48,7 +73,7 @@ class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
     ) -> AuthenticationResult:
         raw_key = extract_key(connection)
         if raw_key is None:
-            raise NotAuthorizedException("Missing API key: send X-API-Key or Authorization: Bearer <key>.")
+            raise _unauthorized(connection, "Missing API key: send X-API-Key or Authorization: Bearer <key>.")
         fast_lookup: KeyLookup | None = connection.app.state.get(KEY_LOOKUP_STATE_KEY)
         if fast_lookup is not None:  # raw asyncpg, registered by the ingest plugin (auth.lookup)
             principal = await fast_lookup(raw_key)
@@ -57,7 +82,7 @@ class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
             async with session_maker() as session:
                 principal = await ApiKeyService(session=session).authenticate(raw_key)
         if principal is None:
-            raise NotAuthorizedException("Invalid or revoked API key.")
+            raise _unauthorized(connection, "Invalid or revoked API key.")
         return AuthenticationResult(user=principal, auth=principal)
 
 
