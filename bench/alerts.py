@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import random
 import socket
@@ -30,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import structlog
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
@@ -236,6 +238,8 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    # The services log through structlog; without the app's config it would print debug lines.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--logs", type=int, default=1_000_000)
     parser.add_argument("--policies", type=int, default=1000)

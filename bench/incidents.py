@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shutil
 import tempfile
@@ -27,6 +28,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
+import structlog
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
@@ -189,6 +191,8 @@ def stop_embedded(data_dir: Path) -> None:
 
 
 def main() -> None:
+    # The services log through structlog; without the app's config it would print debug lines.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--errors", type=int, default=50_000)
     parser.add_argument("--series", type=int, default=10_000)
