@@ -15,11 +15,9 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult, DefineMiddleware
 from litestar.types import Guard
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.auth.lookup import KEY_LOOKUP_STATE_KEY, KeyLookup
 from prodsentinel.auth.scopes import Principal, Scope
-from prodsentinel.auth.services import ApiKeyService
 
 __all__ = (
     "SESSION_MAKER_STATE_KEY",
@@ -74,13 +72,9 @@ class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
         raw_key = extract_key(connection)
         if raw_key is None:
             raise _unauthorized(connection, "Missing API key: send X-API-Key or Authorization: Bearer <key>.")
-        fast_lookup: KeyLookup | None = connection.app.state.get(KEY_LOOKUP_STATE_KEY)
-        if fast_lookup is not None:  # raw asyncpg, registered by the ingest plugin (auth.lookup)
-            principal = await fast_lookup(raw_key)
-        else:
-            session_maker: async_sessionmaker[AsyncSession] = connection.app.state[SESSION_MAKER_STATE_KEY]
-            async with session_maker() as session:
-                principal = await ApiKeyService(session=session).authenticate(raw_key)
+        # The coalesced raw-asyncpg lookup (auth.lookup), registered at start on the ingest pool.
+        lookup: KeyLookup = connection.app.state[KEY_LOOKUP_STATE_KEY]
+        principal = await lookup(raw_key)
         if principal is None:
             raise _unauthorized(connection, "Invalid or revoked API key.")
         return AuthenticationResult(user=principal, auth=principal)

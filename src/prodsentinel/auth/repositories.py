@@ -15,18 +15,6 @@ class ProjectRepository(SQLAlchemyAsyncRepository[Project]):
 class ApiKeyRepository(SQLAlchemyAsyncRepository[ApiKey]):
     model_type = ApiKey
 
-    async def find_with_project(self, prefix: str) -> tuple[ApiKey, str] | None:
-        """The key with this lookup prefix and its project's name, in one round trip."""
-        statement: Select[ApiKey, str] = (
-            select(ApiKey, Project.name)
-            .join(Project, Project.id == ApiKey.project_id)
-            .where(ApiKey.prefix == prefix)
-        )
-        row = (await self.session.execute(statement)).first()
-        if row is None:
-            return None
-        return row[0], row[1]
-
     async def list_with_projects(self, project_id: object | None = None) -> list[tuple[ApiKey, str]]:
         statement: Select[ApiKey, str] = select(ApiKey, Project.name).join(
             Project, Project.id == ApiKey.project_id

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from uuid import UUID
 
@@ -13,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from prodsentinel.auth.models import ApiKey, Project
 from prodsentinel.auth.repositories import ApiKeyRepository, ProjectRepository
 from prodsentinel.auth.schemas import ApiKeyCreated, ApiKeyOut
-from prodsentinel.auth.scopes import Principal, expand_scopes, parse_scopes
+from prodsentinel.auth.scopes import parse_scopes
 from prodsentinel.lib.errors import NotFoundError, ValidationError
 from prodsentinel.lib.time import utcnow
 
@@ -102,25 +101,6 @@ class ApiKeyService(SQLAlchemyAsyncRepositoryService[ApiKey]):
             key = await self.update(key)
         [out] = [item for item in await self.list_keys(key.project_id) if item.id == key.id]
         return out
-
-    async def authenticate(self, raw_key: str) -> Principal | None:
-        """The principal for a raw key, or None when it is unknown, wrong or revoked."""
-        parts = split_key(raw_key)
-        if parts is None:
-            return None
-        found = await self.repository.find_with_project(parts[0])
-        if found is None:
-            return None
-        key, project_name = found
-        if key.revoked_at is not None or not hmac.compare_digest(key.key_hash, hash_secret(parts[1])):
-            return None
-        return Principal(
-            key_id=key.id,
-            key_name=key.name,
-            project_id=key.project_id,
-            project_name=project_name,
-            scopes=expand_scopes(key.scopes),
-        )
 
 
 async def create_key(session: AsyncSession, *, name: str, scopes: list[str], project: str) -> ApiKeyCreated:
