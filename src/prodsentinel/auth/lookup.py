@@ -5,7 +5,8 @@ after it arrived*, so a revocation committed before a request is seen by that re
 instance. Concurrent requests share that query ("natural batching", as the ingest group commit does):
 while one lookup query runs, the prefixes of newly arrived requests gather and go out together in the
 next one, so N concurrent ingest requests cost one round trip instead of N ORM sessions.
-The one key check of the service: `ps_<prefix>_<secret>`, SHA-256 compared in constant time, revoked keys refused.
+The one key check of the service: ``ps_<prefix>_<secret>``, the secret's SHA-256 compared in
+constant time, revoked keys refused.
 """
 
 from __future__ import annotations
