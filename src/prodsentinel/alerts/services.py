@@ -882,48 +882,46 @@ async def ack_alert(session: AsyncSession, project_id: UUID, alert_id: UUID, *, 
     alert, name = await _alert_or_404(session, project_id, alert_id)
     if alert.state not in ACTIVE_STATES:
         raise ConflictError(f"Only pending or firing alerts can be acknowledged; this one is {alert.state}.")
-    now = utcnow()
-    alert.acked_by, alert.acked_at, alert.updated_at = actor, now, now
-    await session.flush()
-    await repo.insert_audit(
-        session,
-        [
-            _audit_row(
-                project_id=project_id,
-                actor=actor,
-                action="alert.ack",
-                subject_type="alert",
-                subject_id=alert.id,
-                details={"state": alert.state, "labels": alert.labels, "policy_name": name},
-                at=now,
-            )
-        ],
+    details = {"state": alert.state, "labels": alert.labels, "policy_name": name}
+    return await _set_ack(
+        session, alert, name, acked_by=actor, actor=actor, action="alert.ack", details=details
     )
-    return _alert_out(alert, name, await _silences_now(session, project_id))
 
 
 async def unack_alert(session: AsyncSession, project_id: UUID, alert_id: UUID, *, actor: str) -> AlertOut:
     """Remove an acknowledgement (idempotent; audited either way, with who had acked)."""
     alert, name = await _alert_or_404(session, project_id, alert_id)
-    previous = alert.acked_by
-    now = utcnow()
-    alert.acked_by, alert.acked_at, alert.updated_at = None, None, now
-    await session.flush()
-    await repo.insert_audit(
-        session,
-        [
-            _audit_row(
-                project_id=project_id,
-                actor=actor,
-                action="alert.unack",
-                subject_type="alert",
-                subject_id=alert.id,
-                details={"state": alert.state, "previously_acked_by": previous, "policy_name": name},
-                at=now,
-            )
-        ],
+    details = {"state": alert.state, "previously_acked_by": alert.acked_by, "policy_name": name}
+    return await _set_ack(
+        session, alert, name, acked_by=None, actor=actor, action="alert.unack", details=details
     )
-    return _alert_out(alert, name, await _silences_now(session, project_id))
+
+
+async def _set_ack(
+    session: AsyncSession,
+    alert: Alert,
+    policy_name: str,
+    *,
+    acked_by: str | None,
+    actor: str,
+    action: str,
+    details: dict[str, Any],
+) -> AlertOut:
+    """Set or clear the acknowledgement and write its audit row in the same unit of work."""
+    now = utcnow()
+    alert.acked_by, alert.acked_at, alert.updated_at = acked_by, (now if acked_by else None), now
+    await session.flush()
+    audit = _audit_row(
+        project_id=alert.project_id,
+        actor=actor,
+        action=action,
+        subject_type="alert",
+        subject_id=alert.id,
+        details=details,
+        at=now,
+    )
+    await repo.insert_audit(session, [audit])
+    return _alert_out(alert, policy_name, await _silences_now(session, alert.project_id))
 
 
 # --- silences ---------------------------------------------------------------------------------------
