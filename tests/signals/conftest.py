@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from uuid import UUID
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.auth.services import ApiKeyService
+from prodsentinel.auth.models import Project
 from tests.conftest import KeyFactory
 
 
@@ -26,15 +27,19 @@ TenantFactory = Callable[..., Awaitable[Tenant]]
 
 
 @pytest.fixture
-def make_tenant(make_key: KeyFactory, session_maker: async_sessionmaker[AsyncSession]) -> TenantFactory:
+def make_tenant(
+    make_key: KeyFactory, session_maker: async_sessionmaker[AsyncSession], project_name: str
+) -> TenantFactory:
     """A key with ``scopes`` (default read) of ``project`` (default: this test's) and its project id."""
 
     async def factory(*scopes: str, project: str | None = None) -> Tenant:
         key = await make_key(*(scopes or ("read",)), project=project)
         async with session_maker() as session:
-            principal = await ApiKeyService(session=session).authenticate(key)
-        assert principal is not None
-        return Tenant(project_id=principal.project_id, headers={"X-API-Key": key})
+            project_id = await session.scalar(
+                select(Project.id).where(Project.name == (project or project_name))
+            )
+        assert project_id is not None
+        return Tenant(project_id=project_id, headers={"X-API-Key": key})
 
     return factory
 
