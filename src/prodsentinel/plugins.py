@@ -6,6 +6,7 @@ from typing import Any
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig, SQLAlchemyPlugin
 from litestar import Request
+from litestar.config.app import AppConfig
 from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
@@ -54,8 +55,27 @@ def sqlalchemy_plugin(config: SQLAlchemyAsyncConfig) -> SQLAlchemyPlugin:
     return SQLAlchemyPlugin(config=config)
 
 
+class WorkerAwareSAQPlugin(SAQPlugin):
+    """litestar-saq's plugin, without worker start-up hooks in an API process whose workers run elsewhere.
+
+    litestar-saq appends every worker's ``on_app_startup``/``on_app_shutdown`` to the app even when the
+    worker is ``separate_process``: the API process then started a HeartbeatManager thread that no job
+    uses (it logged "thread crashed" at every stop) and bound the worker's id into the start-up context,
+    so the lines of tasks started there (the ingest flush loops) claimed to come from a worker. The
+    worker process itself (``prodsentinel workers run``) never runs these hooks, so nothing is lost.
+    """
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        app_config = super().on_app_init(app_config)
+        for worker in self.get_workers().values():
+            if worker.separate_process:
+                app_config.on_startup.remove(worker.on_app_startup)
+                app_config.on_shutdown.remove(worker.on_app_shutdown)
+        return app_config
+
+
 def saq_plugin(settings: Settings, database_url: str) -> SAQPlugin:
-    return SAQPlugin(saq_config(settings, database_url))
+    return WorkerAwareSAQPlugin(saq_config(settings, database_url))
 
 
 def structlog_plugin(settings: Settings) -> StructlogPlugin:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 
 import httpx
+import msgspec
 
 from tests.conftest import KeyFactory
+from tests.factories import LogInFactory
 from tests.system.servers import granian_server
 
 
@@ -36,3 +38,27 @@ async def test_request_log_lines_are_json_with_the_request_id(
         events = {str(r["event"]): r for r in by_request[request_id]}
         assert events["HTTP Request"]["path"] in {"/metrics", "/api/v1/keys"}, request_id
         assert events["HTTP Response"]["status_code"] == status
+
+
+async def test_log_level_applies_to_library_loggers_and_the_api_starts_no_worker_machinery(
+    database_url: str, make_key: KeyFactory
+) -> None:
+    """``LOG_LEVEL=WARNING`` silences SAQ's INFO lines too, and an API process whose workers run
+    elsewhere neither starts litestar-saq's heartbeat thread (which logged "thread crashed" on stop) nor
+    stamps its logs with a worker's id."""
+    key = await make_key("ingest")
+    error_log = msgspec.json.encode(LogInFactory.build(level="ERROR"))
+    output: list[str] = []
+    env = {"DATABASE_URL": database_url, "LOG_FORMAT": "json", "LOG_LEVEL": "WARNING"}
+    with granian_server(env, output=output) as base_url:
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            stored = await http.post(
+                "/api/v1/ingest/logs",
+                content=error_log,  # an ERROR log: ingest enqueues group_new_errors (SAQ logs that at INFO)
+                headers={"X-API-Key": key, "Content-Type": "application/json"},
+            )
+            missing = await http.get("/api/v1/logs")  # a 401: a request that does log, at INFO
+    assert (stored.status_code, missing.status_code) == (202, 401)
+    records = [json.loads(line) for line in output if line.startswith("{")]
+    assert [r for r in records if r["level"] in {"debug", "info"}] == []
+    assert not any("heartbeat" in line.lower() or "worker_id" in line for line in output), output

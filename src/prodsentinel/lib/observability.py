@@ -93,7 +93,7 @@ def structlog_config(settings: Settings) -> StructlogConfig:
             # from our format: without these, LOG_FORMAT=console crashed (str to a bytes logger) and
             # stdlib loggers' exceptions (SAQ's job errors) crashed the JSON formatter (exc_info tuple).
             logger_factory=default_logger_factory(as_json=as_json),
-            standard_lib_logging_config=_stdlib_logging_config(as_json),
+            standard_lib_logging_config=_stdlib_logging_config(as_json, settings.log_level),
             wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(settings.log_level)),
             log_exceptions="debug",  # 5xx are logged once by lib.errors; 4xx are not errors of ours
         ),
@@ -105,8 +105,9 @@ def structlog_config(settings: Settings) -> StructlogConfig:
     )
 
 
-def _stdlib_logging_config(as_json: bool) -> LoggingConfig:
-    """Stdlib loggers (SAQ, granian, asyncio) through structlog's formatter, in the same format.
+def _stdlib_logging_config(as_json: bool, level: str) -> LoggingConfig:
+    """Stdlib loggers (SAQ, granian, asyncio) through structlog's formatter, in the same format and at
+    ``LOG_LEVEL`` (Litestar's default root level is INFO whatever structlog filters).
 
     Context variables are merged, so a stdlib line logged during a request carries its ``request_id``;
     exceptions are rendered to text before the JSON renderer sees them.
@@ -119,4 +120,6 @@ def _stdlib_logging_config(as_json: bool) -> LoggingConfig:
         chain.insert(len(chain) - 1, structlog.processors.format_exc_info)
     return LoggingConfig(
         formatters={"standard": {"()": structlog.stdlib.ProcessorFormatter, "processors": chain}},
+        root={"handlers": ["queue_listener"], "level": level},
+        loggers={"litestar": {"level": level, "handlers": ["queue_listener"], "propagate": False}},
     )
