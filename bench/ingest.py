@@ -1,18 +1,23 @@
 """Ingest benchmark: the real service on granian against a fresh database on the local PostgreSQL.
 
     uv run python bench/ingest.py                      # defaults sized for a 2-core box (~1-2 min)
-    uv run python bench/ingest.py --batches 400 --single-seconds 20 --clients 32
+    uv run python bench/ingest.py --batches 300 --rounds 5 --single-seconds 20 --clients 32
 
 Phases (one run):
-1. batch: ``--batches`` POSTs of ``--batch-size`` logs (JSON arrays) from ``--batch-clients`` connections;
+1. batch, in ``--rounds`` rounds: each round writes its own ``--batches``/rounds batches of
+   ``--batch-size`` logs three ways, in an order that rotates from round to round, each after a
+   ``CHECKPOINT`` so none pays for the WAL another left behind:
+   - ours: POSTs of JSON arrays to the service from ``--batch-clients`` connections;
+   - raw COPY: asyncpg ``COPY`` of the same rows into an identical table without the unique constraint
+     (the physical limit);
+   - naive idempotent: ``COPY`` into a staging table, then ``INSERT … SELECT … ON CONFLICT DO NOTHING``;
+   each baseline batch in its own transaction, from one connection, while the service sits idle;
 2. single: one log per POST from ``--clients`` keep-alive connections for ``--single-seconds``;
-3. verify in PostgreSQL that every acknowledged signal is stored exactly once;
-4. baselines on the same rows, server stopped: raw asyncpg ``COPY`` into an identical table without the
-   unique constraint (the physical limit), and the naive idempotent write (``COPY`` into a staging table,
-   then ``INSERT … SELECT … ON CONFLICT DO NOTHING``), each batch in its own transaction.
+3. verify in PostgreSQL that every acknowledged signal is stored exactly once.
 
 The load generator is a separate process speaking raw HTTP/1.1 over asyncio (uvloop), so the client is
-not the bottleneck. Prints logs/s, request p50/p99, the server's peak RSS and the ratios.
+not the bottleneck. Prints logs/s, request p50/p99, the server's peak RSS and the ratios (over all
+rounds, and the lowest and highest round).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -305,34 +311,49 @@ def stop_server(server: subprocess.Popen[bytes]) -> None:
 
 
 # ---------------------------------------------------------------------------------------- baselines
-async def baselines(dsn: str, batches: list[list[tuple[Any, ...]]]) -> dict[str, float]:
-    """Rows/s of raw COPY (no unique constraint) and of the naive idempotent write, same rows/batches."""
+async def create_baseline_tables(dsn: str) -> None:
+    """``bench_raw`` (like ``logs`` without its unique constraint) and ``bench_naive`` (like ``logs``)."""
     connection = await asyncpg.connect(dsn)
     try:
-        await connection.execute(
-            "CREATE TABLE bench_raw (LIKE logs INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING INDEXES)"
-        )
+        for table in ("bench_raw", "bench_naive"):
+            await connection.execute(
+                f"CREATE TABLE {table} (LIKE logs INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING INDEXES)"
+            )
         for name in await connection.fetch(
             "SELECT conname FROM pg_constraint WHERE conrelid = 'bench_raw'::regclass AND contype = 'u'"
         ):
             await connection.execute(f'ALTER TABLE bench_raw DROP CONSTRAINT "{name[0]}"')
-        await connection.execute(
-            "CREATE TABLE bench_naive (LIKE logs INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING INDEXES)"
-        )
-        await connection.execute(
-            "CREATE TEMP TABLE bench_stage AS SELECT project_id, signal_id, trace_id, span_id, service_name, "
-            "timestamp, level, message, attributes FROM logs WITH NO DATA"
-        )
-        total = sum(len(batch) for batch in batches)
-        results: dict[str, float] = {}
+    finally:
+        await connection.close()
 
+
+async def checkpoint(dsn: str) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("CHECKPOINT")
+    finally:
+        await connection.close()
+
+
+async def raw_copy(dsn: str, batches: list[list[tuple[Any, ...]]]) -> float:
+    """Seconds to ``COPY`` the batches into ``bench_raw``, one transaction each."""
+    connection = await asyncpg.connect(dsn)
+    try:
         started = time.perf_counter()
         for batch in batches:
             async with connection.transaction():
                 await connection.copy_records_to_table("bench_raw", records=batch, columns=COLUMNS)
-        results["raw_copy"] = total / (time.perf_counter() - started)
+        return time.perf_counter() - started
+    finally:
+        await connection.close()
 
-        columns = ", ".join(COLUMNS)
+
+async def naive_idempotent(dsn: str, batches: list[list[tuple[Any, ...]]]) -> float:
+    """Seconds for ``COPY`` → staging → ``INSERT … ON CONFLICT DO NOTHING`` into ``bench_naive``."""
+    connection = await asyncpg.connect(dsn)
+    columns = ", ".join(COLUMNS)
+    try:
+        await connection.execute(f"CREATE TEMP TABLE bench_stage AS SELECT {columns} FROM logs WITH NO DATA")
         started = time.perf_counter()
         for batch in batches:
             async with connection.transaction():
@@ -342,8 +363,7 @@ async def baselines(dsn: str, batches: list[list[tuple[Any, ...]]]) -> dict[str,
                     "ON CONFLICT (project_id, signal_id) DO NOTHING"
                 )
                 await connection.execute("TRUNCATE bench_stage")
-        results["naive_idempotent"] = total / (time.perf_counter() - started)
-        return results
+        return time.perf_counter() - started
     finally:
         await connection.close()
 
@@ -401,7 +421,8 @@ def main() -> None:
         "--postgres",
         default=os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
     )
-    parser.add_argument("--batches", type=int, default=150, help="batch requests (default 150)")
+    parser.add_argument("--batches", type=int, default=150, help="batch requests in all (default 150)")
+    parser.add_argument("--rounds", type=int, default=3, help="batch rounds (default 3)")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--batch-clients", type=int, default=4)
     parser.add_argument("--single-seconds", type=float, default=15.0)
@@ -414,60 +435,71 @@ def main() -> None:
     )
     parser.add_argument("--keep-db", action="store_true", help="do not drop the benchmark database")
     args = parser.parse_args()
+    rounds = max(1, min(args.rounds, args.batches))
 
     url, dsn, key = asyncio.run(prepare_database(args.postgres))
+    asyncio.run(create_baseline_tables(dsn))
     print(
         f"database {dsn.rsplit('/', 1)[1]} ready; generating {args.batches} x {args.batch_size} logs",
         flush=True,
     )
+    from prodsentinel.ingest.schemas import LogIn
+    from prodsentinel.ingest.services import rows_of
+
+    project = asyncio.run(_project_id(dsn))
+    decoder = msgspec.json.Decoder(list[LogIn])
     now = datetime.now(UTC)
     bodies: list[tuple[bytes, list[str]]] = []
     for b in range(args.batches):
         logs = [make_log(now, b * args.batch_size + i) for i in range(args.batch_size)]
         bodies.append((msgspec.json.encode(logs), [log["signal_id"] for log in logs]))
+    rows = [rows_of("logs", project, decoder.decode(body)) for body, _ in bodies]
 
     port = free_port()
     server = start_server(url, port, args.workers, args.granian_args.split())
     try:
-        batch = run_client("batch", server.pid, port, key, bodies, args.batch_clients)
+        per_round = [
+            _batch_round(r, rounds, args, server.pid, port, key, dsn, bodies, rows) for r in range(rounds)
+        ]
+        asyncio.run(checkpoint(dsn))
         single = run_client("single", server.pid, port, key, args.single_seconds, args.clients)
         peaks = peak_rss_mib(server.pid)
     finally:
         stop_server(server)
 
-    acked = batch["acked"] + single["acked"]
+    batch_acked = [signal for result in per_round for signal in result["ours"]["acked"]]
+    acked = batch_acked + single["acked"]
     check = asyncio.run(verify(dsn, acked))
-
-    from prodsentinel.ingest.schemas import LogIn
-    from prodsentinel.ingest.services import rows_of
-
-    decoder = msgspec.json.Decoder(list[LogIn])
-    project = asyncio.run(_project_id(dsn))
-    row_batches = [rows_of("logs", project, decoder.decode(body)) for body, _ in bodies]
-    base = asyncio.run(baselines(dsn, row_batches))
-
     if not args.keep_db:
         asyncio.run(_drop(args.postgres, dsn.rsplit("/", 1)[1]))
 
-    batch_rate = len(batch["acked"]) / batch["elapsed"]
-    single_rps = len(single["latencies"]) / single["elapsed"]
     print()
-    b50, b99 = percentile(batch["latencies"], 0.5), percentile(batch["latencies"], 0.99)
-    s50, s99 = percentile(single["latencies"], 0.5), percentile(single["latencies"], 0.99)
+    total_rows = sum(len(batch) for batch in rows)
+    seconds = {name: sum(r[name] for r in per_round) for name in ("raw", "naive")}
+    ours_seconds = sum(r["ours"]["elapsed"] for r in per_round)
+    batch_rate = len(batch_acked) / ours_seconds
+    raw_rate, naive_rate = total_rows / seconds["raw"], total_rows / seconds["naive"]
+    latencies = [value for r in per_round for value in r["ours"]["latencies"]]
+    statuses: dict[int, int] = {}
+    for r in per_round:
+        for status, count in r["ours"]["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + count
     print(
-        f"batch   {args.batches} x {args.batch_size} logs, {args.batch_clients} clients: "
-        f"{batch_rate:,.0f} logs/s; "
-        f"request p50 {b50:.1f} ms, p99 {b99:.1f} ms; statuses {batch['statuses']}"
+        f"batch   {args.batches} x {args.batch_size} logs in {rounds} rounds, {args.batch_clients} clients: "
+        f"{batch_rate:,.0f} logs/s; request p50 {percentile(latencies, 0.5):.1f} ms, "
+        f"p99 {percentile(latencies, 0.99):.1f} ms; statuses {statuses}"
     )
+    s50, s99 = percentile(single["latencies"], 0.5), percentile(single["latencies"], 0.99)
+    single_rps = len(single["latencies"]) / single["elapsed"]
     print(
         f"single  {args.clients} clients x {args.single_seconds:.0f} s: {single_rps:,.0f} req/s (= logs/s); "
         f"p50 {s50:.1f} ms, p99 {s99:.1f} ms; statuses {single['statuses']}"
     )
-    for name, phase in (("batch", batch), ("single", single)):
-        seconds = phase["elapsed"]
+    for name, phase in (("batch (ours)", _merged(per_round)), ("single", single)):
+        elapsed = phase["elapsed"]
         print(
-            f"cpu     {name}: server {phase['server_cpu'] / seconds:.0%} of a core, client "
-            f"{phase['client_cpu'] / seconds:.0%}, postgres (all) {phase['postgres_cpu'] / seconds:.0%}; "
+            f"cpu     {name}: server {phase['server_cpu'] / elapsed:.0%} of a core, client "
+            f"{phase['client_cpu'] / elapsed:.0%}, postgres (all) {phase['postgres_cpu'] / elapsed:.0%}; "
             f"machine {phase['machine_busy']:.0%} busy of {os.cpu_count()} cores; server "
             f"{phase['server_cpu'] / max(1, len(phase['latencies'])) * 1e6:,.0f} µs CPU per request"
         )
@@ -477,16 +509,65 @@ def main() -> None:
     )
     print(f"rss     server peak RSS per process (MiB): {', '.join(f'{v:.0f}' for v in peaks.values())}")
     print(
-        f"base    raw COPY {base['raw_copy']:,.0f} rows/s; naive idempotent (COPY->staging + ON CONFLICT) "
-        f"{base['naive_idempotent']:,.0f} rows/s"
+        f"base    raw COPY {raw_rate:,.0f} rows/s; naive idempotent (COPY->staging + ON CONFLICT) "
+        f"{naive_rate:,.0f} rows/s (same rows, same rounds)"
     )
+    naive_ratios = [r["naive"] / r["ours"]["elapsed"] for r in per_round]
+    raw_ratios = [r["raw"] / r["ours"]["elapsed"] for r in per_round]
     print(
-        f"ratio   batch ingest = {batch_rate / base['naive_idempotent']:.2f}x naive idempotent, "
-        f"{batch_rate / base['raw_copy']:.0%} of raw COPY"
+        f"ratio   batch ingest = {batch_rate / naive_rate:.2f}x naive idempotent "
+        f"(rounds {min(naive_ratios):.2f}-{max(naive_ratios):.2f}x), {batch_rate / raw_rate:.0%} of raw COPY "
+        f"(rounds {min(raw_ratios):.0%}-{max(raw_ratios):.0%})"
     )
     ok = check["missing"] == 0 and check["duplicated"] == 0 and check["stored"] >= len(acked)
     print("RESULT  " + ("every acknowledged signal is stored exactly once" if ok else "VERIFICATION FAILED"))
     sys.exit(0 if ok else 1)
+
+
+def _batch_round(
+    index: int,
+    rounds: int,
+    args: argparse.Namespace,
+    server_pid: int,
+    port: int,
+    key: str,
+    dsn: str,
+    bodies: list[tuple[bytes, list[str]]],
+    rows: list[list[tuple[Any, ...]]],
+) -> dict[str, Any]:
+    """One round: its share of the batches written by the service and by both baselines.
+
+    The three run one after another, each after a CHECKPOINT, in an order that rotates per round so
+    that no method always follows the same one. Returns seconds per baseline and the client result.
+    """
+    share = slice(index * len(bodies) // rounds, (index + 1) * len(bodies) // rounds)
+    steps: dict[str, Callable[[], Any]] = {
+        "ours": lambda: run_client("batch", server_pid, port, key, bodies[share], args.batch_clients),
+        "raw": lambda: asyncio.run(raw_copy(dsn, rows[share])),
+        "naive": lambda: asyncio.run(naive_idempotent(dsn, rows[share])),
+    }
+    order = list(steps)[index % 3 :] + list(steps)[: index % 3]
+    result: dict[str, Any] = {}
+    for name in order:
+        asyncio.run(checkpoint(dsn))
+        result[name] = steps[name]()
+    print(
+        f"round {index + 1}/{rounds} ({', '.join(order)}): ours {result['ours']['elapsed']:.2f} s, "
+        f"raw COPY {result['raw']:.2f} s, naive {result['naive']:.2f} s",
+        flush=True,
+    )
+    return result
+
+
+def _merged(per_round: list[dict[str, Any]]) -> dict[str, Any]:
+    """The service's batch phases of all rounds as one: elapsed, CPU and latencies summed/joined."""
+    phases = [r["ours"] for r in per_round]
+    merged: dict[str, Any] = {
+        key: sum(p[key] for p in phases) for key in ("elapsed", "server_cpu", "client_cpu", "postgres_cpu")
+    }
+    merged["latencies"] = [value for p in phases for value in p["latencies"]]
+    merged["machine_busy"] = sum(p["machine_busy"] * p["elapsed"] for p in phases) / merged["elapsed"]
+    return merged
 
 
 async def _project_id(dsn: str) -> uuid.UUID:
