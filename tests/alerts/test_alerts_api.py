@@ -232,6 +232,60 @@ class TestSilences:
         await fire(client, tenant, seed, session_maker)
         assert await outbox_count(session_maker, tenant) == 1
 
+    async def test_an_alert_that_fired_silenced_is_announced_once_when_the_silence_ends(
+        self,
+        client: AsyncTestClient[Litestar],
+        tenant: Tenant,
+        seed: Seeder,
+        session_maker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        """Alertmanager's behaviour: receivers hear of an alert still firing when its silence ends."""
+        await seed.channel()
+        everything = {"matchers": [{"name": "alertname", "op": "=~", "value": ".+"}], "ends_at": in_an_hour()}
+        silence = (await client.post(SILENCES, json=everything, headers=tenant.operate)).json()
+        alert = await fire(client, tenant, seed, session_maker)
+        summary = await evaluate_at(session_maker, tenant, utcnow())  # still silenced: nothing to announce
+        assert (summary.notified, await outbox_count(session_maker, tenant)) == (0, 0)
+
+        await client.post(f"{SILENCES}/{silence['id']}/expire", headers=tenant.operate)
+        announced = await evaluate_at(session_maker, tenant, utcnow())
+        again = await evaluate_at(session_maker, tenant, utcnow())
+
+        assert (announced.notified, announced.transitions, again.notified) == (1, 0, 0)
+        async with session_maker() as session:
+            [item] = await session.scalars(
+                select(OutboxItem).where(OutboxItem.project_id == tenant.project_id)
+            )
+        assert (item.event_type, item.payload["alert_id"], item.payload["state"]) == (
+            "ALERT_FIRING",
+            alert["id"],
+            "firing",
+        )
+        [row] = [
+            r
+            for r in await audit_rows(session_maker, tenant, "alert.firing")
+            if r.details["from"] == "firing"
+        ]
+        assert row.details["event_id"] == str(item.event_id)
+        assert row.details["notification"] == "announced: the silence that suppressed it has ended"
+        assert row.details["previously_silenced_by"] == silence["id"]
+
+    async def test_an_alert_silenced_anew_before_its_silence_ends_stays_quiet(
+        self,
+        client: AsyncTestClient[Litestar],
+        tenant: Tenant,
+        seed: Seeder,
+        session_maker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        await seed.channel()
+        everything = {"matchers": [{"name": "alertname", "op": "=~", "value": ".+"}], "ends_at": in_an_hour()}
+        first = (await client.post(SILENCES, json=everything, headers=tenant.operate)).json()
+        await fire(client, tenant, seed, session_maker)
+        await client.post(SILENCES, json=everything, headers=tenant.operate)
+        await client.post(f"{SILENCES}/{first['id']}/expire", headers=tenant.operate)
+        summary = await evaluate_at(session_maker, tenant, utcnow())
+        assert (summary.notified, await outbox_count(session_maker, tenant)) == (0, 0)
+
     async def test_scopes_and_isolation(
         self, client: AsyncTestClient[Litestar], tenant: Tenant, make_key: KeyFactory, project_name: str
     ) -> None:

@@ -605,6 +605,7 @@ async def evaluate(
     updates: list[dict[str, Any]] = []
     audit: list[dict[str, Any]] = []
     notify: list[tuple[dict[str, Any], AlertPolicy, str]] = []
+    unannounced: list[tuple[dict[str, Any], AlertPolicy]] = []
     for policy, labels, key, alert, value, condition in plan:
         state = AlertState(alert.state) if alert is not None else AlertState.INACTIVE
         transition = next_state(
@@ -674,11 +675,12 @@ async def evaluate(
                         silence_id=None,
                     )
                 )
+        elif new is AlertState.FIRING and row["silenced_by"] is not None:
+            unannounced.append((row, policy))
 
-    if notify:
-        silences = _parsed_silences(
-            await repo.active_silences(session, sorted({row["project_id"] for row, _, _ in notify}), now)
-        )
+    if notify or unannounced:
+        projects = {row["project_id"] for row, _, _ in notify} | {row["project_id"] for row, _ in unannounced}
+        silences = _parsed_silences(await repo.active_silences(session, sorted(projects), now))
         for row, policy, from_state in notify:
             silence_id = _silencing(silences.get(row["project_id"], []), row["labels"])
             row["silenced_by"] = silence_id
@@ -707,11 +709,62 @@ async def evaluate(
             )
             live = {**payload, "severity": row["severity"], "silenced_by": _str_or_none(silence_id)}
             result.live_events.append((event_type.lower(), row["project_id"], live))
+        for row, policy in unannounced:
+            await _announce_if_unsilenced(
+                session, row, policy, silences.get(row["project_id"], []), actor, now, result, audit
+            )
 
     await repo.insert_alerts(session, inserts)
     await repo.update_alerts(session, updates)
     await repo.insert_audit(session, audit)
     return result
+
+
+async def _announce_if_unsilenced(
+    session: AsyncSession,
+    row: dict[str, Any],
+    policy: AlertPolicy,
+    silences: Sequence[tuple[UUID, list[Matcher]]],
+    actor: str,
+    now: datetime,
+    result: _PassResult,
+    audit: list[dict[str, Any]],
+) -> None:
+    """Announce a still-firing alert whose ALERT_FIRING a silence suppressed, once no silence holds it.
+
+    As in Alertmanager, receivers hear of an alert that outlived its silence. ``silenced_by`` on the
+    row names the silence that suppressed the last notification; clearing it marks the alert announced,
+    so this writes one outbox event per suppressed firing. An alert that a newer silence holds stays
+    quiet, now under that silence's id.
+    """
+    silence_id = _silencing(silences, row["labels"])
+    if silence_id is not None:
+        row["silenced_by"] = silence_id
+        return
+    previously_silenced_by = row["silenced_by"]
+    row["silenced_by"] = None
+    event_id = await notification_services.add_event(
+        session,
+        project_id=row["project_id"],
+        event_type="ALERT_FIRING",
+        severity=row["severity"],
+        payload=_payload(row, policy),
+    )
+    result.notified += 1
+    entry = _transition_audit(
+        row,
+        policy,
+        from_state=AlertState.FIRING.value,
+        actor=actor,
+        now=now,
+        event_id=event_id,
+        silence_id=None,
+    )
+    entry["details"].update(
+        notification="announced: the silence that suppressed it has ended",
+        previously_silenced_by=str(previously_silenced_by),
+    )
+    audit.append(entry)
 
 
 def _str_or_none(value: UUID | None) -> str | None:
