@@ -17,7 +17,6 @@ from prodsentinel.alerts import tasks as alert_tasks
 from prodsentinel.auth.guards import requires_scope
 from prodsentinel.auth.scopes import Scope
 from prodsentinel.incidents import tasks as incident_tasks
-from prodsentinel.ingest import tasks as ingest_tasks
 from prodsentinel.lib import events, jobs
 from prodsentinel.lib.database import libpq_url
 from prodsentinel.notifications import tasks as notification_tasks
@@ -25,22 +24,16 @@ from prodsentinel.settings import Settings
 from prodsentinel.signals import tasks as signal_tasks
 from prodsentinel.system import tracing
 
-__all__ = ("CRON_JOBS", "TASKS", "cron_jobs", "saq_config")
+__all__ = ("TASKS", "cron_jobs", "saq_config")
 
-_DOMAIN_TASKS = (ingest_tasks, signal_tasks, incident_tasks, alert_tasks, notification_tasks)
+#: Each domain's ``tasks.py`` exports ``TASKS`` and ``cron_jobs(settings)``.
+_DOMAIN_TASKS = (signal_tasks, incident_tasks, alert_tasks, notification_tasks)
 TASKS: list[Any] = [task for module in _DOMAIN_TASKS for task in module.TASKS]
-CRON_JOBS: list[CronJob] = [cron for module in _DOMAIN_TASKS for cron in module.CRON_JOBS]
 
 
 def cron_jobs(settings: Settings) -> list[CronJob]:
-    """Static ``CRON_JOBS`` plus the crons a domain builds from settings (``def cron_jobs(settings)``)."""
-    built = [
-        cron
-        for module in _DOMAIN_TASKS
-        if hasattr(module, "cron_jobs")
-        for cron in module.cron_jobs(settings)
-    ]
-    return [*CRON_JOBS, *built]
+    """Every domain's crons (some, like alert evaluation, take their period from settings)."""
+    return [cron for module in _DOMAIN_TASKS for cron in module.cron_jobs(settings)]
 
 
 def saq_config(settings: Settings, database_url: str) -> SAQConfig:

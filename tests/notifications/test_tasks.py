@@ -111,10 +111,11 @@ class TestDispatchJob:
         )
 
     def test_registered_with_the_worker_and_cron(self) -> None:
-        from prodsentinel.worker import CRON_JOBS, TASKS
+        from prodsentinel.settings import Settings
+        from prodsentinel.worker import TASKS, cron_jobs
 
         assert tasks.dispatch_due in TASKS
-        [cron] = [c for c in CRON_JOBS if c.function is tasks.dispatch_due_cron]
+        [cron] = [c for c in cron_jobs(Settings()) if c.function is tasks.dispatch_due_cron]
         assert cron.cron == "*/2 * * * * *"
         assert cron.timeout
         assert cron.unique

@@ -104,7 +104,7 @@ class TestPurgeExpiredSignals:
         assert await count(session_maker, MetricPoint, tenant.project_id) == 14
 
     def test_registered_as_an_hourly_cron_with_a_timeout(self) -> None:
-        [cron] = [c for c in worker.CRON_JOBS if c.function is signal_tasks.purge_expired_signals]
+        [cron] = [c for c in worker.cron_jobs(Settings()) if c.function is signal_tasks.purge_expired_signals]
         assert cron.cron == "17 * * * *"
         assert cron.timeout is not None
         assert cron.timeout > signal_services.PURGE_TIME_BUDGET_SECONDS

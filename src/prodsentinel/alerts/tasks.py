@@ -18,7 +18,6 @@ from prodsentinel.settings import Settings
 from prodsentinel.system.services import record_loop_tick
 
 __all__ = (
-    "CRON_JOBS",
     "EVALUATION_TIMEOUT_SECONDS",
     "TASKS",
     "cron_for_interval",
@@ -63,7 +62,7 @@ def cron_for_interval(seconds: int) -> str:
 
 
 def cron_jobs(settings: Settings) -> list[CronJob]:
-    """Crons that depend on settings (gathered by ``worker.py``)."""
+    """The evaluation cron, every ``PRODSENTINEL_ALERTS_INTERVAL_SECONDS`` (gathered by ``worker.py``)."""
     return [
         CronJob(
             function=evaluate_alerts,
@@ -75,4 +74,3 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
 
 
 TASKS: list[Any] = [evaluate_alerts]
-CRON_JOBS: list[CronJob] = []

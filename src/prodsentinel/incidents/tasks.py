@@ -18,13 +18,14 @@ from litestar_saq import CronJob
 from prodsentinel.incidents import analysis
 from prodsentinel.incidents import services as incident_services
 from prodsentinel.lib.jobs import settings_of, task_session
+from prodsentinel.settings import Settings
 from prodsentinel.system.services import record_loop_tick, record_tick
 
 __all__ = (
-    "CRON_JOBS",
     "TASKS",
     "analyse_incident",
     "auto_resolve_incidents",
+    "cron_jobs",
     "detect_anomalies",
     "group_new_errors",
     "group_new_errors_cron",
@@ -66,8 +67,12 @@ async def analyse_incident(ctx: Any, *, incident_id: str) -> dict[str, Any]:
 
 
 TASKS: list[Any] = [group_new_errors, analyse_incident]
-CRON_JOBS: list[CronJob] = [
-    CronJob(function=group_new_errors_cron, cron="* * * * * */10", timeout=120),
-    CronJob(function=auto_resolve_incidents, cron="* * * * *", timeout=60),
-    CronJob(function=detect_anomalies, cron="* * * * *", timeout=120),
-]
+
+
+def cron_jobs(settings: Settings) -> list[CronJob]:
+    """This domain's crons (gathered by ``worker.py``; none depends on settings)."""
+    return [
+        CronJob(function=group_new_errors_cron, cron="* * * * * */10", timeout=120),
+        CronJob(function=auto_resolve_incidents, cron="* * * * *", timeout=60),
+        CronJob(function=detect_anomalies, cron="* * * * *", timeout=120),
+    ]

@@ -17,8 +17,9 @@ from litestar_saq import CronJob
 
 from prodsentinel.lib.jobs import settings_of
 from prodsentinel.notifications import services
+from prodsentinel.settings import Settings
 
-__all__ = ("CRON_JOBS", "TASKS", "dispatch_due", "dispatch_due_cron")
+__all__ = ("TASKS", "cron_jobs", "dispatch_due", "dispatch_due_cron")
 
 
 async def dispatch_due(ctx: Any) -> dict[str, int]:
@@ -33,11 +34,15 @@ async def dispatch_due_cron(ctx: Any) -> dict[str, int]:
 
 
 TASKS: list[Any] = [dispatch_due]
-CRON_JOBS: list[CronJob] = [
-    CronJob(
-        function=dispatch_due_cron,
-        cron="*/2 * * * * *",
-        timeout=services.DISPATCH_JOB_TIMEOUT,
-        unique=True,
-    )
-]
+
+
+def cron_jobs(settings: Settings) -> list[CronJob]:
+    """The 2 s safety net behind the enqueue after each commit (gathered by ``worker.py``)."""
+    return [
+        CronJob(
+            function=dispatch_due_cron,
+            cron="*/2 * * * * *",
+            timeout=services.DISPATCH_JOB_TIMEOUT,
+            unique=True,
+        )
+    ]

@@ -7,10 +7,11 @@ from typing import Any
 from litestar_saq import CronJob
 
 from prodsentinel.lib.jobs import settings_of
+from prodsentinel.settings import Settings
 from prodsentinel.signals import services as signal_services
 from prodsentinel.system.services import record_loop_tick
 
-__all__ = ("CRON_JOBS", "TASKS", "purge_expired_signals")
+__all__ = ("TASKS", "cron_jobs", "purge_expired_signals")
 
 #: A run is bounded by the service's time budget (600 s); the job timeout leaves room above it.
 PURGE_TIMEOUT_SECONDS = 900
@@ -28,7 +29,10 @@ async def purge_expired_signals(ctx: Any) -> dict[str, Any]:
 
 
 TASKS: list[Any] = [purge_expired_signals]
-CRON_JOBS: list[CronJob] = [
-    # Hourly at minute 17 (away from the top of the hour); cron jobs are unique, so runs never overlap.
-    CronJob(function=purge_expired_signals, cron="17 * * * *", timeout=PURGE_TIMEOUT_SECONDS, unique=True),
-]
+
+
+def cron_jobs(settings: Settings) -> list[CronJob]:
+    """Retention, hourly at minute 17 (away from the top of the hour); unique, so runs never overlap."""
+    return [
+        CronJob(function=purge_expired_signals, cron="17 * * * *", timeout=PURGE_TIMEOUT_SECONDS, unique=True)
+    ]
