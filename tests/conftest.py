@@ -21,10 +21,12 @@ import asyncpg
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from prodsentinel.app import create_app
 from prodsentinel.auth import services as auth_services
+from prodsentinel.auth.models import Project
 from prodsentinel.lib.database import alchemy_config, migrate, session_scope
 from prodsentinel.settings import Settings
 
@@ -143,3 +145,11 @@ def make_key(session_maker: async_sessionmaker[AsyncSession], project_name: str)
         return created.key
 
     return factory
+
+
+async def project_id_of(session_maker: async_sessionmaker[AsyncSession], name: str) -> uuid.UUID:
+    """The id of the project ``make_key`` created under ``name`` (keys are created by project name)."""
+    async with session_maker() as session:
+        project_id = await session.scalar(select(Project.id).where(Project.name == name))
+    assert project_id is not None, name
+    return project_id

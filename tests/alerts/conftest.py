@@ -13,17 +13,16 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.alerts import services
 from prodsentinel.alerts.schemas import EvaluationSummary
-from prodsentinel.auth.models import Project
 from prodsentinel.incidents.models import Anomaly, Incident
 from prodsentinel.lib.database import session_scope
 from prodsentinel.notifications.models import Channel
 from prodsentinel.signals.models import LEVELS, SPAN_STATUSES, LogRecord, MetricPoint, Span
-from tests.conftest import KeyFactory
+from tests.conftest import KeyFactory, project_id_of
 
 INTERVAL = 30
 
@@ -43,11 +42,8 @@ async def tenant(
     admin = await make_key("admin", name="admin-key")
     operate = await make_key("operate", name="operator-key")
     read = await make_key("read", name="reader-key")
-    async with session_maker() as session:
-        project_id = await session.scalar(select(Project.id).where(Project.name == project_name))
-    assert project_id is not None
     return Tenant(
-        project_id=project_id,
+        project_id=await project_id_of(session_maker, project_name),
         admin={"X-API-Key": admin},
         operate={"X-API-Key": operate},
         read={"X-API-Key": read},

@@ -13,8 +13,7 @@ from prodsentinel.incidents.models import Incident
 from prodsentinel.lib import jobs
 from prodsentinel.lib.database import libpq_url
 from prodsentinel.notifications.models import Channel
-from tests.conftest import KeyFactory
-from tests.incidents.seed import project_id_of
+from tests.conftest import KeyFactory, project_id_of
 
 
 @pytest.fixture

@@ -12,14 +12,13 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.auth.models import Project
 from prodsentinel.lib.database import session_scope
 from prodsentinel.signals.models import LEVELS, SPAN_STATUSES, LogRecord, MetricPoint, Span
 
-__all__ = ("log_row", "metric_row", "project_id_of", "seed", "span_row")
+__all__ = ("log_row", "metric_row", "seed", "span_row")
 
 
 def log_row(
@@ -104,10 +103,3 @@ async def seed(
         return
     async with session_scope(session_maker) as session:
         await session.execute(insert(_MODELS[kind]), list(rows))
-
-
-async def project_id_of(session_maker: async_sessionmaker[AsyncSession], name: str) -> UUID:
-    async with session_maker() as session:
-        project_id = await session.scalar(select(Project.id).where(Project.name == name))
-    assert project_id is not None, name
-    return project_id

@@ -301,7 +301,7 @@ class TestJobs:
 
         names = {getattr(task, "__qualname__", "") for task in worker.TASKS}
         assert {"group_new_errors", "analyse_incident"} <= names
-        crons = {cron.function.__qualname__: cron for cron in worker.cron_jobs(Settings())}
+        crons = {getattr(cron.function, "__qualname__", ""): cron for cron in worker.cron_jobs(Settings())}
         assert {"group_new_errors_cron", "auto_resolve_incidents", "detect_anomalies"} <= set(crons)
         assert all(crons[name].timeout for name in crons)
 

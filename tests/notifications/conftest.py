@@ -14,12 +14,11 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.auth.models import Project
 from prodsentinel.lib.database import session_scope
 from prodsentinel.notifications import services
 from prodsentinel.notifications.models import DeliveryAttempt, OutboxItem
 from prodsentinel.settings import Settings
-from tests.conftest import KeyFactory
+from tests.conftest import KeyFactory, project_id_of
 from tests.receivers import Receiver, Reply
 
 CHANNELS = "/api/v1/notifications/channels"
@@ -49,10 +48,7 @@ async def admin_key(make_key: KeyFactory) -> str:
 async def project_id(
     admin_key: str, session_maker: async_sessionmaker[AsyncSession], project_name: str
 ) -> UUID:
-    async with session_scope(session_maker) as session:
-        found = await session.scalar(select(Project.id).where(Project.name == project_name))
-    assert found is not None
-    return found
+    return await project_id_of(session_maker, project_name)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
 from litestar import Litestar
@@ -13,11 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.app import create_app
-from prodsentinel.auth.models import Project
 from prodsentinel.lib.database import session_scope
 from prodsentinel.notifications.models import Channel
 from prodsentinel.settings import Settings
-from tests.conftest import KeyFactory
+from tests.conftest import KeyFactory, project_id_of
 from tests.notifications.conftest import CHANNELS, create_channel
 
 Client = AsyncTestClient[Litestar]
@@ -240,8 +239,7 @@ class TestChannelsFile:
 
 
 async def _channels_of(session_maker: async_sessionmaker[AsyncSession], project: str) -> dict[str, Channel]:
+    project_id = await project_id_of(session_maker, project)
     async with session_scope(session_maker) as session:
-        project_id: UUID | None = await session.scalar(select(Project.id).where(Project.name == project))
-        assert project_id is not None
         rows = await session.scalars(select(Channel).where(Channel.project_id == project_id))
         return {row.name: row for row in rows}

@@ -8,11 +8,9 @@ from dataclasses import dataclass
 from uuid import UUID
 
 import pytest
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.auth.models import Project
-from tests.conftest import KeyFactory
+from tests.conftest import KeyFactory, project_id_of
 
 
 @dataclass(frozen=True)
@@ -34,11 +32,7 @@ def make_tenant(
 
     async def factory(*scopes: str, project: str | None = None) -> Tenant:
         key = await make_key(*(scopes or ("read",)), project=project)
-        async with session_maker() as session:
-            project_id = await session.scalar(
-                select(Project.id).where(Project.name == (project or project_name))
-            )
-        assert project_id is not None
+        project_id = await project_id_of(session_maker, project or project_name)
         return Tenant(project_id=project_id, headers={"X-API-Key": key})
 
     return factory

@@ -14,20 +14,13 @@ import httpx
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.auth.models import Project
 from prodsentinel.lib import events
 from prodsentinel.lib.database import libpq_url
 from prodsentinel.settings import Settings
-from tests.conftest import KeyFactory
+from tests.conftest import KeyFactory, project_id_of
 from tests.system.servers import granian_server
-
-
-async def project_id(session_maker: async_sessionmaker[AsyncSession], name: str) -> uuid.UUID:
-    async with session_maker() as session:
-        return (await session.execute(select(Project.id).where(Project.name == name))).scalar_one()
 
 
 async def sse_messages(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
@@ -91,8 +84,8 @@ class TestEventStream:
         other_project = f"other-{uuid.uuid4().hex[:8]}"
         await make_key("read", project=other_project)
         mine, theirs = (
-            await project_id(session_maker, project_name),
-            await project_id(session_maker, other_project),
+            await project_id_of(session_maker, project_name),
+            await project_id_of(session_maker, other_project),
         )
         env = {"DATABASE_URL": database_url, "PRODSENTINEL_SSE_KEEPALIVE_SECONDS": "0.5"}
         if backend:

@@ -62,3 +62,16 @@ async def test_log_level_applies_to_library_loggers_and_the_api_starts_no_worker
     records = [json.loads(line) for line in output if line.startswith("{")]
     assert [r for r in records if r["level"] in {"debug", "info"}] == []
     assert not any("heartbeat" in line.lower() or "worker_id" in line for line in output), output
+
+
+async def test_stopping_in_process_workers_logs_no_error(database_url: str) -> None:
+    """litestar-saq's heartbeat thread logged "HeartbeatManager thread crashed" with a traceback at every
+    normal stop (litestar-saq#110); that line is filtered, and a stop logs no error at all."""
+    output: list[str] = []
+    env = {"DATABASE_URL": database_url, "LOG_FORMAT": "json", "PRODSENTINEL_INPROCESS_WORKERS": "1"}
+    with granian_server(env, output=output) as base_url:
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            assert (await http.get("/health/live")).status_code == 200
+    records = [json.loads(line) for line in output if line.startswith("{")]
+    assert [r for r in records if r["level"] in {"error", "critical"}] == [], output
+    assert not any("Traceback" in line or "crashed" in line for line in output), output

@@ -13,12 +13,10 @@ import httpx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.alerts.models import Alert, AlertPolicy, AuditEvent, Silence
 from prodsentinel.app import create_app
-from prodsentinel.auth.models import Project
 from prodsentinel.incidents.models import Incident
 from prodsentinel.lib.database import session_scope
 from prodsentinel.lib.time import utcnow
@@ -26,7 +24,7 @@ from prodsentinel.notifications.models import Channel, DeliveryAttempt, OutboxIt
 from prodsentinel.settings import Settings
 from prodsentinel.system.metrics import record_ingest
 from prodsentinel.system.services import record_tick
-from tests.conftest import KeyFactory
+from tests.conftest import KeyFactory, project_id_of
 from tests.system.servers import granian_server
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -126,11 +124,6 @@ class TestIngestCounters:
             assert (name, (("type", kind),)) in after  # present even at zero
 
 
-async def _project_id(session: AsyncSession, name: str) -> uuid.UUID:
-    project = (await session.execute(select(Project).where(Project.name == name))).scalar_one()
-    return project.id
-
-
 def _stored(samples: Samples) -> dict[str, Any]:
     return {
         "incidents": {
@@ -162,8 +155,8 @@ class TestStoredState:
         before = await scrape(client, read)
         now = utcnow()
         channel_name = f"ops-{uuid.uuid4().hex[:6]}"
+        project_id = await project_id_of(session_maker, project_name)
         async with session_scope(session_maker) as session:
-            project_id = await _project_id(session, project_name)
             incident: dict[str, Any] = {
                 "project_id": project_id,
                 "title": "t",
