@@ -1,9 +1,17 @@
 from __future__ import annotations
 
+import asyncio
+from uuid import UUID
+
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.conftest import KeyFactory
+from prodsentinel.auth import services as auth_services
+from prodsentinel.auth.models import ApiKey
+from prodsentinel.lib.database import session_scope
+from tests.conftest import KeyFactory, project_id_of
 
 
 class TestAuthentication:
@@ -93,3 +101,23 @@ class TestKeyEndpoints:
         assert (await client.delete(f"/api/v1/keys/{created['id']}", headers=mine)).status_code == 404
         names = {item["name"] for item in (await client.get("/api/v1/keys", headers=mine)).json()["items"]}
         assert "t" not in names
+
+
+class TestProjects:
+    async def test_concurrent_keys_for_a_new_project_share_one_project(
+        self, session_maker: async_sessionmaker[AsyncSession], project_name: str
+    ) -> None:
+        """Instances that start together (policies/channels files) or operators creating keys at once
+        must not race on the project's unique name: every caller gets the same project."""
+
+        async def create() -> UUID:
+            async with session_scope(session_maker) as session:
+                created = await auth_services.create_key(
+                    session, name="k", scopes=["read"], project=project_name
+                )
+                return created.id
+
+        key_ids = await asyncio.gather(*(create() for _ in range(10)))  # none fails on the unique name
+        async with session_maker() as session:
+            owners = set(await session.scalars(select(ApiKey.project_id).where(ApiKey.id.in_(key_ids))))
+        assert owners == {await project_id_of(session_maker, project_name)}

@@ -10,7 +10,7 @@ distinct scan key, not one per policy and never one Python step per signal.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -18,8 +18,11 @@ from uuid import UUID
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from sqlalchemy import Select, and_, bindparam, insert, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from uuid_utils.compat import uuid7
 
+from prodsentinel.alerts.evaluation import AlertState
 from prodsentinel.alerts.models import Alert, AlertPolicy, AuditEvent, Silence
 
 __all__ = (
@@ -31,14 +34,25 @@ __all__ = (
     "active_silences",
     "alerts_for_evaluation",
     "anomaly_values",
+    "check_regex",
+    "delete_policy",
+    "disable_jit",
     "enabled_policies",
     "error_rate_values",
+    "firing_alerts",
     "incident_values",
     "insert_alerts",
     "insert_audit",
+    "lock_policies_file",
     "log_rate_values",
     "metric_values",
+    "policies_by_id",
+    "policy_in_project",
+    "policy_name_taken",
+    "project_policies",
+    "silence_in_project",
     "update_alerts",
+    "upsert_policy",
 )
 
 #: Subjects shown by ``GET /alerts/audit`` (the table is shared with other domains' actions).
@@ -164,7 +178,89 @@ class AuditRepository(SQLAlchemyAsyncRepository[AuditEvent]):
         return list(await self.session.scalars(statement))
 
 
+# --- policies ---------------------------------------------------------------------------------------
+
+
+async def check_regex(session: AsyncSession, pattern: str) -> None:
+    """Run ``pattern`` through PostgreSQL's ``~*``; raises ``DBAPIError`` when PostgreSQL rejects it."""
+    await session.execute(text("SELECT '' ~* :pattern"), {"pattern": pattern})
+
+
+async def policy_in_project(session: AsyncSession, project_id: UUID, policy_id: UUID) -> AlertPolicy | None:
+    return await session.scalar(
+        select(AlertPolicy).where(AlertPolicy.id == policy_id, AlertPolicy.project_id == project_id)
+    )
+
+
+async def policy_name_taken(
+    session: AsyncSession, project_id: UUID, name: str, except_id: UUID | None
+) -> bool:
+    statement = select(AlertPolicy.id).where(AlertPolicy.project_id == project_id, AlertPolicy.name == name)
+    if except_id is not None:
+        statement = statement.where(AlertPolicy.id != except_id)
+    return await session.scalar(statement) is not None
+
+
+async def project_policies(session: AsyncSession, project_id: UUID) -> list[AlertPolicy]:
+    return list(
+        await session.scalars(
+            select(AlertPolicy).where(AlertPolicy.project_id == project_id).order_by(AlertPolicy.name)
+        )
+    )
+
+
+async def firing_alerts(session: AsyncSession, policy_id: UUID) -> list[Alert]:
+    return list(
+        await session.scalars(
+            select(Alert).where(Alert.policy_id == policy_id, Alert.state == AlertState.FIRING.value)
+        )
+    )
+
+
+async def delete_policy(session: AsyncSession, policy: AlertPolicy) -> None:
+    await session.delete(policy)
+
+
+async def lock_policies_file(session: AsyncSession) -> None:
+    """Serialise loads of the policies file: held until the transaction ends."""
+    await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('alerts:policies-file'))"))
+
+
+async def upsert_policy(
+    session: AsyncSession, project_id: UUID, columns: Mapping[str, Any], now: datetime
+) -> UUID | None:
+    """Insert the policy, or update the project's policy of the same name; returns its id."""
+    upsert = (
+        pg_insert(AlertPolicy)
+        .values(id=uuid7(), project_id=project_id, created_at=now, updated_at=now, **columns)
+        .on_conflict_do_update(
+            index_elements=[AlertPolicy.project_id, AlertPolicy.name],
+            set_={**columns, "updated_at": now},
+        )
+        .returning(AlertPolicy.id)
+    )
+    return await session.scalar(upsert)
+
+
+# --- silences ---------------------------------------------------------------------------------------
+
+
+async def silence_in_project(session: AsyncSession, project_id: UUID, silence_id: UUID) -> Silence | None:
+    return await session.scalar(
+        select(Silence).where(Silence.id == silence_id, Silence.project_id == project_id)
+    )
+
+
 # --- evaluation -------------------------------------------------------------------------------------
+
+
+async def disable_jit(session: AsyncSession) -> None:
+    """``SET LOCAL jit = off`` for the rest of the transaction.
+
+    The value queries run over ``jsonb_to_recordset``, whose row estimate is a guess; a large guess
+    triggers JIT compilation that costs more (about a second) than the queries themselves.
+    """
+    await session.execute(text("SET LOCAL jit = off"))
 
 
 async def enabled_policies(session: AsyncSession, project_id: UUID | None) -> list[AlertPolicy]:
@@ -172,6 +268,10 @@ async def enabled_policies(session: AsyncSession, project_id: UUID | None) -> li
     if project_id is not None:
         statement = statement.where(AlertPolicy.project_id == project_id)
     return list(await session.scalars(statement.order_by(AlertPolicy.id)))
+
+
+async def policies_by_id(session: AsyncSession, policy_ids: Collection[UUID]) -> list[AlertPolicy]:
+    return list(await session.scalars(select(AlertPolicy).where(AlertPolicy.id.in_(policy_ids))))
 
 
 async def alerts_for_evaluation(

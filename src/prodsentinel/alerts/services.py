@@ -30,8 +30,6 @@ import structlog
 import yaml
 from msgspec import to_builtins
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy import select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
@@ -127,26 +125,17 @@ async def _check_regex_in_database(session: AsyncSession, spec: PolicySpec) -> N
         return
     try:
         async with session.begin_nested():
-            await session.execute(text("SELECT '' ~* :pattern"), {"pattern": pattern})
+            await repo.check_regex(session, pattern)
     except DBAPIError as exc:
         reason = str(getattr(exc, "orig", exc)).splitlines()[0]
         raise ValidationError(f"q: invalid regular expression {pattern!r}: {reason}.") from None
 
 
 async def _policy_or_404(session: AsyncSession, project_id: UUID, policy_id: UUID) -> AlertPolicy:
-    policy = await session.scalar(
-        select(AlertPolicy).where(AlertPolicy.id == policy_id, AlertPolicy.project_id == project_id)
-    )
+    policy = await repo.policy_in_project(session, project_id, policy_id)
     if policy is None:
         raise NotFoundError("Alert policy not found.")
     return policy
-
-
-async def _name_taken(session: AsyncSession, project_id: UUID, name: str, except_id: UUID | None) -> bool:
-    statement = select(AlertPolicy.id).where(AlertPolicy.project_id == project_id, AlertPolicy.name == name)
-    if except_id is not None:
-        statement = statement.where(AlertPolicy.id != except_id)
-    return await session.scalar(statement) is not None
 
 
 def _audit_row(
@@ -172,10 +161,7 @@ def _audit_row(
 
 
 async def list_policies(session: AsyncSession, project_id: UUID) -> list[PolicyOut]:
-    policies = await session.scalars(
-        select(AlertPolicy).where(AlertPolicy.project_id == project_id).order_by(AlertPolicy.name)
-    )
-    return [_policy_out(policy) for policy in policies]
+    return [_policy_out(policy) for policy in await repo.project_policies(session, project_id)]
 
 
 async def get_policy(session: AsyncSession, project_id: UUID, policy_id: UUID) -> PolicyOut:
@@ -187,7 +173,7 @@ async def create_policy(
 ) -> PolicyOut:
     spec = _spec(data)
     await _check_regex_in_database(session, spec)
-    if await _name_taken(session, project_id, spec.name, None):
+    if await repo.policy_name_taken(session, project_id, spec.name, None):
         raise ConflictError(f"An alert policy named {spec.name!r} already exists in this project.")
     policy = AlertPolicy(project_id=project_id, **spec.columns())
     session.add(policy)
@@ -230,7 +216,7 @@ async def update_policy(
     merged = {**current, **patch}
     spec = _spec(merged)
     await _check_regex_in_database(session, spec)
-    if spec.name != policy.name and await _name_taken(session, project_id, spec.name, policy.id):
+    if spec.name != policy.name and await repo.policy_name_taken(session, project_id, spec.name, policy.id):
         raise ConflictError(f"An alert policy named {spec.name!r} already exists in this project.")
     before = _policy_out(policy)
     for key, value in spec.columns().items():
@@ -259,11 +245,7 @@ async def delete_policy(session: AsyncSession, project_id: UUID, policy_id: UUID
     ALERT_RESOLVED unless silenced) so receivers never keep an alert that can no longer resolve."""
     policy = await _policy_or_404(session, project_id, policy_id)
     now = utcnow()
-    firing = list(
-        await session.scalars(
-            select(Alert).where(Alert.policy_id == policy.id, Alert.state == AlertState.FIRING.value)
-        )
-    )
+    firing = await repo.firing_alerts(session, policy.id)
     silences = _parsed_silences(await repo.active_silences(session, [project_id], now))
     audit = []
     for alert in firing:
@@ -301,7 +283,7 @@ async def delete_policy(session: AsyncSession, project_id: UUID, policy_id: UUID
         )
     )
     await repo.insert_audit(session, audit)
-    await session.delete(policy)
+    await repo.delete_policy(session, policy)
     await session.flush()
 
 
@@ -352,7 +334,7 @@ async def load_policies_file(session_maker: async_sessionmaker[AsyncSession], se
         except PolicyError as exc:
             raise SettingsError(f"{where}: item {index} ({item.get('name')!r}): {exc}") from None
     async with session_scope(session_maker) as session:
-        await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('alerts:policies-file'))"))
+        await repo.lock_policies_file(session)
         async with ProjectService.new(session=session) as projects:
             for index, (owner, spec) in enumerate(specs):
                 try:
@@ -360,19 +342,7 @@ async def load_policies_file(session_maker: async_sessionmaker[AsyncSession], se
                 except ValidationError as exc:
                     raise SettingsError(f"{where}: item {index} ({spec.name!r}): {exc.detail}") from None
                 project = await projects.get_or_create(owner)
-                now = utcnow()
-                upsert = (
-                    pg_insert(AlertPolicy)
-                    .values(
-                        id=uuid7(), project_id=project.id, created_at=now, updated_at=now, **spec.columns()
-                    )
-                    .on_conflict_do_update(
-                        index_elements=[AlertPolicy.project_id, AlertPolicy.name],
-                        set_={**spec.columns(), "updated_at": now},
-                    )
-                    .returning(AlertPolicy.id)
-                )
-                policy_id = await session.scalar(upsert)
+                policy_id = await repo.upsert_policy(session, project.id, spec.columns(), utcnow())
                 await repo.insert_audit(
                     session,
                     [
@@ -572,9 +542,7 @@ async def evaluate(
 
     ``project_id`` limits the pass to one project (manual evaluation by a project's key).
     """
-    # The value queries run over jsonb_to_recordset, whose row estimate is a guess; a large guess
-    # triggers JIT compilation that costs more (about a second) than the queries themselves.
-    await session.execute(text("SET LOCAL jit = off"))
+    await repo.disable_jit(session)
     policies = await repo.enabled_policies(session, project_id)
     values = await _values(session, policies, now)
     existing = await repo.alerts_for_evaluation(session, [p.id for p in policies], project_id)
@@ -595,7 +563,7 @@ async def evaluate(
         known = {policy.id: policy for policy in policies}
         missing = {alert.policy_id for alert in leftovers} - set(known)
         if missing:
-            for policy in await session.scalars(select(AlertPolicy).where(AlertPolicy.id.in_(missing))):
+            for policy in await repo.policies_by_id(session, missing):
                 known[policy.id] = policy
         for stale in leftovers:
             plan.append((known[stale.policy_id], stale.labels, stale.labels_key, stale, stale.value, False))
@@ -1072,9 +1040,7 @@ async def expire_silence(
     session: AsyncSession, project_id: UUID, silence_id: UUID, *, actor: str
 ) -> SilenceOut:
     """End a silence now (idempotent: an expired silence is returned unchanged, not audited again)."""
-    silence = await session.scalar(
-        select(Silence).where(Silence.id == silence_id, Silence.project_id == project_id)
-    )
+    silence = await repo.silence_in_project(session, project_id, silence_id)
     if silence is None:
         raise NotFoundError("Silence not found.")
     now = utcnow()

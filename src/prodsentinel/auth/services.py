@@ -36,13 +36,13 @@ def split_key(raw_key: str) -> tuple[str, str] | None:
 
 class ProjectService(SQLAlchemyAsyncRepositoryService[Project]):
     repository_type = ProjectRepository
+    repository: ProjectRepository
 
     async def get_or_create(self, name: str) -> Project:
         name = name.strip()
         if not name or len(name) > 100:
             raise ValidationError("project name must be 1 to 100 characters.")
-        project, _ = await self.get_or_upsert(match_fields=["name"], name=name)
-        return project
+        return await self.repository.get_or_create_by_name(name)
 
 
 class ApiKeyService(SQLAlchemyAsyncRepositoryService[ApiKey]):

@@ -1,4 +1,4 @@
-"""SQL of the notifications domain: the outbox claim, result recording, replays and the read models.
+"""SQL of the notifications domain: outbox writes, the claim, result recording, replays, channels, reads.
 
 The claim and the result write are hand-written SQL on purpose: ``FOR UPDATE SKIP LOCKED`` with a
 data-modifying CTE, and a set-based ``UPDATE ... FROM unnest(...)`` for a whole batch, have no
@@ -16,9 +16,11 @@ from uuid import UUID
 
 import uuid_utils.compat as uuid_compat
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
-from sqlalchemy import Select, and_, func, insert, select, text, tuple_
+from sqlalchemy import Select, and_, any_, func, insert, literal, or_, select, text, tuple_
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from prodsentinel.lib.time import utcnow
 from prodsentinel.notifications.models import Channel, DeliveryAttempt, OutboxItem, OutboxStatus
 
 __all__ = (
@@ -32,17 +34,23 @@ __all__ = (
     "attempts_page",
     "channel_error_codes",
     "channel_health_rows",
+    "channels_for_event",
     "claim_due",
+    "delete_channel",
     "insert_attempts",
+    "insert_outbox_items",
     "ledger_stats",
     "new_id",
     "outbox_gauges",
+    "outbox_item",
     "outbox_page",
+    "project_channels",
     "record_results",
     "replay_dead",
     "replay_item",
     "status_totals",
     "trends",
+    "upsert_channel",
 )
 
 #: Error code of the ledger row written when a claim expired: the worker died (or stalled) mid-send.
@@ -53,6 +61,85 @@ ACTIVE_STATUSES = (OutboxStatus.PENDING, OutboxStatus.RETRYING, OutboxStatus.DEL
 
 class ChannelRepository(SQLAlchemyAsyncRepository[Channel]):
     model_type = Channel
+
+
+# --- channels ------------------------------------------------------------------------------------
+
+
+async def channels_for_event(session: AsyncSession, *, project_id: UUID, event_type: str) -> list[Channel]:
+    """The project's enabled channels that want ``event_type`` (no ``event_types`` means all of them)."""
+    channels = await session.scalars(
+        select(Channel).where(
+            Channel.project_id == project_id,
+            Channel.enabled.is_(True),
+            or_(Channel.event_types.is_(None), literal(event_type) == any_(Channel.event_types)),
+        )
+    )
+    return list(channels)
+
+
+async def project_channels(session: AsyncSession, project_id: UUID) -> list[Channel]:
+    channels = await session.scalars(
+        select(Channel).where(Channel.project_id == project_id).order_by(Channel.name)
+    )
+    return list(channels)
+
+
+async def delete_channel(session: AsyncSession, channel: Channel) -> None:
+    """Mark the channel deleted; the DELETE (cascading to its outbox items and attempts) runs at flush."""
+    await session.delete(channel)
+
+
+async def upsert_channel(session: AsyncSession, *, project_id: UUID, values: dict[str, Any]) -> None:
+    """Insert the channel, or overwrite ``values`` of the project's channel of the same name."""
+    now = utcnow()
+    statement = pg_insert(Channel).values(
+        id=new_id(), project_id=project_id, created_at=now, updated_at=now, **values
+    )
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["project_id", "name"],
+            set_={**{k: statement.excluded[k] for k in values}, "updated_at": now},
+        )
+    )
+
+
+# --- the outbox write side -----------------------------------------------------------------------
+
+
+async def insert_outbox_items(
+    session: AsyncSession,
+    *,
+    project_id: UUID,
+    channel_ids: Sequence[UUID],
+    event_id: UUID,
+    event_type: str,
+    severity: str,
+    payload: dict[str, Any],
+    now: datetime,
+) -> None:
+    """One pending item per channel, due at ``now``, each with its own ``delivery_id``."""
+    if not channel_ids:
+        return
+    await session.execute(
+        insert(OutboxItem),
+        [
+            {
+                "id": new_id(),
+                "project_id": project_id,
+                "channel_id": channel_id,
+                "event_id": event_id,
+                "delivery_id": uuid.uuid4(),
+                "event_type": event_type,
+                "severity": severity,
+                "payload": payload,
+                "status": OutboxStatus.PENDING,
+                "attempts": 0,
+                "next_attempt_at": now,
+            }
+            for channel_id in channel_ids
+        ],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +438,20 @@ def _keyset_desc(columns: tuple[Any, Any], cursor: tuple[Any, Any] | None) -> An
     if cursor is None:
         return None
     return tuple_(*columns) < tuple_(*cursor)
+
+
+async def outbox_item(
+    session: AsyncSession, *, project_id: UUID, item_id: UUID
+) -> tuple[OutboxItem, str] | None:
+    """One outbox item of the project with its channel's name; None if absent."""
+    row = (
+        await session.execute(
+            select(OutboxItem, Channel.name)
+            .join(Channel, Channel.id == OutboxItem.channel_id)
+            .where(OutboxItem.id == item_id, OutboxItem.project_id == project_id)
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])
 
 
 async def outbox_page(

@@ -27,12 +27,10 @@ import httpx
 import msgspec
 import structlog
 import yaml
-from sqlalchemy import any_, insert, literal, or_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.auth.models import Project
+from prodsentinel.auth.services import ProjectService
 from prodsentinel.incidents.severity import Severity, rank
 from prodsentinel.lib import jobs
 from prodsentinel.lib.database import session_scope
@@ -139,13 +137,7 @@ async def add_event(
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown outbox event type {event_type!r}")
     event_id = event_id or uuid.uuid4()
-    channels = await session.scalars(
-        select(Channel).where(
-            Channel.project_id == project_id,
-            Channel.enabled.is_(True),
-            or_(Channel.event_types.is_(None), literal(event_type) == any_(Channel.event_types)),
-        )
-    )
+    channels = await repo.channels_for_event(session, project_id=project_id, event_type=event_type)
     wanted = [c for c in channels if rank(Severity(severity)) >= rank(Severity(c.min_severity))]
     if not wanted:
         return event_id
@@ -158,24 +150,15 @@ async def add_event(
         "project_id": str(project_id),
         **payload,
     }
-    await session.execute(
-        insert(OutboxItem),
-        [
-            {
-                "id": repo.new_id(),
-                "project_id": project_id,
-                "channel_id": channel.id,
-                "event_id": event_id,
-                "delivery_id": uuid.uuid4(),
-                "event_type": event_type,
-                "severity": severity,
-                "payload": body,
-                "status": OutboxStatus.PENDING,
-                "attempts": 0,
-                "next_attempt_at": now,
-            }
-            for channel in wanted
-        ],
+    await repo.insert_outbox_items(
+        session,
+        project_id=project_id,
+        channel_ids=[channel.id for channel in wanted],
+        event_id=event_id,
+        event_type=event_type,
+        severity=severity,
+        payload=body,
+        now=now,
     )
     return event_id
 
@@ -376,7 +359,7 @@ async def update_channel(
 async def delete_channel(session: AsyncSession, *, project_id: UUID, channel_id: UUID) -> None:
     """Delete a channel and (by cascade) its outbox items and their attempts."""
     channel = await _channel_of(session, channel_id, project_id)
-    await session.delete(channel)
+    await repo.delete_channel(session, channel)
     await session.flush()
 
 
@@ -391,9 +374,7 @@ async def list_channels(
 ) -> list[ChannelOut]:
     """The project's channels with delivery health over the last ``window_seconds``."""
     _check_window(window_seconds)
-    channels = await session.scalars(
-        select(Channel).where(Channel.project_id == project_id).order_by(Channel.name)
-    )
+    channels = await repo.project_channels(session, project_id)
     health = await _health_map(session, project_id=project_id, window_seconds=window_seconds)
     return [_channel_out(channel, health.get(channel.id)) for channel in channels]
 
@@ -504,32 +485,19 @@ def parse_channels_file(path: Path) -> list[ChannelFileItem]:
 async def load_channels_file(session: AsyncSession, items: list[ChannelFileItem]) -> int:
     """Upsert channels by (project, name), creating projects as needed. Idempotent, so every instance
     may run it at start. Channels missing from the file are left alone (the API may own them)."""
-    for item in items:
-        await session.execute(
-            pg_insert(Project)
-            .values(id=repo.new_id(), name=item.project, created_at=utcnow(), updated_at=utcnow())
-            .on_conflict_do_nothing(index_elements=["name"])
-        )
-        project_id = await session.scalar(select(Project.id).where(Project.name == item.project))
-        values = {
-            "name": item.name,
-            "url": item.url,
-            "secret": item.secret,
-            "secret_env": item.secret_env,
-            "min_severity": item.min_severity,
-            "event_types": item.event_types,
-            "enabled": item.enabled,
-        }
-        now = utcnow()
-        statement = pg_insert(Channel).values(
-            id=repo.new_id(), project_id=project_id, created_at=now, updated_at=now, **values
-        )
-        await session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["project_id", "name"],
-                set_={**{k: statement.excluded[k] for k in values}, "updated_at": now},
-            )
-        )
+    async with ProjectService.new(session=session) as projects:
+        for item in items:
+            project = await projects.get_or_create(item.project)
+            values = {
+                "name": item.name,
+                "url": item.url,
+                "secret": item.secret,
+                "secret_env": item.secret_env,
+                "min_severity": item.min_severity,
+                "event_types": item.event_types,
+                "enabled": item.enabled,
+            }
+            await repo.upsert_channel(session, project_id=project.id, values=values)
     return len(items)
 
 
@@ -691,13 +659,7 @@ def _item_out(item: OutboxItem, channel_name: str) -> OutboxItemOut:
 
 
 async def get_outbox_item(session: AsyncSession, *, project_id: UUID, item_id: UUID) -> OutboxItemOut:
-    row = (
-        await session.execute(
-            select(OutboxItem, Channel.name)
-            .join(Channel, Channel.id == OutboxItem.channel_id)
-            .where(OutboxItem.id == item_id, OutboxItem.project_id == project_id)
-        )
-    ).first()
+    row = await repo.outbox_item(session, project_id=project_id, item_id=item_id)
     if row is None:
         raise NotFoundError("Outbox item not found.")
     return _item_out(row[0], row[1])

@@ -1,19 +1,29 @@
-"""The stored-state snapshot behind ``/metrics``: one SQL round trip over the other domains' tables.
+"""SQL of the system domain: the scheduler heartbeat upsert, and the stored-state snapshot behind
+``/metrics`` (one SQL round trip over the other domains' tables).
 
-Hand-written SQL (no repository class fits): a single statement of scalar sub-selects, each aggregated
-to JSON, so a scrape costs one round trip whatever the number of series. Every figure is across all
-projects (``/metrics`` is an operator endpoint) and read from the database at scrape time, so every API
-replica reports the same value and no worker has to push anything.
+The snapshot is hand-written SQL (no repository class fits): a single statement of scalar sub-selects,
+each aggregated to JSON, so a scrape costs one round trip whatever the number of series. Every figure is
+across all projects (``/metrics`` is an operator endpoint) and read from the database at scrape time, so
+every API replica reports the same value and no worker has to push anything.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import text
+from sqlalchemy import func, text
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-__all__ = ("LATENCY_BUCKETS_SECONDS", "OUTBOX_WAITING_STATUSES", "StoredState", "fetch_stored_state")
+from prodsentinel.system.models import SchedulerTick
+
+__all__ = (
+    "LATENCY_BUCKETS_SECONDS",
+    "OUTBOX_WAITING_STATUSES",
+    "StoredState",
+    "fetch_stored_state",
+    "upsert_tick",
+)
 
 #: Upper bounds of ``prodsentinel_notifications_delivery_latency_seconds`` (prometheus_client's defaults).
 LATENCY_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -110,4 +120,14 @@ async def fetch_stored_state(session: AsyncSession) -> StoredState:
         outbox_dead=int(row["outbox_dead"]),
         outbox_oldest_pending_age_seconds=max(0.0, float(row["outbox_oldest_pending_age"])),
         scheduler_ticks={str(k): float(v) for k, v in row["scheduler_ticks"].items()},
+    )
+
+
+async def upsert_tick(session: AsyncSession, loop: str) -> None:
+    """Set ``loop``'s last tick to the transaction's ``now()``."""
+    statement = insert(SchedulerTick).values(loop=loop, last_tick_at=func.now())
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[SchedulerTick.loop], set_={"last_tick_at": statement.excluded.last_tick_at}
+        )
     )

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prodsentinel.lib.jobs import task_session
-from prodsentinel.system.models import SchedulerTick
+from prodsentinel.system import repositories as repo
 
 __all__ = ("SCHEDULER_LOOPS", "record_loop_tick", "record_tick")
 
@@ -23,12 +21,7 @@ async def record_tick(session: AsyncSession, loop: str) -> None:
     Call it from the cron function of each loop, in the same unit of work as the loop's work, so a loop
     whose transaction keeps failing stops ticking and ``ProdSentinelSchedulerLoopStalled`` fires.
     """
-    statement = insert(SchedulerTick).values(loop=loop, last_tick_at=func.now())
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[SchedulerTick.loop], set_={"last_tick_at": statement.excluded.last_tick_at}
-        )
-    )
+    await repo.upsert_tick(session, loop)
 
 
 async def record_loop_tick(ctx: Any, loop: str) -> None:
