@@ -387,7 +387,7 @@ class TestOutbox:
                 await session.scalars(
                     select(AuditEvent.details)
                     .where(AuditEvent.subject_id == alert.id)
-                    .order_by(AuditEvent.at)
+                    .order_by(AuditEvent.at, AuditEvent.id)
                 )
             )
         assert [d["event_id"] for d in details] == [str(firing.event_id), str(resolved.event_id)]

@@ -157,12 +157,14 @@ class TestEscalation:
                 await session.execute(
                     select(OutboxItem.event_type, OutboxItem.severity, OutboxItem.payload)
                     .where(OutboxItem.project_id == project)
-                    .order_by(OutboxItem.created_at)
+                    .order_by(OutboxItem.created_at, OutboxItem.id)
                 )
             )
             audit = list(
                 await session.scalars(
-                    select(AuditEvent.action).where(AuditEvent.project_id == project).order_by(AuditEvent.at)
+                    select(AuditEvent.action)
+                    .where(AuditEvent.project_id == project)
+                    .order_by(AuditEvent.at, AuditEvent.id)  # every pass ran at now=clock: `at` ties
                 )
             )
         assert [(e.event_type, e.severity) for e in events] == [
