@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.alerts.tasks import evaluate_alerts
 from prodsentinel.incidents.tasks import detect_anomalies, group_new_errors_cron
+from prodsentinel.notifications.tasks import dispatch_due_cron
 from prodsentinel.settings import Settings
 from prodsentinel.signals.tasks import purge_expired_signals
 from prodsentinel.system.models import SchedulerTick
@@ -29,6 +30,7 @@ async def last_tick(session_maker: async_sessionmaker[AsyncSession], loop: str) 
         (group_new_errors_cron, "incidents"),
         (detect_anomalies, "anomalies"),
         (purge_expired_signals, "retention"),
+        (dispatch_due_cron, "dispatch"),
     ],
 )
 async def test_cron_records_its_tick(

@@ -18,6 +18,7 @@ from litestar_saq import CronJob
 from prodsentinel.lib.jobs import settings_of
 from prodsentinel.notifications import services
 from prodsentinel.settings import Settings
+from prodsentinel.system.services import record_loop_tick
 
 __all__ = ("TASKS", "cron_jobs", "dispatch_due", "dispatch_due_cron")
 
@@ -29,8 +30,14 @@ async def dispatch_due(ctx: Any) -> dict[str, int]:
 
 
 async def dispatch_due_cron(ctx: Any) -> dict[str, int]:
-    """The cron twin of :func:`dispatch_due` (a distinct qualname gives a distinct cron job key)."""
-    return await dispatch_due(ctx)
+    """The cron twin of :func:`dispatch_due` (a distinct qualname gives a distinct cron job key).
+
+    It records the ``dispatch`` loop's tick after a run that did not raise, so a dispatcher that keeps
+    failing shows as stalled (``prodsentinel_scheduler_last_tick_timestamp_seconds{loop="dispatch"}``).
+    """
+    result = await dispatch_due(ctx)
+    await record_loop_tick(ctx, "dispatch")
+    return result
 
 
 TASKS: list[Any] = [dispatch_due]
