@@ -102,6 +102,20 @@ class TestKeyEndpoints:
         names = {item["name"] for item in (await client.get("/api/v1/keys", headers=mine)).json()["items"]}
         assert "t" not in names
 
+    async def test_a_key_creates_keys_in_its_own_project_only(
+        self, client: AsyncTestClient[Litestar], make_key: KeyFactory, project_name: str
+    ) -> None:
+        admin = {"X-API-Key": await make_key("admin")}
+        elsewhere = {"name": "x", "scopes": ["read"], "project": f"{project_name}-other"}
+        refused = await client.post("/api/v1/keys", json=elsewhere, headers=admin)
+        assert refused.status_code == 422
+        assert "own project" in refused.json()["detail"]
+        own = await client.post("/api/v1/keys", json={**elsewhere, "project": project_name}, headers=admin)
+        assert own.status_code == 201
+        assert own.json()["project"] == project_name
+        names = [item["name"] for item in (await client.get("/api/v1/keys", headers=admin)).json()["items"]]
+        assert names.count("x") == 1
+
 
 class TestProjects:
     async def test_concurrent_keys_for_a_new_project_share_one_project(

@@ -36,9 +36,7 @@ class ApiKeyController(Controller):
     async def create_key(
         self, db_session: AsyncSession, principal: Principal, data: ApiKeyCreate = Body()
     ) -> ApiKeyCreated:
-        return await auth_services.create_key(
-            db_session, name=data.name, scopes=data.scopes, project=principal.project_name
-        )
+        return await auth_services.create_key_over_http(db_session, principal, data)
 
     @delete("/{key_id:uuid}", status_code=200, summary="Revoke an API key (effective for the next request)")
     async def revoke_key(self, api_keys: ApiKeyService, principal: Principal, key_id: UUID) -> ApiKeyOut:

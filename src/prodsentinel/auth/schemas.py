@@ -11,6 +11,8 @@ __all__ = ("ApiKeyCreate", "ApiKeyCreated", "ApiKeyOut", "ApiKeyPage")
 class ApiKeyCreate(Struct):
     name: str
     scopes: list[str]
+    project: str | None = None
+    """Optional; must name the caller's own project (keys of other projects: the CLI)."""
 
 
 class ApiKeyOut(Struct):

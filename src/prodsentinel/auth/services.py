@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from prodsentinel.auth.models import ApiKey, Project
 from prodsentinel.auth.repositories import ApiKeyRepository, ProjectRepository
-from prodsentinel.auth.schemas import ApiKeyCreated, ApiKeyOut
-from prodsentinel.auth.scopes import parse_scopes
+from prodsentinel.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
+from prodsentinel.auth.scopes import Principal, parse_scopes
 from prodsentinel.lib.errors import NotFoundError, ValidationError
 from prodsentinel.lib.time import utcnow
 
@@ -101,6 +101,20 @@ class ApiKeyService(SQLAlchemyAsyncRepositoryService[ApiKey]):
             key = await self.update(key)
         [out] = [item for item in await self.list_keys(key.project_id) if item.id == key.id]
         return out
+
+
+async def create_key_over_http(session: AsyncSession, caller: Principal, data: ApiKeyCreate) -> ApiKeyCreated:
+    """A key in the caller's project: an admin key administers its own tenant only (SPEC §3).
+
+    A ``project`` naming another project is refused rather than ignored, so a client never believes it
+    created a key somewhere it did not.
+    """
+    if data.project is not None and data.project.strip() != caller.project_name:
+        raise ValidationError(
+            f"project: an API key can only create keys in its own project ({caller.project_name!r}); "
+            "create keys for other projects with `prodsentinel keys create --project`."
+        )
+    return await create_key(session, name=data.name, scopes=data.scopes, project=caller.project_name)
 
 
 async def create_key(session: AsyncSession, *, name: str, scopes: list[str], project: str) -> ApiKeyCreated:
