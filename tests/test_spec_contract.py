@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from litestar import Litestar
+from advanced_alchemy import exceptions as aa_exceptions
+from litestar import Litestar, get
 from litestar.testing import AsyncTestClient
 
 from prodsentinel.app import create_app
@@ -188,7 +189,9 @@ async def test_rate_limit_is_429_json_with_retry_after(settings: Settings, make_
         for _ in range(2):
             assert (await client.get("/api/v1/logs", headers=reader)).status_code == 200
         limited = await client.get("/api/v1/logs", headers=reader)
-        assert_error_body(limited, 429)
+        assert assert_error_body(limited, 429)["detail"] == (
+            f"Too many requests: retry after {limited.headers['retry-after']} seconds."
+        )
         # Retrying after Retry-After must be able to succeed: it is the window's reset, not a guess.
         assert 1 < int(limited.headers["retry-after"]) <= 60
         assert (await client.get("/api/v1/logs", headers=other)).status_code == 200  # per key
@@ -327,6 +330,128 @@ async def test_create_is_201_with_an_id(
     response = await client.post(path, json=body, headers={"X-API-Key": await make_key(scope)})
     assert response.status_code == 201, response.text
     assert uuid.UUID(response.json()["id"])
+
+
+NUL = "\u0000"
+NUL_QUERIES = [
+    ("/api/v1/logs", {"q": NUL}),
+    ("/api/v1/logs", {"service": f"a{NUL}b"}),
+    ("/api/v1/logs", {"trace_id": NUL}),
+    ("/api/v1/spans", {"name": NUL}),
+    ("/api/v1/metrics/series", {"name": NUL}),
+    ("/api/v1/metrics/series", {"name": "cpu", "labels": f"a:{NUL}"}),
+    ("/api/v1/incidents", {"service": NUL}),
+    ("/api/v1/anomalies", {"metric": NUL}),
+    ("/api/v1/alerts/audit", {"actor": NUL}),
+    ("/api/v1/notifications/attempts", {"error_code": NUL}),
+    ("/api/v1/traces/%00", {}),
+]
+
+
+@pytest.mark.parametrize(("path", "params"), NUL_QUERIES, ids=[f"{p} {sorted(q)}" for p, q in NUL_QUERIES])
+async def test_nul_in_the_query_is_400(
+    client: Client, make_key: KeyFactory, path: str, params: dict[str, str]
+) -> None:
+    """PostgreSQL text cannot hold U+0000: a client error, never a 500."""
+    reader = {"X-API-Key": await make_key("read")}
+    body = assert_error_body(await client.get(path, params=params, headers=reader), 400)
+    assert "NUL" in body["detail"]
+
+
+POLICY = {"name": "p", "kind": "log_rate", "severity": "low", "threshold": 1}
+SILENCE = {"matchers": [{"name": "alertname", "op": "=", "value": "x"}], "ends_at": "2999-01-01T00:00:00Z"}
+CHANNEL = {"name": "c", "url": "http://127.0.0.1:9/hook"}
+NUL_BODIES = [
+    ("/api/v1/alerts/policies", "admin", POLICY, {"name": f"p{NUL}"}),
+    ("/api/v1/alerts/policies", "admin", POLICY, {"q": f"a{NUL}"}),
+    ("/api/v1/alerts/silences", "operate", SILENCE, {"matchers": [{**SILENCE["matchers"][0], "value": NUL}]}),  # type: ignore[index]
+    ("/api/v1/alerts/silences", "operate", SILENCE, {"comment": f"why{NUL}"}),
+    ("/api/v1/notifications/channels", "admin", CHANNEL, {"name": f"c{NUL}"}),
+    ("/api/v1/keys", "admin", {"name": "k", "scopes": ["read"]}, {"name": f"k{NUL}"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "scope", "valid", "change"), NUL_BODIES, ids=[f"{p} {sorted(c)}" for p, _, _, c in NUL_BODIES]
+)
+async def test_nul_in_a_body_is_400_and_rolled_back(
+    client: Client,
+    make_key: KeyFactory,
+    path: str,
+    scope: str,
+    valid: dict[str, Any],
+    change: dict[str, Any],
+) -> None:
+    headers = {"X-API-Key": await make_key(scope)}
+    body = assert_error_body(await client.post(path, json={**valid, **change}, headers=headers), 400)
+    assert body["detail"] == "Text values must not contain NUL (\\u0000) characters."
+    listed = await client.get(path, headers=headers)
+    assert listed.status_code == 200, listed.text
+    assert "\\u0000" not in listed.text  # nothing of the failed request was committed
+    assert (await client.post(path, json=valid, headers=headers)).status_code == 201
+
+
+INVALID_UTF8 = [
+    ("/api/v1/ingest/logs", "ingest", "application/json", b'{"message": "\xff\xfe"}'),
+    ("/api/v1/ingest/logs", "ingest", "application/json", b'[{"message": "\xff\xfe"}]'),
+    ("/api/v1/ingest/logs", "ingest", "application/x-ndjson", b'{"level": "info"}\n{"message": "\xff\xfe"}'),
+    ("/api/v1/ingest/metrics", "ingest", "application/json", b'{"name": "\xff\xfe"}'),
+    ("/api/v1/alerts/policies", "admin", "application/json", b'{"name": "\xff", "kind": "log_rate"}'),
+    ("/api/v1/alerts/silences", "operate", "application/json", b'{"comment": "\xff"}'),
+    ("/api/v1/notifications/channels", "admin", "application/json", b'{"name": "\xc3"}'),
+    ("/api/v1/keys", "admin", "application/json", b'{"name": "\xff", "scopes": ["read"]}'),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "scope", "content_type", "content"),
+    INVALID_UTF8,
+    ids=[f"{p} {t} {c[:2]!r}" for p, _, t, c in INVALID_UTF8],
+)
+async def test_invalid_utf8_body_is_400(
+    client: Client, make_key: KeyFactory, path: str, scope: str, content_type: str, content: bytes
+) -> None:
+    """JSON is UTF-8 (RFC 8259): other bytes make the body malformed, a 400 like a syntax error."""
+    headers = {"X-API-Key": await make_key(scope), "Content-Type": content_type}
+    body = assert_error_body(await client.post(path, content=content, headers=headers), 400)
+    assert body["detail"].startswith("The body is not valid UTF-8 JSON: ")
+
+
+REPOSITORY_ERRORS = [
+    (aa_exceptions.NotFoundError(detail="No rows matched the specified data"), 404),
+    (aa_exceptions.DuplicateKeyError(detail="A record matching the supplied data already exists."), 409),
+    (aa_exceptions.IntegrityError(detail="There was a data validation error."), 409),
+    (aa_exceptions.RepositoryError(detail="Something failed."), 500),
+]
+
+
+@pytest.mark.parametrize(
+    ("error", "status"), REPOSITORY_ERRORS, ids=[type(e).__name__ for e, _ in REPOSITORY_ERRORS]
+)
+async def test_repository_errors_use_the_envelope(
+    app: Litestar, make_key: KeyFactory, error: Exception, status: int
+) -> None:
+    """advanced-alchemy's repository errors go through the app's handler like everything else."""
+
+    @get("/api/v1/test-repository-error", sync_to_thread=False)
+    def fail() -> None:
+        raise error
+
+    app.register(fail)
+    async with AsyncTestClient(app=app) as client:
+        response = await client.get("/api/v1/test-repository-error", headers={"X-API-Key": await make_key()})
+    body = assert_error_body(response, status)
+    assert body["detail"] != "None"
+
+
+async def test_generic_error_details_are_sentences(client: Client, make_key: KeyFactory) -> None:
+    """Litestar's bare status phrases ("Not Found") become sentences; status and headers stay."""
+    reader = {"X-API-Key": await make_key("read")}
+    missing = assert_error_body(await client.get("/api/v1/no-such", headers=reader), 404)
+    assert missing["detail"] == "No resource matches GET /api/v1/no-such."
+    response = await client.put("/api/v1/logs", headers=reader)
+    assert assert_error_body(response, 405)["detail"] == "Method PUT is not allowed on /api/v1/logs."
+    assert "GET" in response.headers["allow"]
 
 
 SPEC_OPERATIONS = [

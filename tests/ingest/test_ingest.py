@@ -407,6 +407,22 @@ class TestValidation:
         assert response.status_code == 400
         assert "line 1" in response.json()["detail"]
 
+    @pytest.mark.parametrize(
+        ("form", "invalid_first"),
+        [("object", False), ("array", False), ("array", True), ("ndjson", False), ("ndjson", True)],
+    )
+    async def test_invalid_utf8_is_400(
+        self, client: AsyncTestClient[Litestar], make_key: KeyFactory, form: Form, invalid_first: bool
+    ) -> None:
+        """Invalid UTF-8 anywhere is malformed JSON (400), even after an invalid item (else a 422)."""
+        log = msgspec.to_builtins(LogInFactory.build())
+        items = [{**log, "level": "LOUD"}] if invalid_first else []
+        body, content_type = encode([*items, {**log, "message": "\ufffe"}], form)
+        body = body.replace("\ufffe".encode(), b"\xff\xfe")
+        response = await post(client, "/api/v1/ingest/logs", await make_key("ingest"), body, content_type)
+        assert response.status_code == 400, response.text
+        assert response.json()["detail"].startswith("The body is not valid UTF-8 JSON: ")
+
     async def test_bad_gzip_is_400(self, client: AsyncTestClient[Litestar], make_key: KeyFactory) -> None:
         response = await client.post(
             "/api/v1/ingest/logs",
@@ -465,6 +481,19 @@ class TestLimits:
         body, _ = encode(LogInFactory.batch(5), "array")
         assert (await post(limited_client, "/api/v1/ingest/logs", key, body)).status_code == 202
         assert await stored(session_maker, "logs", project_name) == 5
+
+    @pytest.mark.parametrize("form", ["array", "ndjson"])
+    async def test_too_many_items_is_413_even_when_some_are_invalid(
+        self, limited_client: AsyncTestClient[Litestar], make_key: KeyFactory, form: Form
+    ) -> None:
+        logs = [msgspec.to_builtins(log) for log in LogInFactory.batch(6)]
+        logs[0]["signal_id"] = "not-a-uuid"
+        body, content_type = encode(logs, form)
+        response = await post(
+            limited_client, "/api/v1/ingest/logs", await make_key("ingest"), body, content_type
+        )
+        assert response.status_code == 413, response.text
+        assert response.json()["detail"] == "The batch has more than 5 items."
 
     async def test_gzip_bomb_is_413(
         self, limited_client: AsyncTestClient[Litestar], make_key: KeyFactory

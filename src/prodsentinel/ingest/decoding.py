@@ -22,6 +22,7 @@ from prodsentinel.lib.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
     ValidationError,
+    not_utf8,
 )
 
 __all__ = (
@@ -149,8 +150,15 @@ _decoders = _Decoders()
 
 def decode_items(body: bytes, fmt: BodyFormat, item_type: type[T], *, max_items: int) -> list[T]:
     """Decode every item of the body into ``item_type`` (strict, one pass) or raise the mapped error."""
-    if fmt == "ndjson":
-        return _decode_ndjson(body, item_type, max_items=max_items)
+    try:
+        if fmt == "ndjson":
+            return _decode_ndjson(body, item_type, max_items=max_items)
+        return _decode_json(body, item_type, max_items=max_items)
+    except UnicodeDecodeError as exc:  # msgspec's answer to non-UTF-8 bytes inside a string
+        raise not_utf8(exc) from None
+
+
+def _decode_json(body: bytes, item_type: type[T], *, max_items: int) -> list[T]:
     stripped = body.lstrip(_WHITESPACE)
     if not stripped:
         raise BadRequestError("The body is empty: send a JSON object, a JSON array or NDJSON.")
@@ -158,7 +166,7 @@ def decode_items(body: bytes, fmt: BodyFormat, item_type: type[T], *, max_items:
         try:
             items = _decoders.many(item_type).decode(body)
         except msgspec.ValidationError as exc:
-            _raise_if_malformed(body)
+            _raise_if_malformed_or_too_many(body, max_items)
             raise invalid_items([_item_error(str(exc), array=True)]) from None
         except msgspec.DecodeError as exc:
             raise BadRequestError(f"Malformed JSON: {exc}.") from None
@@ -198,11 +206,32 @@ def _decode_ndjson(body: bytes, item_type: type[T], *, max_items: int) -> list[T
 
 def _raise_if_malformed(body: bytes, where: str = "") -> None:
     """On the error path only: msgspec stops at the first invalid item, which may precede a syntax error
-    later in the body; malformed JSON anywhere must still be a 400, not a 422."""
+    or a non-UTF-8 string later in the body; malformed JSON anywhere must still be a 400, not a 422."""
     try:
         msgspec.json.decode(body, type=msgspec.Raw)
     except msgspec.DecodeError as exc:
         raise BadRequestError(f"Malformed JSON{where}: {exc}.") from None
+    _require_utf8(body)
+
+
+def _raise_if_malformed_or_too_many(body: bytes, max_items: int) -> None:
+    """The array's error path: a 400 if malformed, else a 413 if too long (counted without decoding the
+    items, so the hot path keeps its single pass), before an invalid item's 422."""
+    try:
+        count = len(msgspec.json.decode(body, type=list[msgspec.Raw]))
+    except msgspec.DecodeError as exc:
+        raise BadRequestError(f"Malformed JSON: {exc}.") from None
+    _require_utf8(body)
+    if count > max_items:
+        raise _too_many(max_items)
+
+
+def _require_utf8(body: bytes) -> None:
+    """``msgspec.Raw`` does not look inside strings, where msgspec checks UTF-8 only when decoding them."""
+    try:
+        body.decode()
+    except UnicodeDecodeError as exc:
+        raise not_utf8(exc) from None
 
 
 def _item_error(text: str, *, array: bool) -> ItemError:

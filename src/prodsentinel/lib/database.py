@@ -59,7 +59,10 @@ def alchemy_config(database_url: str, *, pool_size: int = 10) -> SQLAlchemyAsync
             compare_type=True,
             render_as_batch=False,
         ),
-        before_send_handler="autocommit",
+        before_send_handler="autocommit",  # a 4xx/5xx answer rolls the request's transaction back
+        # Its handler for RepositoryError would win over the app's (more specific type) and answer
+        # without the SPEC §3 body; lib/errors.py maps repository errors itself.
+        set_default_exception_handler=False,
         create_all=False,
     )
 
