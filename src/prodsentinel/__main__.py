@@ -6,10 +6,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prodsentinel.settings import Settings, SettingsError, get_settings
+
+if TYPE_CHECKING:
+    from prodsentinel.alerts.services import PolicyFileItem
 
 
 def main() -> None:
@@ -19,17 +25,46 @@ def main() -> None:
         # Dedicated worker processes: the SAQ worker must run in its own process, not inside an app.
         os.environ["PRODSENTINEL_INPROCESS_WORKERS"] = "0"
     try:
-        settings = get_settings()
+        settings = _checked_settings(args)
     except SettingsError as exc:
         print(f"prodsentinel: {exc}", file=sys.stderr)
         sys.exit(2)
-    if settings.embedded and _needs_database(args):
-        _start_embedded_database(settings, worker_only=args[:1] == ["workers"])
     if args[:1] == ["run"]:
         _apply_run_defaults(args, settings.host, settings.port)
     from litestar.cli.main import litestar_group
 
     litestar_group()
+
+
+def _checked_settings(args: list[str]) -> Settings:
+    """The settings and the policies file they name, validated before any command runs.
+
+    Every problem is a :class:`SettingsError` (one line naming the variable). ``run`` also checks the
+    file's regular expressions in PostgreSQL here, so nothing is left to fail inside the server's start.
+    """
+    settings = get_settings()
+    policies = _parse_policies_file(settings)
+    if settings.embedded and _needs_database(args):
+        _start_embedded_database(settings, worker_only=args[:1] == ["workers"])
+        settings = get_settings()
+    if policies and settings.policies_file and args[:1] == ["run"] and _needs_database(args):
+        _check_policies_in_database(settings, settings.policies_file, policies)
+    return settings
+
+
+def _parse_policies_file(settings: Settings) -> list[PolicyFileItem]:
+    if settings.policies_file is None:
+        return []
+    from prodsentinel.alerts.services import parse_policies_file
+
+    return parse_policies_file(settings.policies_file)
+
+
+def _check_policies_in_database(settings: Settings, path: Path, policies: list[PolicyFileItem]) -> None:
+    from prodsentinel.alerts.services import check_policies_file_in_database
+    from prodsentinel.lib.database import resolve_database_url
+
+    asyncio.run(check_policies_file_in_database(resolve_database_url(settings), path, policies))
 
 
 def _needs_database(args: list[str]) -> bool:

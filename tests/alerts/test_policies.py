@@ -277,3 +277,35 @@ class TestPoliciesFile:
             await services.load_policies_file(session_maker, settings.with_overrides(policies_file=path))
         assert "PRODSENTINEL_POLICIES_FILE" in str(caught.value)
         assert needle in str(caught.value)
+
+    @pytest.mark.parametrize(
+        ("content", "needle"),
+        [
+            (
+                "- {name: a, kind: incident, severity: low, min_severity: high}\n"
+                "- {project: default, name: a, kind: incident, severity: low, min_severity: high}",
+                "item 1: duplicate policy 'a' in project 'default'",
+            ),
+            ("- {project: [x], name: a, kind: incident, severity: low}", "project must be"),
+            ("- {1: a, name: a, kind: incident}", "unknown field(s) 1"),
+            ("- name: x\n  kind: [unclosed\n", "not valid YAML: expected ',' or ']'"),
+        ],
+        ids=["duplicate", "project-not-a-string", "non-string-field", "yaml-problem-and-position"],
+    )
+    def test_parse_checks_the_whole_file_without_a_database(
+        self, tmp_path: Path, content: str, needle: str
+    ) -> None:
+        path = tmp_path / "policies.yaml"
+        path.write_text(content, encoding="utf-8")
+        with pytest.raises(SettingsError) as caught:
+            services.parse_policies_file(path)
+        prefix = f"invalid configuration: PRODSENTINEL_POLICIES_FILE={str(path)!r}: "
+        assert str(caught.value).startswith(prefix)
+        assert needle in str(caught.value)
+        assert "\n" not in str(caught.value)
+
+    def test_parse_defaults_the_project(self, tmp_path: Path) -> None:
+        path = tmp_path / "policies.yaml"
+        path.write_text("- {name: a, kind: incident, severity: low, min_severity: high}", encoding="utf-8")
+        [item] = services.parse_policies_file(path)
+        assert (item.project, item.spec.name, item.spec.kind) == ("default", "a", "incident")

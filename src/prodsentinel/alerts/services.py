@@ -31,7 +31,8 @@ import yaml
 from msgspec import to_builtins
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
 from uuid_utils.compat import uuid7
 
 from prodsentinel.alerts import repositories as repo
@@ -73,8 +74,10 @@ from prodsentinel.settings import Settings, SettingsError
 __all__ = (
     "EVALUATION_LEASE",
     "SCHEDULER_ACTOR",
+    "PolicyFileItem",
     "ack_alert",
     "alert_labels",
+    "check_policies_file_in_database",
     "create_policy",
     "create_silence",
     "delete_policy",
@@ -88,6 +91,7 @@ __all__ = (
     "list_policies",
     "list_silences",
     "load_policies_file",
+    "parse_policies_file",
     "run_evaluation",
     "silence_status",
     "unack_alert",
@@ -292,57 +296,126 @@ def _wire_details(policy: PolicyOut) -> dict[str, Any]:
     return details
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyFileItem:
+    """One valid item of ``PRODSENTINEL_POLICIES_FILE``: the policy and the name of its project."""
+
+    project: str
+    spec: PolicySpec
+
+
+def _policies_file_error(path: Path, reason: str) -> SettingsError:
+    return SettingsError(f"invalid configuration: PRODSENTINEL_POLICIES_FILE={str(path)!r}: {reason}")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The parser's problem and where it is, e.g. "expected ',' or ']' ... (line 2, column 1)"."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem and exc.problem_mark:
+        return f"{exc.problem} (line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1})"
+    return str(exc).splitlines()[0]
+
+
 def _read_policies_file(path: Path) -> list[dict[str, Any]]:
-    where = f"invalid configuration: PRODSENTINEL_POLICIES_FILE={str(path)!r}"
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise SettingsError(f"{where}: cannot read the file: {exc.strerror or exc}") from None
+        raise _policies_file_error(path, f"cannot read the file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise _policies_file_error(path, "not UTF-8 text") from None
     except yaml.YAMLError as exc:
-        raise SettingsError(f"{where}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise _policies_file_error(path, f"not valid YAML: {_yaml_problem(exc)}") from None
     if loaded is None:
         return []
     if isinstance(loaded, dict) and isinstance(loaded.get("policies"), list):
         loaded = loaded["policies"]
     if not isinstance(loaded, list) or not all(isinstance(item, dict) for item in loaded):
-        raise SettingsError(f"{where}: expected a YAML list of policy objects")
-    allowed = {"project", *COMMON_FIELDS, *(name for names in KIND_FIELDS.values() for name in names)}
-    for index, item in enumerate(loaded):
-        unknown = sorted(set(item) - allowed)
-        if unknown:
-            raise SettingsError(f"{where}: item {index}: unknown field(s) {', '.join(map(str, unknown))}")
+        raise _policies_file_error(path, "expected a YAML list of policy objects")
     return loaded
+
+
+def _policy_file_item(raw: Mapping[Any, Any]) -> PolicyFileItem:
+    allowed = {"project", *COMMON_FIELDS, *(name for names in KIND_FIELDS.values() for name in names)}
+    unknown = sorted(str(key) for key in set(raw) - allowed)
+    if unknown:
+        raise PolicyError(f"unknown field(s) {', '.join(unknown)}")
+    project = raw.get("project", "default")
+    if not isinstance(project, str) or not 0 < len(project.strip()) <= 100:
+        raise PolicyError("project must be a string of 1 to 100 characters.")
+    spec = normalise({key: value for key, value in raw.items() if key != "project"})
+    return PolicyFileItem(project=project.strip(), spec=spec)
+
+
+def parse_policies_file(path: Path) -> list[PolicyFileItem]:
+    """Read and validate the whole file without a database: YAML, shape, every item's fields, kind and
+    values (Python's regex check included). Any problem is one SettingsError line naming the variable
+    and the item; the CLI checks the file this way before any command runs."""
+    items: list[PolicyFileItem] = []
+    seen: set[tuple[str, str]] = set()
+    for index, raw in enumerate(_read_policies_file(path)):
+        try:
+            item = _policy_file_item(raw)
+        except PolicyError as exc:
+            raise _policies_file_error(path, f"item {index} ({raw.get('name')!r}): {exc}") from None
+        if (item.project, item.spec.name) in seen:
+            reason = f"item {index}: duplicate policy {item.spec.name!r} in project {item.project!r}"
+            raise _policies_file_error(path, reason)
+        seen.add((item.project, item.spec.name))
+        items.append(item)
+    return items
+
+
+async def _check_file_regexes(session: AsyncSession, path: Path, items: Sequence[PolicyFileItem]) -> None:
+    """The one check that needs PostgreSQL: a ``/regex/`` query must compile there too."""
+    for index, item in enumerate(items):
+        try:
+            await _check_regex_in_database(session, item.spec)
+        except ValidationError as exc:
+            raise _policies_file_error(path, f"item {index} ({item.spec.name!r}): {exc.detail}") from None
+
+
+def _has_regex(item: PolicyFileItem) -> bool:
+    q = item.spec.params.get("q")
+    return isinstance(q, str) and q_regex(q) is not None
+
+
+async def check_policies_file_in_database(
+    database_url: str, path: Path, items: Sequence[PolicyFileItem]
+) -> None:
+    """Before serving: the PostgreSQL regex check of :func:`load_policies_file`, on a short-lived
+    connection (no schema needed). Skipped when the database cannot be reached: the start reports that."""
+    if not any(_has_regex(item) for item in items):
+        return
+    engine = create_async_engine(database_url, poolclass=NullPool, connect_args={"timeout": 10})
+    try:
+        async with AsyncSession(engine) as session:
+            try:
+                await session.connection()
+            except (OSError, DBAPIError):
+                return
+            await _check_file_regexes(session, path, items)
+    finally:
+        await engine.dispose()
 
 
 async def load_policies_file(session_maker: async_sessionmaker[AsyncSession], settings: Settings) -> int:
     """Load ``PRODSENTINEL_POLICIES_FILE`` at start: upsert each item by (project, name).
 
-    The whole file is validated before anything is written (one transaction); an invalid file
-    raises :class:`SettingsError` naming the variable, the item and the problem. Instances that start
-    together serialise on an advisory lock, so the upserts never race.
+    The whole file is validated (:func:`parse_policies_file`, then the regex check in PostgreSQL)
+    before anything is written, in one transaction; an invalid file raises :class:`SettingsError`
+    naming the variable, the item and the problem. Instances that start together serialise on an
+    advisory lock, so the upserts never race.
     """
     if settings.policies_file is None:
         return 0
     path = settings.policies_file
-    items = _read_policies_file(path)
-    where = f"invalid configuration: PRODSENTINEL_POLICIES_FILE={str(path)!r}"
-    specs: list[tuple[str, PolicySpec]] = []
-    for index, item in enumerate(items):
-        owner_name = str(item.get("project") or "default")
-        try:
-            specs.append((owner_name, normalise({k: v for k, v in item.items() if k != "project"})))
-        except PolicyError as exc:
-            raise SettingsError(f"{where}: item {index} ({item.get('name')!r}): {exc}") from None
+    items = parse_policies_file(path)
     async with session_scope(session_maker) as session:
         await repo.lock_policies_file(session)
+        await _check_file_regexes(session, path, items)
         async with ProjectService.new(session=session) as projects:
-            for index, (owner, spec) in enumerate(specs):
-                try:
-                    await _check_regex_in_database(session, spec)
-                except ValidationError as exc:
-                    raise SettingsError(f"{where}: item {index} ({spec.name!r}): {exc.detail}") from None
-                project = await projects.get_or_create(owner)
-                policy_id = await repo.upsert_policy(session, project.id, spec.columns(), utcnow())
+            for item in items:
+                project = await projects.get_or_create(item.project)
+                policy_id = await repo.upsert_policy(session, project.id, item.spec.columns(), utcnow())
                 await repo.insert_audit(
                     session,
                     [
@@ -352,12 +425,12 @@ async def load_policies_file(session_maker: async_sessionmaker[AsyncSession], se
                             action="policy.load",
                             subject_type="policy",
                             subject_id=policy_id,
-                            details={"file": str(path), "name": spec.name},
+                            details={"file": str(path), "name": item.spec.name},
                         )
                     ],
                 )
-    logger.info("alert_policies_loaded", file=str(path), count=len(specs))
-    return len(specs)
+    logger.info("alert_policies_loaded", file=str(path), count=len(items))
+    return len(items)
 
 
 # --- evaluation -------------------------------------------------------------------------------------
