@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         plugins=[
             plugins.sqlalchemy_plugin(db_config),
             saq,
+            plugins.SeparateWorkerHooksPlugin(saq),
             plugins.structlog_plugin(settings),
             plugins.granian_plugin(),
             KeysCLIPlugin(),

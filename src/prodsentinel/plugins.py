@@ -11,6 +11,7 @@ from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Tag
+from litestar.plugins import InitPluginProtocol
 from litestar.plugins.structlog import StructlogPlugin
 from litestar.stores.base import Store
 from litestar.stores.memory import MemoryStore
@@ -26,6 +27,7 @@ from prodsentinel.settings import Settings
 from prodsentinel.worker import saq_config
 
 __all__ = (
+    "SeparateWorkerHooksPlugin",
     "granian_plugin",
     "openapi_config",
     "rate_limit_config",
@@ -55,19 +57,23 @@ def sqlalchemy_plugin(config: SQLAlchemyAsyncConfig) -> SQLAlchemyPlugin:
     return SQLAlchemyPlugin(config=config)
 
 
-class WorkerAwareSAQPlugin(SAQPlugin):
-    """litestar-saq's plugin, without worker start-up hooks in an API process whose workers run elsewhere.
+class SeparateWorkerHooksPlugin(InitPluginProtocol):
+    """Drop litestar-saq's worker start-up hooks from an API process whose workers run elsewhere.
 
     litestar-saq appends every worker's ``on_app_startup``/``on_app_shutdown`` to the app even when the
     worker is ``separate_process``: the API process then started a HeartbeatManager thread that no job
     uses (it logged "thread crashed" at every stop) and bound the worker's id into the start-up context,
     so the lines of tasks started there (the ingest flush loops) claimed to come from a worker. The
     worker process itself (``prodsentinel workers run``) never runs these hooks, so nothing is lost.
+    A separate plugin listed after SAQ's, not a subclass of it: litestar-saq's CLI finds its plugin by
+    exact type (``app.plugins.get(SAQPlugin)``).
     """
 
+    def __init__(self, saq: SAQPlugin) -> None:
+        self._saq = saq
+
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        app_config = super().on_app_init(app_config)
-        for worker in self.get_workers().values():
+        for worker in self._saq.get_workers().values():
             if worker.separate_process:
                 app_config.on_startup.remove(worker.on_app_startup)
                 app_config.on_shutdown.remove(worker.on_app_shutdown)
@@ -75,7 +81,7 @@ class WorkerAwareSAQPlugin(SAQPlugin):
 
 
 def saq_plugin(settings: Settings, database_url: str) -> SAQPlugin:
-    return WorkerAwareSAQPlugin(saq_config(settings, database_url))
+    return SAQPlugin(saq_config(settings, database_url))
 
 
 def structlog_plugin(settings: Settings) -> StructlogPlugin:

@@ -48,7 +48,7 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
     return [
         CronJob(
             function=dispatch_due_cron,
-            cron="*/2 * * * * *",
+            cron="* * * * * */2",  # croniter: seconds are the 6th field
             timeout=services.DISPATCH_JOB_TIMEOUT,
             unique=True,
         )
