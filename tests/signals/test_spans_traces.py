@@ -130,6 +130,7 @@ class TestSpanList:
             {"status": "FAILED"},
             {"min_duration_ms": "fast"},
             {"min_duration_ms": "nan"},
+            {"min_duration_ms": "-1"},
             {"since": "noon"},
             {"cursor": "!!"},
         ],

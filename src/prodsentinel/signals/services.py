@@ -291,8 +291,8 @@ class SignalQueryService:
         cursor: str | None = None,
     ) -> SpanPage:
         start, end = _time_range(since, until)
-        if min_duration_ms is not None and not math.isfinite(min_duration_ms):
-            raise BadRequestError("min_duration_ms must be a finite number.")
+        if min_duration_ms is not None and not (math.isfinite(min_duration_ms) and min_duration_ms >= 0):
+            raise BadRequestError("min_duration_ms must be a finite number >= 0.")
         query = SpanQuery(
             project_id=project_id,
             limit=check_limit(limit),
