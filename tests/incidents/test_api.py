@@ -79,6 +79,7 @@ class TestIncidentList:
             {"status": "closed"},
             {"severity": "urgent"},
             {"cursor": "x"},
+            {"cursor": "WyJub3QtYS11dWlkIl0"},  # a well-formed cursor holding ["not-a-uuid"]
         ):
             response = await client.get("/api/v1/incidents", params=bad, headers=headers)
             assert response.status_code == 400, bad

@@ -570,7 +570,7 @@ async def list_incidents(
         status, (IncidentStatus.OPEN, IncidentStatus.ACKNOWLEDGED, IncidentStatus.RESOLVED), "status"
     )
     severities = _parse_choices(severity, [s.value for s in Severity], "severity")
-    before_id = UUID(decode_cursor(cursor, (str,))[0]) if cursor else None
+    before_id = decode_cursor(cursor, (UUID,))[0] if cursor else None
     rows = await IncidentRepository(session=session).list_page(
         project_id,
         statuses=statuses,

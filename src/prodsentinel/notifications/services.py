@@ -199,9 +199,10 @@ def _validate_url(url: str) -> str:
         raise ValidationError(f"url must be at most {_MAX_URL} characters.")
     try:
         parsed = httpx.URL(url)
+        host = parsed.host  # decoded lazily: a bad IDNA label ("xn--") raises only here
     except Exception:
         raise ValidationError("url is not a valid URL.") from None
-    if parsed.scheme not in {"http", "https"} or not parsed.host:
+    if parsed.scheme not in {"http", "https"} or not host:
         raise ValidationError("url must be an absolute http:// or https:// URL with a host.")
     return url
 
