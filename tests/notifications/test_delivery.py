@@ -25,6 +25,7 @@ from prodsentinel.lib.database import session_scope
 from prodsentinel.notifications import services
 from prodsentinel.settings import Settings
 from tests.notifications.conftest import (
+    CHANNELS,
     add_events,
     all_status,
     create_channel,
@@ -331,6 +332,35 @@ class TestConcurrency:
         assert set(receiver.delivery_counts.values()) == {1}
         assert receiver.overlaps == 0
         assert len(await ledger(session_maker, project_id)) == 200
+
+    async def test_a_channel_deleted_mid_send_does_not_lose_the_other_channels_results(
+        self,
+        client: Client,
+        admin_key: str,
+        project_id: UUID,
+        session_maker: SessionMaker,
+        settings: Settings,
+        receivers: Callable[..., Receiver],
+    ) -> None:
+        """Deleting a channel cascades to its outbox items; results of the same batch for other channels
+        must still be recorded (their ledger rows used to fail the whole batch on the foreign key)."""
+        slow, fast = receivers(Reply(200, hold=True)), receivers()
+        doomed = await create_channel(client, admin_key, url=slow.url)
+        await create_channel(client, admin_key, url=fast.url)
+        await add_events(session_maker, project_id)  # one event: one item per channel
+
+        dispatch = asyncio.create_task(services.dispatch_due(session_maker, settings, project_id=project_id))
+        await slow.wait_for_async(1, timeout=30)  # both items claimed; the slow send is in flight
+        deleted = await client.delete(f"{CHANNELS}/{doomed['id']}", headers={"X-API-Key": admin_key})
+        assert deleted.status_code in (200, 204), deleted.text
+        slow.release()
+        counts = await asyncio.wait_for(dispatch, timeout=30)
+
+        assert counts.delivered == 2  # both sends succeeded; only the surviving item is recorded
+        [item] = await outbox(session_maker, project_id)
+        assert (item.status, item.attempts) == ("delivered", 1)
+        [attempt] = await ledger(session_maker, project_id)
+        assert attempt.outbox_id == item.id
 
     async def test_worker_killed_mid_send_is_redelivered_after_visibility_timeout(
         self,

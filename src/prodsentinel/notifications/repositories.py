@@ -38,6 +38,7 @@ __all__ = (
     "claim_due",
     "delete_channel",
     "insert_attempts",
+    "lock_present_items",
     "insert_outbox_items",
     "ledger_stats",
     "new_id",
@@ -336,6 +337,20 @@ async def record_results(session: AsyncSession, results: Sequence[ItemResult]) -
 def new_id() -> UUID:
     """Time-ordered ids, like the ORM's (UUIDv7 keeps the ledger's primary key index append-mostly)."""
     return uuid_compat.uuid7()
+
+
+async def lock_present_items(session: AsyncSession, item_ids: Sequence[UUID]) -> set[UUID]:
+    """The ids of these outbox items that still exist, key-share locked until the transaction ends.
+
+    A channel deleted while its items were being sent takes them with it (cascade); the lock makes a
+    concurrent delete wait, so the ledger rows inserted next never point at a vanished item.
+    """
+    if not item_ids:
+        return set()
+    rows = await session.scalars(
+        select(OutboxItem.id).where(OutboxItem.id.in_(item_ids)).with_for_update(key_share=True)
+    )
+    return set(rows)
 
 
 async def insert_attempts(session: AsyncSession, records: Sequence[AttemptRecord]) -> None:

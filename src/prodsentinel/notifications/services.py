@@ -579,8 +579,11 @@ async def dispatch_batch(
         else:
             counts.dead += 1
     async with session_scope(session_maker) as session:
-        await repo.insert_attempts(session, records)
+        present = await repo.lock_present_items(session, [record.item.id for record in records])
+        await repo.insert_attempts(session, [record for record in records if record.item.id in present])
         updated = await repo.record_results(session, results)
+    if len(present) < len(records):  # their channel was deleted while they were being sent
+        logger.info("outbox_items_deleted_during_delivery", count=len(records) - len(present))
     counts.stale = len(results) - updated
     if counts.stale:
         logger.warning("outbox_stale_results", stale=counts.stale)
