@@ -16,7 +16,7 @@ from prodsentinel.alerts import services as alert_services
 from prodsentinel.alerts.controllers import alerts_router
 from prodsentinel.auth.cli import KeysCLIPlugin
 from prodsentinel.auth.controllers import ApiKeyController
-from prodsentinel.auth.guards import SESSION_MAKER_STATE_KEY, auth_middleware, provide_principal
+from prodsentinel.auth.guards import PUBLIC_PATHS, SESSION_MAKER_STATE_KEY, auth_middleware, provide_principal
 from prodsentinel.auth.models import ApiKey
 from prodsentinel.auth.scopes import Principal
 from prodsentinel.incidents.controllers import AnomalyController, IncidentController
@@ -26,6 +26,7 @@ from prodsentinel.lib import jobs
 from prodsentinel.lib.database import alchemy_config, migrate, resolve_database_url
 from prodsentinel.lib.errors import exception_to_response
 from prodsentinel.lib.observability import RequestContextMiddleware, add_response_headers
+from prodsentinel.lib.openapi import document_error_responses
 from prodsentinel.notifications.controllers import notifications_router
 from prodsentinel.notifications.plugin import NotificationsPlugin
 from prodsentinel.settings import Settings, get_settings
@@ -68,7 +69,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         if redis is not None:
             await redis.aclose()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             HealthController,
             ApiKeyController,
@@ -117,6 +118,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         debug=settings.debug,
     )
+    document_error_responses(app, PUBLIC_PATHS)
+    return app
 
 
 async def _hint_first_key(app: Litestar) -> None:
