@@ -23,6 +23,7 @@ from litestar import Litestar, get
 from litestar.testing import AsyncTestClient
 
 from prodsentinel.app import create_app
+from prodsentinel.lib.pagination import encode_cursor
 from prodsentinel.settings import Settings, load_settings
 from tests.conftest import KeyFactory
 from tests.receivers import Receiver, Reply
@@ -250,6 +251,90 @@ async def test_time_ranges(client: Client, make_key: KeyFactory, path: str) -> N
     naive = {**base, "since": "2026-01-01T00:00:00", "until": "2026-01-02T00:00:00"}
     assert (await client.get(path, params=naive, headers=reader)).status_code == 200
     assert_error_body(await client.get(path, params={**base, "since": "yesterday"}, headers=reader), 400)
+
+
+# Times outside the supported range 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z (docs/query.md). The first
+# two overflow Python's datetime when converted to UTC; 0001-01-01Z is PostgreSQL's -infinity to asyncpg.
+OUT_OF_RANGE = (
+    "0001-01-01T00:00:00+01:00",
+    "9999-12-31T23:00:00-05:00",
+    "0001-01-01T00:00:00Z",
+    "1969-12-31T23:59:59Z",
+)
+
+
+@pytest.mark.parametrize("path", SINCE_UNTIL)
+@pytest.mark.parametrize("param", ["since", "until"])
+async def test_out_of_range_times_are_400(
+    client: Client, make_key: KeyFactory, path: str, param: str
+) -> None:
+    """Never a 500 (OverflowError in the UTC conversion or in the default range `until - 1 h`)."""
+    reader = {"X-API-Key": await make_key("read")}
+    base = {"name": "cpu"} if path.endswith("/series") else {}
+    for value in OUT_OF_RANGE:
+        response = await client.get(path, params={**base, param: value}, headers=reader)
+        body = assert_error_body(response, 400)
+        assert body["detail"].startswith(
+            f"{param} must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
+        )
+    # Both ends of the range are inclusive.
+    for since, until in (
+        ("1970-01-01T00:00:00Z", "1970-01-01T02:00:00+01:00"),
+        ("9999-12-31T22:00:00Z", "9999-12-31T23:59:59Z"),
+    ):
+        response = await client.get(path, params={**base, "since": since, "until": until}, headers=reader)
+        assert response.status_code == 200, response.text
+
+
+# Endpoints whose cursor holds a time: (path, the cursor made from a time and an id of the right kind).
+TIME_CURSORS: list[tuple[str, Any]] = [
+    ("/api/v1/logs", lambda when: ["l", when, 1]),
+    ("/api/v1/spans", lambda when: ["s", when, 1]),
+    ("/api/v1/anomalies", lambda when: [when, ANY_ID]),
+    ("/api/v1/alerts/history", lambda when: [when, ANY_ID]),
+    ("/api/v1/alerts/audit", lambda when: [when, ANY_ID]),
+    ("/api/v1/alerts/silences", lambda when: [when, ANY_ID]),
+    ("/api/v1/notifications/attempts", lambda when: [when, ANY_ID]),
+    ("/api/v1/notifications/outbox", lambda when: [when, ANY_ID]),
+    ("/api/v1/notifications/history", lambda when: [when, ANY_ID]),
+]
+
+
+@pytest.mark.parametrize(("path", "shape"), TIME_CURSORS, ids=[p for p, _ in TIME_CURSORS])
+async def test_cursor_with_an_out_of_range_or_naive_time_is_400(
+    client: Client, make_key: KeyFactory, path: str, shape: Any
+) -> None:
+    reader = {"X-API-Key": await make_key("read")}
+    valid = encode_cursor(shape("2026-01-01T00:00:00Z"))
+    assert (await client.get(path, params={"cursor": valid}, headers=reader)).status_code == 200
+    for when in (*OUT_OF_RANGE, "2026-01-01T00:00:00"):  # the last one is naive
+        response = await client.get(path, params={"cursor": encode_cursor(shape(when))}, headers=reader)
+        assert assert_error_body(response, 400)["detail"].startswith("cursor is not valid"), when
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        {"starts_at": "0001-01-01T00:00:00+01:00", "ends_at": "2999-01-01T00:00:00Z"},
+        {"starts_at": "1969-12-31T00:00:00Z", "ends_at": "2999-01-01T00:00:00Z"},
+        {"ends_at": "9999-12-31T23:00:00-05:00"},
+        {"ends_at": "9999-12-31T23:59:59.999999Z"},  # asyncpg would store it as PostgreSQL infinity
+    ],
+    ids=["starts_at-overflow", "starts_at-1969", "ends_at-overflow", "ends_at-infinity"],
+)
+async def test_silence_times_out_of_range_are_422(
+    client: Client, make_key: KeyFactory, times: dict[str, str]
+) -> None:
+    operator = {"X-API-Key": await make_key("operate")}
+    silence = {"matchers": [{"name": "alertname", "op": "=", "value": "x"}], **times}
+    body = assert_error_body(
+        await client.post("/api/v1/alerts/silences", json=silence, headers=operator), 422
+    )
+    field = "starts_at" if "starts_at" in times else "ends_at"
+    assert body["detail"].startswith(f"{field} must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z")
+    assert (await client.get("/api/v1/alerts/silences", headers=operator)).json()["items"] == []
+    last = {**silence, "starts_at": "1970-01-01T00:00:00Z", "ends_at": "9999-12-31T23:59:59Z"}
+    assert (await client.post("/api/v1/alerts/silences", json=last, headers=operator)).status_code == 201
 
 
 BAD_QUERY = [

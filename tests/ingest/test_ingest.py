@@ -24,6 +24,8 @@ from tests.conftest import KeyFactory
 from tests.factories import LogInFactory, MetricInFactory, SpanInFactory
 
 Form = Literal["object", "array", "ndjson"]
+TOO_OLD = "Timestamp is before 1970-01-01T00:00:00Z (the Unix epoch)"
+TOO_NEW = "Timestamp is more than 24 h in the future"
 ENDPOINTS = {
     "logs": ("/api/v1/ingest/logs", LogInFactory, "logs"),
     "traces": ("/api/v1/ingest/traces", SpanInFactory, "spans"),
@@ -349,6 +351,110 @@ class TestValidation:
         assert response.json()["errors"] == [
             {"index": 1, "path": "$.timestamp", "message": "Timestamp is more than 24 h in the future"}
         ]
+
+    @pytest.mark.parametrize(
+        ("endpoint", "change", "path", "message"),
+        [
+            pytest.param(
+                "logs", {"timestamp": "1969-12-31T23:59:59.999999Z"}, "$.timestamp", TOO_OLD, id="log-1969"
+            ),
+            # Overflows when converted to UTC (was a 500: asyncpg DataError at write time).
+            pytest.param(
+                "logs", {"timestamp": "0001-01-01T00:00:00+01:00"}, "$.timestamp", TOO_OLD, id="log-y1+1"
+            ),
+            # Was stored as PostgreSQL -infinity and read back naive.
+            pytest.param("logs", {"timestamp": "0001-01-01T00:00:00Z"}, "$.timestamp", TOO_OLD, id="log-y1Z"),
+            pytest.param(
+                "logs", {"timestamp": "9999-12-31T23:00:00-05:00"}, "$.timestamp", TOO_NEW, id="log-y9999-5"
+            ),
+            pytest.param(
+                "traces", {"start_time": "1969-12-31T23:59:59Z"}, "$.start_time", TOO_OLD, id="span-1969"
+            ),
+            pytest.param(
+                "traces",
+                {"start_time": "0001-01-01T00:00:00+01:00", "end_time": "0001-01-01T00:00:00+01:00"},
+                "$.start_time",
+                TOO_OLD,
+                id="span-y1+1",
+            ),
+            pytest.param(
+                "traces", {"end_time": "9999-12-31T23:00:00-05:00"}, "$.end_time", TOO_NEW, id="span-y9999-5"
+            ),
+            pytest.param(
+                "metrics",
+                {"timestamp": "1960-06-01T00:00:00Z", "signal_id": None},
+                "$.timestamp",
+                TOO_OLD,
+                id="metric-1960",
+            ),
+            # Without signal_id the id is derived from the UTC time (was an OverflowError, a 500).
+            pytest.param(
+                "metrics",
+                {"timestamp": "0001-01-01T00:00:00+01:00", "signal_id": None},
+                "$.timestamp",
+                TOO_OLD,
+                id="metric-derived-id-y1+1",
+            ),
+            pytest.param(
+                "metrics",
+                {"timestamp": "0001-01-01T00:00:00+01:00"},
+                "$.timestamp",
+                TOO_OLD,
+                id="metric-y1+1",
+            ),
+            pytest.param(
+                "metrics",
+                {"timestamp": "9999-12-31T23:00:00-05:00", "signal_id": None},
+                "$.timestamp",
+                TOO_NEW,
+                id="metric-derived-id-y9999-5",
+            ),
+        ],
+    )
+    @pytest.mark.parametrize("form", ["array", "ndjson"])
+    async def test_timestamp_out_of_range_is_422_and_stores_nothing(
+        self,
+        client: AsyncTestClient[Litestar],
+        make_key: KeyFactory,
+        session_maker: async_sessionmaker[AsyncSession],
+        project_name: str,
+        endpoint: str,
+        change: dict[str, Any],
+        path: str,
+        message: str,
+        form: Form,
+    ) -> None:
+        """Before the Unix epoch is invalid, like more than 24 h ahead; a time whose conversion to UTC
+        overflows is one of the two (never a 500), and the batch stays atomic."""
+        url, factory, table = ENDPOINTS[endpoint]
+        items = [msgspec.to_builtins(factory.build()) for _ in range(3)]
+        items[1].update(change)
+        body, content_type = encode(items, form)
+        response = await post(client, url, await make_key("ingest"), body, content_type)
+        assert response.status_code == 422, response.text
+        payload = response.json()
+        assert payload["errors"][0] == {"index": 1, "path": path, "message": message}
+        assert f"index 1 ({path}: {message})" in payload["detail"]
+        assert payload["request_id"] == response.headers["x-request-id"]
+        assert await stored(session_maker, table, project_name) == 0
+
+    @pytest.mark.parametrize("endpoint", ["logs", "traces", "metrics"])
+    async def test_the_epoch_itself_is_accepted(
+        self,
+        client: AsyncTestClient[Litestar],
+        make_key: KeyFactory,
+        session_maker: async_sessionmaker[AsyncSession],
+        project_name: str,
+        endpoint: str,
+    ) -> None:
+        url, factory, table = ENDPOINTS[endpoint]
+        item = msgspec.to_builtins(factory.build())
+        for field in ("timestamp", "start_time", "end_time"):
+            if field in item:
+                item[field] = "1970-01-01T01:00:00+01:00"  # = 1970-01-01T00:00:00Z
+        response = await post(client, url, await make_key("ingest"), msgspec.json.encode(item))
+        assert response.status_code == 202, response.text
+        assert await stored(session_maker, table, project_name) == 1
 
     async def test_span_ending_before_it_starts_is_422(
         self, client: AsyncTestClient[Litestar], make_key: KeyFactory

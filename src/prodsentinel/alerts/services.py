@@ -944,8 +944,8 @@ async def list_history(
         states=[state] if state else None,
         policy_id=policy_id,
         severity=severity,
-        since=as_utc(since) if since else None,
-        until=as_utc(until) if until else None,
+        since=as_utc(since, "since") if since else None,
+        until=as_utc(until, "until") if until else None,
         after=(after[0], after[1]) if after else None,
         limit=limit + 1,
         activated_only=True,
@@ -1052,8 +1052,10 @@ async def create_silence(
         matchers = parse_matchers([{"name": m.name, "op": m.op, "value": m.value} for m in data.matchers])
     except MatcherError as exc:
         raise ValidationError(f"Invalid matchers: {exc}.") from None
-    starts_at = as_utc(data.starts_at) if data.starts_at is not None else now
-    ends_at = as_utc(data.ends_at)
+    starts_at = (
+        as_utc(data.starts_at, "starts_at", error=ValidationError) if data.starts_at is not None else now
+    )
+    ends_at = as_utc(data.ends_at, "ends_at", error=ValidationError)
     if ends_at <= starts_at:
         raise ValidationError("ends_at must be after starts_at.")
     if ends_at <= now:
@@ -1165,8 +1167,8 @@ async def list_audit(
         actor=actor,
         subject_type=subject_type,
         subject_id=subject_id,
-        since=as_utc(since) if since else None,
-        until=as_utc(until) if until else None,
+        since=as_utc(since, "since") if since else None,
+        until=as_utc(until, "until") if until else None,
         after=(after[0], after[1]) if after else None,
         limit=limit + 1,
     )

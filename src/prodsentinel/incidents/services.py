@@ -613,8 +613,8 @@ async def list_anomalies(
     cursor: str | None = None,
 ) -> AnomalyPage:
     check_limit(limit)
-    since = as_utc(since) if since is not None else None  # naive = UTC, as everywhere else
-    until = as_utc(until) if until is not None else None
+    since = as_utc(since, "since") if since is not None else None  # naive = UTC, as everywhere else
+    until = as_utc(until, "until") if until is not None else None
     if since is not None and until is not None and since > until:
         raise BadRequestError("since must not be after until.")
     after: tuple[datetime, UUID] | None = None

@@ -1,9 +1,9 @@
 """Wire format of the ingest endpoints (SPEC §4): strict msgspec structs decoded straight from the body.
 
 Types are checked by msgspec in the one decoding pass (strict: ``"7"`` is not an int, unknown fields are
-ignored). Rules msgspec cannot express (case-insensitive level, future timestamps, ``end_time >=
-start_time``, NUL characters PostgreSQL refuses) are checked afterwards by ``ingest.services``, still on
-these structs, never on dicts.
+ignored). Rules msgspec cannot express (case-insensitive level, timestamps before the epoch or more than
+24 h in the future, ``end_time >= start_time``, NUL characters PostgreSQL refuses) are checked afterwards
+by ``ingest.services``, still on these structs, never on dicts.
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 _LEVEL_DOC = "DEBUG, INFO, WARN, WARNING (stored as WARN), ERROR or CRITICAL; case-insensitive."
-_TS_DOC = "RFC 3339; a timestamp without offset is UTC. More than 24 h in the future is invalid."
+_TS_DOC = (
+    "RFC 3339; a timestamp without offset is UTC. Before 1970-01-01T00:00:00Z or more than 24 h in the "
+    "future is invalid."
+)
 
 
 class LogIn(Struct):
@@ -55,7 +58,7 @@ class SpanIn(Struct):
     service_name: Name
     name: Name
     start_time: Annotated[datetime, msgspec.Meta(description=_TS_DOC)]
-    end_time: Annotated[datetime, msgspec.Meta(description="RFC 3339, >= start_time.")]
+    end_time: Annotated[datetime, msgspec.Meta(description="RFC 3339, >= start_time; same bounds.")]
     parent_span_id: Ident | None = None
     status: Annotated[str, msgspec.Meta(description="UNSET, OK or ERROR.", max_length=16)] = "UNSET"
     attributes: dict[str, Any] | None = None

@@ -25,6 +25,7 @@ from prodsentinel.ingest.schemas import IngestAccepted, LogIn, MetricIn, SpanIn
 from prodsentinel.ingest.writer import PendingBudget, TableWriter, WriterClosedError
 from prodsentinel.lib import jobs
 from prodsentinel.lib.errors import ServiceUnavailableError
+from prodsentinel.lib.time import MIN_TIME
 from prodsentinel.settings import Settings
 from prodsentinel.signals.models import LEVELS, SPAN_STATUSES
 from prodsentinel.signals.writes import LOGS, METRIC_POINTS, SPANS, SignalTable
@@ -49,7 +50,12 @@ METRIC_ID_NAMESPACE = UUID("7d0c4a5e-6f7b-5e7a-9c1e-2f3b4d5a6e7f")
 
 #: Seconds between two ``group_new_errors`` enqueues of this process (see ``_EnqueueCoalescer``).
 ENQUEUE_MIN_INTERVAL = 0.1
+#: A signal timestamp is valid in ``MIN_TIME`` (the Unix epoch, ``lib.time``) .. now + FUTURE_TOLERANCE.
+#: Both bounds are one chained comparison per timestamp; every value whose conversion to UTC would
+#: overflow (year 1 with a positive offset, year 9999 with a negative one) is outside them.
 FUTURE_TOLERANCE = timedelta(hours=24)
+TOO_NEW = "Timestamp is more than 24 h in the future"
+TOO_OLD = "Timestamp is before 1970-01-01T00:00:00Z (the Unix epoch)"
 MAX_LISTED_ERRORS = 100
 ERROR_LEVEL = LEVELS["ERROR"]
 ERROR_STATUS = SPAN_STATUSES["ERROR"]
@@ -81,6 +87,11 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
+def _time_error(value: datetime, limit: datetime) -> str:
+    """Why ``value`` failed ``MIN_TIME <= value <= limit`` (called on the error path only)."""
+    return TOO_NEW if value > limit else TOO_OLD
+
+
 def _has_nul(*values: str | None) -> bool:
     return any(value is not None and "\x00" in value for value in values)
 
@@ -101,8 +112,8 @@ def log_rows(project_id: UUID, items: list[LogIn], now: datetime, check_nul: boo
             errors.add(index, "$.level", f"Expected one of {_LEVEL_NAMES} (case-insensitive)")
             continue
         timestamp = _utc(item.timestamp)
-        if timestamp > limit:
-            errors.add(index, "$.timestamp", "Timestamp is more than 24 h in the future")
+        if not MIN_TIME <= timestamp <= limit:
+            errors.add(index, "$.timestamp", _time_error(timestamp, limit))
         attributes = _attributes(item.attributes)
         if check_nul:
             _check_nul_log(errors, index, item, attributes)
@@ -146,10 +157,10 @@ def span_rows(
             errors.add(index, "$.status", "Expected one of UNSET, OK, ERROR")
             continue
         start, end = _utc(item.start_time), _utc(item.end_time)
-        if start > limit:
-            errors.add(index, "$.start_time", "Timestamp is more than 24 h in the future")
-        if end > limit:
-            errors.add(index, "$.end_time", "Timestamp is more than 24 h in the future")
+        if not MIN_TIME <= start <= limit:
+            errors.add(index, "$.start_time", _time_error(start, limit))
+        if not MIN_TIME <= end <= limit:
+            errors.add(index, "$.end_time", _time_error(end, limit))
         if end < start:
             errors.add(index, "$.end_time", "end_time is before start_time")
         attributes = _attributes(item.attributes)
@@ -208,8 +219,9 @@ def metric_rows(
         if not math.isfinite(item.value):
             errors.add(index, "$.value", "Expected a finite number")
         timestamp = _utc(item.timestamp)
-        if timestamp > limit:
-            errors.add(index, "$.timestamp", "Timestamp is more than 24 h in the future")
+        valid_time = MIN_TIME <= timestamp <= limit
+        if not valid_time:
+            errors.add(index, "$.timestamp", _time_error(timestamp, limit))
         labels = _json_encode(item.labels or {})
         if check_nul:
             for name in ("name", "service_name"):
@@ -217,6 +229,8 @@ def metric_rows(
                     errors.add(index, f"$.{name}", "NUL characters (\\u0000) are not allowed")
             if _NUL_ESCAPE in labels:
                 errors.add(index, "$.labels", "NUL characters (\\u0000) are not allowed")
+        if not valid_time:  # the batch is refused anyway; deriving the id would convert it to UTC
+            continue
         signal_id = item.signal_id or derive_metric_id(item.name, item.service_name, timestamp, labels)
         rows.append(
             (project_id, signal_id, item.name, item.service_name, timestamp, item.value, labels.decode())

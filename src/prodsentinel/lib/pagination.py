@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from prodsentinel.lib.errors import BadRequestError
+from prodsentinel.lib.time import in_time_range
 
 __all__ = ("DEFAULT_LIMIT", "MAX_LIMIT", "BadRequestError", "check_limit", "decode_cursor", "encode_cursor")
 
@@ -35,7 +36,11 @@ def encode_cursor(values: Sequence[Any]) -> str:
 
 
 def decode_cursor(cursor: str, types: Sequence[type]) -> tuple[Any, ...]:
-    """Decode a cursor made by :func:`encode_cursor`, checking each element against ``types``."""
+    """Decode a cursor made by :func:`encode_cursor`, checking each element against ``types``.
+
+    A ``datetime`` element must carry an offset and lie in the supported range (``lib.time``); it is
+    returned in UTC. Anything else is the same 400 as any other bad cursor.
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         values = msgspec.json.decode(raw, type=list[Any])
@@ -48,5 +53,10 @@ def decode_cursor(cursor: str, types: Sequence[type]) -> tuple[Any, ...]:
 
 def _convert(value: Any, kind: type) -> Any:
     if kind is datetime:
-        return msgspec.convert(value, datetime)
+        when = msgspec.convert(value, datetime)
+        # The server's cursors always hold aware, in-range times; anything else was not made by it (and
+        # would overflow or become a PostgreSQL infinity further on).
+        if when.tzinfo is None or not in_time_range(when):
+            raise ValueError("naive or out-of-range datetime")
+        return when.astimezone(UTC)
     return msgspec.convert(value, kind)

@@ -735,8 +735,8 @@ async def history(
 def _decode(cursor: str | None) -> tuple[datetime, UUID] | None:
     if cursor is None:
         return None
-    when, ident = decode_cursor(cursor, (datetime, UUID))
-    return as_utc(when), ident
+    when, ident = decode_cursor(cursor, (datetime, UUID))  # in UTC, in range, or a 400
+    return when, ident
 
 
 def _next(when: datetime, ident: UUID) -> str:
@@ -786,8 +786,8 @@ async def list_attempts(
         event_id=event_id,
         outcome=outcome,
         error_code=error_code,
-        since=as_utc(since) if since else None,
-        until=as_utc(until) if until else None,
+        since=as_utc(since, "since") if since else None,
+        until=as_utc(until, "until") if until else None,
     )
     return AttemptPage(
         items=[_attempt_out(row) for row in rows],
@@ -840,9 +840,11 @@ async def trends(
     if bucket not in ("hour", "day"):
         raise BadRequestError("bucket must be hour or day.")
     step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
-    until = as_utc(until) if until else utcnow()
-    since = (
-        as_utc(since) if since else until - (timedelta(hours=24) if bucket == "hour" else timedelta(days=30))
+    until = as_utc(until, "until") if until else utcnow()
+    since = (  # until >= MIN_TIME (as_utc): the default cannot underflow
+        as_utc(since, "since")
+        if since
+        else until - (timedelta(hours=24) if bucket == "hour" else timedelta(days=30))
     )
     if since >= until:
         raise BadRequestError("since must be before until.")

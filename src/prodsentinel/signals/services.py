@@ -91,7 +91,11 @@ _SPACE_OFFSET = re.compile(r"^(.+\d) (\d{2}:?\d{2})$")
 
 
 def parse_time(name: str, raw: str | None) -> datetime | None:
-    """An RFC 3339 timestamp (naive = UTC) or None; anything else is a 400 naming the parameter."""
+    """An RFC 3339 timestamp (naive = UTC) or None; anything else is a 400 naming the parameter.
+
+    The result is in UTC and in the supported range (``lib.time``, 1970 .. 9999): outside it is a 400
+    too, so the range arithmetic below never overflows.
+    """
     if raw is None or raw.strip() == "":
         return None
     value = raw.strip()
@@ -104,7 +108,7 @@ def parse_time(name: str, raw: str | None) -> datetime | None:
         raise BadRequestError(
             f"{name} must be an RFC 3339 timestamp such as 2026-01-31T12:00:00Z, got {raw!r}."
         ) from None
-    return as_utc(parsed)
+    return as_utc(parsed, name)
 
 
 def _time_range(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
@@ -347,7 +351,7 @@ class SignalQueryService:
             raise BadRequestError(f"step must be between 1 and {MAX_STEP} seconds, got {step}.")
         start, end = _time_range(since, until)
         end = end or utcnow()
-        start = start or end - DEFAULT_SERIES_RANGE
+        start = start or end - DEFAULT_SERIES_RANGE  # end >= MIN_TIME (parse_time): cannot underflow
         if start > end:
             raise BadRequestError("since must not be later than until.")
         if (end - start).total_seconds() / step > MAX_SERIES_BUCKETS:
