@@ -6,6 +6,9 @@ The clock is explicit (``now=``): each test evaluates at chosen instants instead
 from __future__ import annotations
 
 import asyncio
+import math
+import sys
+import uuid
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -23,8 +26,18 @@ from prodsentinel.lib import jobs
 from prodsentinel.lib.time import utcnow
 from prodsentinel.notifications.models import OutboxItem
 from tests.alerts.conftest import INTERVAL, Seeder, Tenant, evaluate_at
+from tests.conftest import KeyFactory, project_id_of
+from tests.signals.test_metric_series import exact_aggregate
 
 URL = "/api/v1/alerts/policies"
+FLOAT8_MAX = sys.float_info.max
+#: Finite values on which PostgreSQL's float8 aggregates overflow: avg (sum of squares above ~1e154),
+#: sum (past FLOAT8_MAX) and percentile_cont (hi - lo of opposite-sign values near +-1.8e308).
+HUGE_METRICS: dict[str, list[float]] = {
+    "straddle": [-1.7e308, 1.7e308],
+    "big": [1e200, 0.0, 1.7e308, 1.7e308],
+    "mixed": [FLOAT8_MAX, 5e-324, -1e155, 2.5],
+}
 
 
 async def create_policy(client: AsyncTestClient[Litestar], tenant: Tenant, **body: Any) -> dict[str, Any]:
@@ -191,6 +204,95 @@ class TestKinds:
         assert alert.value == pytest.approx(expected)
         await evaluate_at(session_maker, tenant, now + timedelta(seconds=301))
         assert await state_of(session_maker, policy["id"]) == "resolved"
+
+    @pytest.mark.parametrize("agg", ["avg", "min", "max", "sum", "count", "p50", "p95", "p99"])
+    async def test_metric_threshold_over_huge_finite_values(
+        self,
+        client: AsyncTestClient[Litestar],
+        tenant: Tenant,
+        seed: Seeder,
+        session_maker: async_sessionmaker[AsyncSession],
+        agg: str,
+    ) -> None:
+        """Any finite value is valid (SPEC §4): float8 avg/sum/percentile_cont overflow on these."""
+        now = utcnow()
+        policies = {}
+        for metric, values in HUGE_METRICS.items():
+            for service in ("api", None):  # per-service range scan and the shared all-services path
+                name = f"{metric}-{service or 'all'}"
+                body: dict[str, Any] = {
+                    "metric": metric,
+                    "agg": agg,
+                    "operator": ">=",
+                    "threshold": -FLOAT8_MAX,
+                }
+                if service:
+                    body["service"] = service
+                policies[name] = (
+                    values,
+                    await create_policy(client, tenant, name=name, kind="metric_threshold", **body),
+                )
+            await seed.metrics(at=now - timedelta(seconds=5), values=values, name=metric)
+
+        response = await client.post("/api/v1/alerts/evaluate", headers=tenant.admin)
+        assert response.status_code == 200, response.text
+        for name, (values, policy) in policies.items():
+            [alert] = await alerts_of(session_maker, policy["id"])
+            assert alert.state == "firing", name
+            assert alert.value is not None
+            assert math.isfinite(alert.value), (name, alert.value)
+            assert alert.value == pytest.approx(exact_aggregate(agg, values), rel=1e-12, abs=1e-300), name
+
+    async def test_huge_values_of_one_project_do_not_stop_the_others(
+        self,
+        client: AsyncTestClient[Litestar],
+        tenant: Tenant,
+        seed: Seeder,
+        make_key: KeyFactory,
+        session_maker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        """The cron evaluates the policies of every project, per kind, in ONE statement: a value that
+        failed it would stop alerting for all tenants."""
+        now = utcnow()
+        for agg in ("avg", "sum", "p95"):
+            await create_policy(
+                client,
+                tenant,
+                name=f"huge-{agg}",
+                kind="metric_threshold",
+                metric="big",
+                agg=agg,
+                operator=">=",
+                threshold=-FLOAT8_MAX,
+            )
+        # float8 avg's sum of squares, the running sum (-3.4e308) and p95's hi - lo all overflow
+        await seed.metrics(at=now - timedelta(seconds=5), values=[-1.7e308, -1.7e308, 1.7e308], name="big")
+        other_name = f"other-{uuid.uuid4().hex[:10]}"
+        other_key = await make_key("admin", project=other_name)
+        other = Tenant(await project_id_of(session_maker, other_name), {"X-API-Key": other_key}, {}, {})
+        normal = await create_policy(
+            client, other, kind="metric_threshold", metric="latency_ms", agg="avg", threshold=50
+        )
+        await Seeder(session_maker, other.project_id).metrics(
+            at=now - timedelta(seconds=5), values=[40, 80, 90]
+        )
+
+        summary = await services.run_evaluation(session_maker, interval_seconds=INTERVAL, now=now)
+        assert summary.evaluated >= 4
+        [alert] = await alerts_of(session_maker, normal["id"])
+        assert (alert.state, alert.value) == ("firing", 70.0)
+        async with session_maker() as session:
+            rows = await session.execute(
+                select(Alert.labels["alertname"].astext, Alert.state, Alert.value).where(
+                    Alert.project_id == tenant.project_id
+                )
+            )
+            found = {name: (state, value) for name, state, value in rows.tuples()}
+        assert found == {
+            "huge-avg": ("firing", pytest.approx(-1.7e308 / 3)),
+            "huge-sum": ("firing", -1.7e308),
+            "huge-p95": ("firing", pytest.approx(1.36e308)),  # -1.7e308 + 0.9 * 3.4e308
+        }
 
     async def test_anomaly_kind(
         self,

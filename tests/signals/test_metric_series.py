@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.signals.models import MetricPoint
-from tests.signals.conftest import Tenant
+from tests.signals.conftest import Tenant, TenantFactory
 from tests.signals.seed import insert_rows, metric_row
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -298,3 +300,98 @@ class TestValidation:
             "/api/v1/metrics/series", params={"name": "x", "step": "1m"}, headers=tenant.headers
         )
         assert response.status_code == 400
+
+
+FLOAT8_MAX = sys.float_info.max
+
+
+def exact_aggregate(agg: str, values: list[float]) -> float:
+    """The aggregate computed exactly (rationals), then rounded to a float; a sum beyond float8's range
+    clamps to +-FLOAT8_MAX. Percentile positions are computed in floating point, as PostgreSQL does."""
+    exact = [Fraction(v) for v in values]
+    if agg == "count":
+        return float(len(values))
+    if agg in ("min", "max"):
+        return float(min(exact) if agg == "min" else max(exact))
+    if agg in ("sum", "avg"):
+        total = sum(exact, Fraction(0)) / (len(exact) if agg == "avg" else 1)
+        return float(max(-Fraction(FLOAT8_MAX), min(Fraction(FLOAT8_MAX), total)))
+    ordered = sorted(exact)
+    position = {"p50": 0.5, "p95": 0.95, "p99": 0.99}[agg] * (len(ordered) - 1)
+    low, high = math.floor(position), math.ceil(position)
+    return float(ordered[low] + Fraction(position - low) * (ordered[high] - ordered[low]))
+
+
+#: Finite values near float8's limits, one bucket (minute) each. PostgreSQL's float8 avg keeps a sum of
+#: squares (overflows above ~1e154), float8 sum overflows past FLOAT8_MAX and percentile_cont's
+#: ``lo + (hi - lo) * f`` overflows to Infinity when hi - lo does.
+HUGE_BUCKETS: list[list[float]] = [
+    [1e200, 0.0],
+    [1.7e308, 1.7e308],
+    [-1.7e308, 1.7e308],
+    [FLOAT8_MAX, 5e-324],
+    [-FLOAT8_MAX, -FLOAT8_MAX, -1.0],
+    [1e155, -1e155, 3.0, 0.5],
+    [1.5, 2.5, 1e-310],  # ordinary and subnormal values: the float8 path, exactly as before
+]
+
+
+class TestHugeValues:
+    """Any finite value is valid (SPEC §4): aggregates answer finite values and never fail."""
+
+    @pytest.fixture
+    async def huge(self, tenant: Tenant, session_maker: async_sessionmaker[AsyncSession]) -> None:
+        rows = [
+            metric_row(
+                tenant.project_id,
+                name="huge",
+                service_name="svc",
+                timestamp=T0 + timedelta(minutes=minute, seconds=i),
+                value=value,
+                labels={"i": str(i)},
+            )
+            for minute, values in enumerate(HUGE_BUCKETS)
+            for i, value in enumerate(values)
+        ]
+        await insert_rows(session_maker, MetricPoint, rows)
+
+    @pytest.mark.parametrize("agg", sorted(AGGS))
+    @pytest.mark.usefixtures("huge")
+    async def test_every_aggregate_is_finite_and_correct(
+        self, client: Client, tenant: Tenant, agg: str
+    ) -> None:
+        body = await series(
+            client, tenant, name="huge", service="svc", since=SINCE, until=UNTIL, step=60, agg=agg
+        )
+        values = [bucket["value"] for bucket in body["buckets"]]
+        assert len(values) == len(HUGE_BUCKETS)
+        for points, value in zip(HUGE_BUCKETS, values, strict=True):
+            assert isinstance(value, float | int), (points, value)
+            assert math.isfinite(value), (points, value)
+            assert value == pytest.approx(exact_aggregate(agg, points), rel=1e-12, abs=1e-300), points
+
+    @pytest.mark.usefixtures("huge")
+    async def test_a_sum_beyond_float8_clamps_to_its_largest_finite_value(
+        self, client: Client, tenant: Tenant
+    ) -> None:
+        body = await series(client, tenant, name="huge", since=SINCE, until=UNTIL, step=60, agg="sum")
+        sums = [bucket["value"] for bucket in body["buckets"]]
+        assert sums[1] == FLOAT8_MAX  # 1.7e308 + 1.7e308
+        assert sums[3] == FLOAT8_MAX  # the largest float8 (its 15-digit numeric cast is above it)
+        assert sums[4] == -FLOAT8_MAX
+        assert sums[5] == 3.5  # exact: the huge values cancel (float8 would absorb 3.5 into 1e155)
+        avg = await series(client, tenant, name="huge", since=SINCE, until=UNTIL, step=60, agg="avg")
+        assert avg["buckets"][1]["value"] == 1.7e308  # the exact mean, not clamped sum / 2
+
+    async def test_fuzzed_ingest_case(self, client: Client, make_tenant: TenantFactory) -> None:
+        tenant = await make_tenant("ingest", "read")
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        points = [
+            {"name": "big3", "value": 1e200, "service_name": "svc", "timestamp": now},
+            {"name": "big3", "value": 0, "service_name": "svc", "timestamp": now, "labels": {"a": "b"}},
+        ]
+        response = await client.post("/api/v1/ingest/metrics", json=points, headers=tenant.headers)
+        assert response.status_code == 202, response.text
+        for agg, expected in {"avg": 5e199, "sum": 1e200, "p50": 5e199, "p99": 9.9e199, "max": 1e200}.items():
+            body = await series(client, tenant, name="big3", step=3600, agg=agg)
+            assert sum(b["value"] for b in body["buckets"]) == pytest.approx(expected, rel=1e-12), agg

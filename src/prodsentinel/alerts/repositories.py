@@ -10,6 +10,7 @@ distinct scan key, not one per policy and never one Python step per signal.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,7 @@ from uuid_utils.compat import uuid7
 
 from prodsentinel.alerts.evaluation import AlertState
 from prodsentinel.alerts.models import Alert, AlertPolicy, AuditEvent, Silence
+from prodsentinel.signals.repositories import FLOAT8_MAX_SQL, NUMERIC_SUM_FROM, PERCENTILE_TINY
 
 __all__ = (
     "AUDIT_SUBJECTS",
@@ -414,13 +416,45 @@ async def error_rate_values(
     return await _values(session, _ERROR_RATE_SQL, rows, now)
 
 
-_METRIC_AGGREGATES = """
-        avg(m.value) AS v_avg, min(m.value) AS v_min, max(m.value) AS v_max, sum(m.value) AS v_sum,
-        count(*) AS v_count,
-        percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY m.value)
-            FILTER (WHERE k.need_pct) AS v_pct"""
+# Aggregates of ``m.value`` that cannot overflow, as in ``signals.repositories.safe_sum_and_avg`` (the
+# series API): float8 ``sum`` (and ``sum / count``, bit-identical to float8 ``avg``, which also keeps a
+# sum of squares that overflows above ~1e154) over ordinary values; values of magnitude >= 1e150 are
+# summed exactly in numeric (through ``::text``: ``float8::numeric`` keeps 15 digits) and the result is
+# clamped into float8's range. So ONE point of any finite value cannot fail the statement, which
+# evaluates the policies of every project at once (the cron). PostgreSQL computes each distinct
+# aggregate call once, however often it appears.
+_ORDINARY_SUM = f"(sum(m.value) FILTER (WHERE abs(m.value) < {NUMERIC_SUM_FROM!r}::float8))"
+_LARGE_SUM = f"(sum(m.value::text::numeric) FILTER (WHERE abs(m.value) >= {NUMERIC_SUM_FROM!r}::float8))"
+_EXACT_SUM = f"(coalesce(CAST({_ORDINARY_SUM} AS text)::numeric, 0) + {_LARGE_SUM})"
 
-_METRIC_SQL = f"""
+
+def _clamped(numeric: str) -> str:
+    return f"least(greatest({numeric}, -{FLOAT8_MAX_SQL}), {FLOAT8_MAX_SQL})::float8"
+
+
+_METRIC_VALUE_AGGREGATES = f"""
+        CASE WHEN {_LARGE_SUM} IS NULL THEN {_ORDINARY_SUM} / count(*)::float8
+             ELSE {_clamped(f"{_EXACT_SUM} / count(*)")} END AS v_avg,
+        min(m.value) AS v_min, max(m.value) AS v_max,
+        CASE WHEN {_LARGE_SUM} IS NULL THEN {_ORDINARY_SUM} ELSE {_clamped(_EXACT_SUM)} END AS v_sum,
+        count(*) AS v_count"""
+
+#: What percentiles sort by, and the factor of the result: the plain values, or (the fallback for
+#: policies whose percentile overflowed to Infinity) the halved values, doubled back (halving is exact
+#: for |value| >= PERCENTILE_TINY; smaller ones become 0 so ``x * 0.5`` never underflows).
+_PLAIN_PERCENTILES = ("m.value", "")
+_HALVED_PERCENTILES = (
+    f"CASE WHEN abs(m.value) < {PERCENTILE_TINY!r}::float8 THEN 0::float8 ELSE m.value * 0.5::float8 END",
+    " * 2::float8",
+)
+
+
+def _metric_sql(percentiles: tuple[str, str]) -> str:
+    order_by, factor = percentiles
+    aggregates = f"""{_METRIC_VALUE_AGGREGATES},
+        percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY {order_by})
+            FILTER (WHERE k.need_pct) AS v_pct"""
+    return f"""
 WITH p AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(:policies)
         AS p(policy_id uuid, project_id uuid, window_s int, metric text, service text,
@@ -436,7 +470,7 @@ by_service AS MATERIALIZED (
     SELECT k.project_id, k.window_s, k.metric, k.service, k.match_labels, c.*
     FROM keys k
     CROSS JOIN LATERAL (
-        SELECT {_METRIC_AGGREGATES}
+        SELECT {aggregates}
         FROM metric_points m
         WHERE m.project_id = k.project_id
           AND m.name = k.metric
@@ -463,9 +497,8 @@ points AS MATERIALIZED (
      AND m.name = ANY(w.metrics)
 ),
 all_services AS MATERIALIZED (
-    SELECT k.project_id, k.window_s, k.metric, k.service, k.match_labels,
-           avg(m.value) AS v_avg, min(m.value) AS v_min, max(m.value) AS v_max, sum(m.value) AS v_sum,
-           count(*) AS v_count, NULL::float8[] AS v_pct
+    SELECT k.project_id, k.window_s, k.metric, k.service, k.match_labels, {_METRIC_VALUE_AGGREGATES},
+           NULL::float8[] AS v_pct
     FROM keys k
     JOIN points m
       ON m.project_id = k.project_id
@@ -478,7 +511,7 @@ all_services AS MATERIALIZED (
 -- Percentiles need a sort per key: computed only for the keys that ask for one.
 all_services_pct AS MATERIALIZED (
     SELECT k.project_id, k.window_s, k.metric, k.match_labels,
-           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY m.value) AS v_pct
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY {order_by}) AS v_pct
     FROM keys k
     JOIN points m
       ON m.project_id = k.project_id
@@ -507,9 +540,9 @@ SELECT p.policy_id,
            WHEN 'max' THEN a.v_max
            WHEN 'sum' THEN a.v_sum
            WHEN 'count' THEN coalesce(a.v_count, 0)::float8
-           WHEN 'p50' THEN a.v_pct[1]
-           WHEN 'p95' THEN a.v_pct[2]
-           WHEN 'p99' THEN a.v_pct[3]
+           WHEN 'p50' THEN a.v_pct[1]{factor}
+           WHEN 'p95' THEN a.v_pct[2]{factor}
+           WHEN 'p99' THEN a.v_pct[3]{factor}
        END
 FROM p
 LEFT JOIN agg a
@@ -521,12 +554,30 @@ LEFT JOIN agg a
 """
 
 
+_METRIC_SQL = _metric_sql(_PLAIN_PERCENTILES)
+_METRIC_SQL_HALVED_PERCENTILES = _metric_sql(_HALVED_PERCENTILES)
+_PERCENTILE_AGGS = frozenset({"p50", "p95", "p99"})
+
+
 async def metric_values(
     session: AsyncSession, rows: list[dict[str, Any]], now: datetime
 ) -> dict[UUID, float | None]:
     """The aggregate of the metric's points in the window (percentiles as ``percentile_cont``);
-    None when there is no point (``count`` is then 0)."""
-    return await _values(session, _METRIC_SQL, rows, now)
+    None when there is no point (``count`` is then 0).
+
+    No finite point can make a value overflow or the statement fail. A percentile between
+    opposite-sign values near +-1.8e308 comes out of ``percentile_cont`` as Infinity (its
+    ``lo + (hi - lo) * f`` overflows; the stored values are finite): only those policies are
+    evaluated again over halved values, so ordinary data pays nothing for it.
+    """
+    values = await _values(session, _METRIC_SQL, rows, now)
+    overflowed = {
+        str(policy_id) for policy_id, value in values.items() if value is not None and math.isinf(value)
+    }
+    again = [row for row in rows if row["agg"] in _PERCENTILE_AGGS and str(row["policy_id"]) in overflowed]
+    if again:
+        values.update(await _values(session, _METRIC_SQL_HALVED_PERCENTILES, again, now))
+    return values
 
 
 _ANOMALY_SQL = """

@@ -646,8 +646,24 @@ class AnomalyRepository(SQLAlchemyAsyncRepository[Anomaly]):
                                :min_scale) AS scale
                     FROM per_series s
                     CROSS JOIN LATERAL (
+                        -- mean_ad: not float8 avg(), whose internal sum of squares overflows ("value out
+                        -- of range") for deviations above ~1e154 and failed the whole statement (every
+                        -- project). The float8 sum of the deviations below 1e150 (cannot overflow) over
+                        -- count(*) is bit-identical to avg(); larger ones are summed exactly in numeric
+                        -- (as the metric series and alert aggregates do).
                         SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY abs(v - s.median)) AS mad,
-                               avg(abs(v - s.median)) AS mean_ad
+                               CASE WHEN count(*) FILTER (WHERE abs(v - s.median) >= 1e150::float8) = 0
+                                    THEN sum(abs(v - s.median))
+                                             FILTER (WHERE abs(v - s.median) < 1e150::float8)
+                                         / count(*)::float8
+                                    ELSE least(
+                                        (coalesce(CAST(sum(abs(v - s.median))
+                                                       FILTER (WHERE abs(v - s.median) < 1e150::float8)
+                                                       AS text)::numeric, 0)
+                                         + sum(abs(v - s.median)::text::numeric)
+                                           FILTER (WHERE abs(v - s.median) >= 1e150::float8)) / count(*),
+                                        1.7976931348623157e308)::float8
+                               END AS mean_ad
                         FROM unnest(s.history) AS v
                     ) AS d
                 ),

@@ -11,16 +11,22 @@ delete path of these append-only tables.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from sqlalchemy import (
     ColumnElement,
+    Double,
+    Numeric,
+    Text,
     and_,
     any_,
+    case,
+    cast,
     delete,
     func,
     literal,
@@ -48,18 +54,107 @@ __all__ = (
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+# -- overflow-free aggregates over metric values ---------------------------------------------------
+#
+# A metric value is any finite float8 (SPEC §4), but PostgreSQL's float8 aggregates fail on large
+# ones with "value out of range: overflow": avg(float8) also accumulates a sum of squares (|x| above
+# ~1e154), sum(float8) raises past FLOAT8_MAX, and percentile_cont's ``lo + (hi - lo) * f`` returns
+# Infinity when ``hi - lo`` does (opposite-sign values near +-1.8e308). The expressions below keep
+# float8 arithmetic, bit for bit, for ordinary values and only pay for numeric when needed. The alert
+# evaluation SQL (``alerts.repositories``) uses the same SQL, as text.
+
+#: Largest finite float8 (``sys.float_info.max``), as a numeric literal: the clamp bounds of a numeric
+#: result cast back to float8 (a cast of a larger numeric fails).
+FLOAT8_MAX_SQL = "1.7976931348623157e308"
+#: Below this magnitude a value is summed in float8: fewer than 1e158 of them cannot overflow.
+#: The others are summed in exact numeric (through ``::text``: a float8::numeric cast keeps only 15
+#: significant digits, so the largest float8 would become a numeric above FLOAT8_MAX).
+NUMERIC_SUM_FROM = 1e150
+#: Values this small are 0 in the halved percentile fallback (``x * 0.5`` of the smallest subnormal
+#: fails with "underflow"); a group that overflows has none of them between its two straddling ranks.
+PERCENTILE_TINY = 1e-300
+
+
+def clamp_float8(total: ColumnElement[Any]) -> ColumnElement[float]:
+    """A numeric cast to float8, clamped to +-FLOAT8_MAX (a sum beyond float8's range saturates)."""
+    bound: ColumnElement[Any] = literal_column(FLOAT8_MAX_SQL)
+    return cast(func.least(func.greatest(total, -bound), bound), Double)
+
+
+def _divide(left: ColumnElement[Any], right: ColumnElement[Any], type_: Any) -> ColumnElement[Any]:
+    """Plain SQL ``left / right`` (SQLAlchemy's ``/`` adds casts of its own); precedence 8 is that of
+    SQLAlchemy's own ``*`` and ``/``, so a ``+`` operand is parenthesised."""
+    return left.op("/", precedence=8, return_type=type_)(right)
+
+
+def safe_sum_and_avg(value: ColumnElement[float]) -> tuple[ColumnElement[float], ColumnElement[float]]:
+    """``(sum, avg)`` of ``value`` that cannot overflow.
+
+    Without a value of magnitude >= NUMERIC_SUM_FROM both are float8 ``sum(value)`` and
+    ``sum(value) / count(*)``, bit-identical to ``sum``/``avg`` (``avg(float8)`` divides the same
+    running sum; it also keeps a sum of squares, which is what overflows). With one, the large values
+    are summed exactly in numeric, added to the float8 sum of the others, and the result is clamped
+    (``clamp_float8``): a sum beyond float8 is +-FLOAT8_MAX, an average is always exact-then-rounded.
+    PostgreSQL evaluates each distinct aggregate call once, however often it appears.
+    """
+    ordinary = func.abs(value) < NUMERIC_SUM_FROM
+    float_sum = func.sum(value).filter(ordinary)
+    numeric_sum = func.sum(cast(cast(value, Text), Numeric)).filter(func.abs(value) >= NUMERIC_SUM_FROM)
+    total = func.coalesce(cast(cast(float_sum, Text), Numeric), literal_column("0")) + numeric_sum
+    count = func.count(value)
+    safe_sum = case((numeric_sum.is_(None), float_sum), else_=clamp_float8(total))
+    safe_avg = case(
+        (numeric_sum.is_(None), _divide(float_sum, cast(count, Double), Double())),
+        else_=clamp_float8(_divide(total, count, Numeric())),
+    )
+    return safe_sum, safe_avg
+
+
+#: An aggregate expression over the metric value column.
+Aggregate = Callable[[Any], ColumnElement[Any]]
+
+
+def _percentile(fraction: float) -> Aggregate:
+    return lambda v: func.percentile_cont(fraction).within_group(v)
+
+
+def _halved_percentile(fraction: float) -> Aggregate:
+    """``percentile_cont`` over ``value * 0.5``, doubled: the fallback for a bucket whose percentile
+    overflowed to Infinity. Scaling by 2 is exact for |value| >= PERCENTILE_TINY, so this is the same
+    float8 ``lo + (hi - lo) * f``, without the intermediate ``hi - lo`` overflow."""
+
+    def expression(v: Any) -> ColumnElement[float]:
+        halved = case((func.abs(v) < PERCENTILE_TINY, 0.0), else_=v * 0.5)
+        return func.percentile_cont(fraction).within_group(halved) * 2.0
+
+    return expression
+
+
 #: SQL aggregate expressions by API name; percentiles interpolate linearly (``percentile_cont``).
-_AGGREGATES: dict[str, Any] = {
-    "avg": lambda v: func.avg(v),
+_AGGREGATES: dict[str, Aggregate] = {
+    "avg": lambda v: safe_sum_and_avg(v)[1],
     "min": lambda v: func.min(v),
     "max": lambda v: func.max(v),
-    "sum": lambda v: func.sum(v),
+    "sum": lambda v: safe_sum_and_avg(v)[0],
     "count": lambda v: func.count(v),
-    "p50": lambda v: func.percentile_cont(0.5).within_group(v),
-    "p95": lambda v: func.percentile_cont(0.95).within_group(v),
-    "p99": lambda v: func.percentile_cont(0.99).within_group(v),
+    "p50": _percentile(0.5),
+    "p95": _percentile(0.95),
+    "p99": _percentile(0.99),
+}
+_HALVED_PERCENTILES = {
+    "p50": _halved_percentile(0.5),
+    "p95": _halved_percentile(0.95),
+    "p99": _halved_percentile(0.99),
 }
 AGGREGATES: frozenset[str] = frozenset(_AGGREGATES)
+
+
+class MetricBucketRow(NamedTuple):
+    """A ``metric_series`` row whose value was recomputed (same fields as the SQL rows)."""
+
+    ts: datetime
+    value: float | None
+
 
 LOG_COLUMNS = (
     LogRecord.id,
@@ -278,11 +373,13 @@ class SignalRepository:
 
         ``date_bin(step, timestamp, epoch)`` aligns buckets to multiples of ``step`` seconds since
         the Unix epoch; served by ``ix_metric_points_series_ts (project_id, name, service_name, ts)``.
+        Aggregates never overflow (see ``safe_sum_and_avg``). A percentile that overflowed to Infinity
+        (only possible between opposite-sign values near +-1.8e308: the stored values are finite) is
+        recomputed by a second statement with ``_halved_percentile``, so ordinary data costs nothing.
         """
         bucket = func.date_bin(
             literal(timedelta(seconds=query.step)), MetricPoint.timestamp, literal(EPOCH)
         ).label("ts")
-        value = _AGGREGATES[query.agg](MetricPoint.value).label("value")
         conditions: list[ColumnElement[bool]] = [
             MetricPoint.project_id == query.project_id,
             MetricPoint.name == query.name,
@@ -293,8 +390,23 @@ class SignalRepository:
             conditions.append(MetricPoint.service_name == query.service)
         if query.labels:
             conditions.append(MetricPoint.labels.op("@>")(literal(query.labels, JSONB)))
-        statement = select(bucket, value).where(*conditions).group_by(bucket).order_by(bucket)
-        return (await self.session.execute(statement)).all()
+
+        async def run(aggregate: Aggregate) -> Sequence[Any]:
+            value = aggregate(MetricPoint.value).label("value")
+            statement = select(bucket, value).where(*conditions).group_by(bucket).order_by(bucket)
+            return (await self.session.execute(statement)).all()
+
+        rows = await run(_AGGREGATES[query.agg])
+        halved = _HALVED_PERCENTILES.get(query.agg)
+        if halved is None or all(row.value is None or math.isfinite(row.value) for row in rows):
+            return rows
+        fallback = {row.ts: row.value for row in await run(halved)}
+        return [
+            row
+            if row.value is None or math.isfinite(row.value)
+            else MetricBucketRow(row.ts, fallback[row.ts])
+            for row in rows
+        ]
 
     # -- services -----------------------------------------------------------------------------------
 
