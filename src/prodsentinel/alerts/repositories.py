@@ -25,7 +25,7 @@ from uuid_utils.compat import uuid7
 
 from prodsentinel.alerts.evaluation import AlertState
 from prodsentinel.alerts.models import Alert, AlertPolicy, AuditEvent, Silence
-from prodsentinel.signals.repositories import FLOAT8_MAX_SQL, NUMERIC_SUM_FROM, PERCENTILE_TINY
+from prodsentinel.lib import float_sql
 
 __all__ = (
     "AUDIT_SUBJECTS",
@@ -416,37 +416,18 @@ async def error_rate_values(
     return await _values(session, _ERROR_RATE_SQL, rows, now)
 
 
-# Aggregates of ``m.value`` that cannot overflow, as in ``signals.repositories.safe_sum_and_avg`` (the
-# series API): float8 ``sum`` (and ``sum / count``, bit-identical to float8 ``avg``, which also keeps a
-# sum of squares that overflows above ~1e154) over ordinary values; values of magnitude >= 1e150 are
-# summed exactly in numeric (through ``::text``: ``float8::numeric`` keeps 15 digits) and the result is
-# clamped into float8's range. So ONE point of any finite value cannot fail the statement, which
-# evaluates the policies of every project at once (the cron). PostgreSQL computes each distinct
-# aggregate call once, however often it appears.
-_ORDINARY_SUM = f"(sum(m.value) FILTER (WHERE abs(m.value) < {NUMERIC_SUM_FROM!r}::float8))"
-_LARGE_SUM = f"(sum(m.value::text::numeric) FILTER (WHERE abs(m.value) >= {NUMERIC_SUM_FROM!r}::float8))"
-_EXACT_SUM = f"(coalesce(CAST({_ORDINARY_SUM} AS text)::numeric, 0) + {_LARGE_SUM})"
-
-
-def _clamped(numeric: str) -> str:
-    return f"least(greatest({numeric}, -{FLOAT8_MAX_SQL}), {FLOAT8_MAX_SQL})::float8"
-
-
+# Aggregates of ``m.value`` that cannot overflow (``lib.float_sql``): one point of any finite value
+# cannot fail the statement, which evaluates the policies of every project at once (the cron).
 _METRIC_VALUE_AGGREGATES = f"""
-        CASE WHEN {_LARGE_SUM} IS NULL THEN {_ORDINARY_SUM} / count(*)::float8
-             ELSE {_clamped(f"{_EXACT_SUM} / count(*)")} END AS v_avg,
+        {float_sql.overflow_free_avg("m.value")} AS v_avg,
         min(m.value) AS v_min, max(m.value) AS v_max,
-        CASE WHEN {_LARGE_SUM} IS NULL THEN {_ORDINARY_SUM} ELSE {_clamped(_EXACT_SUM)} END AS v_sum,
+        {float_sql.overflow_free_sum("m.value")} AS v_sum,
         count(*) AS v_count"""
 
 #: What percentiles sort by, and the factor of the result: the plain values, or (the fallback for
-#: policies whose percentile overflowed to Infinity) the halved values, doubled back (halving is exact
-#: for |value| >= PERCENTILE_TINY; smaller ones become 0 so ``x * 0.5`` never underflows).
+#: policies whose percentile overflowed to Infinity) the halved values, doubled back.
 _PLAIN_PERCENTILES = ("m.value", "")
-_HALVED_PERCENTILES = (
-    f"CASE WHEN abs(m.value) < {PERCENTILE_TINY!r}::float8 THEN 0::float8 ELSE m.value * 0.5::float8 END",
-    " * 2::float8",
-)
+_HALVED_PERCENTILES = (float_sql.halved("m.value"), " * 2::float8")
 
 
 def _metric_sql(percentiles: tuple[str, str]) -> str:

@@ -26,6 +26,7 @@ from prodsentinel.incidents.models import (
     IncidentOccurrence,
     IncidentStatus,
 )
+from prodsentinel.lib import float_sql
 from prodsentinel.signals.anomalies import MAD_SCALE, MEAN_AD_SCALE, AnomalyParams
 from prodsentinel.signals.models import LogRecord, Span
 
@@ -605,7 +606,7 @@ class AnomalyRepository(SQLAlchemyAsyncRepository[Anomaly]):
         """
         rows = await self.session.execute(
             text(
-                """
+                f"""
                 WITH points AS (
                     -- per project through ix_metric_points_project_ts (no index leads with timestamp)
                     SELECT m.id, m.project_id, m.name, m.service_name, m.labels, m.timestamp AS ts, m.value,
@@ -648,22 +649,9 @@ class AnomalyRepository(SQLAlchemyAsyncRepository[Anomaly]):
                     CROSS JOIN LATERAL (
                         -- mean_ad: not float8 avg(), whose internal sum of squares overflows ("value out
                         -- of range") for deviations above ~1e154 and failed the whole statement (every
-                        -- project). The float8 sum of the deviations below 1e150 (cannot overflow) over
-                        -- count(*) is bit-identical to avg(); larger ones are summed exactly in numeric
-                        -- (as the metric series and alert aggregates do).
+                        -- project): lib.float_sql's overflow-free average.
                         SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY abs(v - s.median)) AS mad,
-                               CASE WHEN count(*) FILTER (WHERE abs(v - s.median) >= 1e150::float8) = 0
-                                    THEN sum(abs(v - s.median))
-                                             FILTER (WHERE abs(v - s.median) < 1e150::float8)
-                                         / count(*)::float8
-                                    ELSE least(
-                                        (coalesce(CAST(sum(abs(v - s.median))
-                                                       FILTER (WHERE abs(v - s.median) < 1e150::float8)
-                                                       AS text)::numeric, 0)
-                                         + sum(abs(v - s.median)::text::numeric)
-                                           FILTER (WHERE abs(v - s.median) >= 1e150::float8)) / count(*),
-                                        1.7976931348623157e308)::float8
-                               END AS mean_ad
+                               {float_sql.overflow_free_avg("abs(v - s.median)")} AS mean_ad
                         FROM unnest(s.history) AS v
                     ) AS d
                 ),
@@ -695,10 +683,10 @@ class AnomalyRepository(SQLAlchemyAsyncRepository[Anomaly]):
                     (id, project_id, metric_name, service_name, labels, labels_key, ts, value, expected,
                      score, method, detected_at)
                 SELECT gen_random_uuid(), f.project_id, f.name, f.service_name, f.labels,
-                       coalesce((SELECT '{' || string_agg(
+                       coalesce((SELECT '{{' || string_agg(
                                             to_json(k.key)::text || ': ' || to_json(k.value)::text,
-                                            ', ' ORDER BY k.key COLLATE "C") || '}'
-                                 FROM jsonb_each_text(f.labels) AS k), '{}'),
+                                            ', ' ORDER BY k.key COLLATE "C") || '}}'
+                                 FROM jsonb_each_text(f.labels) AS k), '{{}}'),
                        f.ts, f.value, f.median, f.score, 'mad', :now
                 FROM flagged f
                 ON CONFLICT (project_id, metric_name, service_name, labels_key, ts) DO NOTHING

@@ -21,12 +21,8 @@ from uuid import UUID
 from sqlalchemy import (
     ColumnElement,
     Double,
-    Numeric,
-    Text,
     and_,
     any_,
-    case,
-    cast,
     delete,
     func,
     literal,
@@ -41,6 +37,7 @@ from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prodsentinel.auth.models import Project
+from prodsentinel.lib import float_sql
 from prodsentinel.signals.models import LogRecord, MetricPoint, Span
 
 __all__ = (
@@ -54,64 +51,15 @@ __all__ = (
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-# -- overflow-free aggregates over metric values ---------------------------------------------------
-#
-# A metric value is any finite float8 (SPEC §4), but PostgreSQL's float8 aggregates fail on large
-# ones with "value out of range: overflow": avg(float8) also accumulates a sum of squares (|x| above
-# ~1e154), sum(float8) raises past FLOAT8_MAX, and percentile_cont's ``lo + (hi - lo) * f`` returns
-# Infinity when ``hi - lo`` does (opposite-sign values near +-1.8e308). The expressions below keep
-# float8 arithmetic, bit for bit, for ordinary values and only pay for numeric when needed. The alert
-# evaluation SQL (``alerts.repositories``) uses the same SQL, as text.
-
-#: Largest finite float8 (``sys.float_info.max``), as a numeric literal: the clamp bounds of a numeric
-#: result cast back to float8 (a cast of a larger numeric fails).
-FLOAT8_MAX_SQL = "1.7976931348623157e308"
-#: Below this magnitude a value is summed in float8: fewer than 1e158 of them cannot overflow.
-#: The others are summed in exact numeric (through ``::text``: a float8::numeric cast keeps only 15
-#: significant digits, so the largest float8 would become a numeric above FLOAT8_MAX).
-NUMERIC_SUM_FROM = 1e150
-#: Values this small are 0 in the halved percentile fallback (``x * 0.5`` of the smallest subnormal
-#: fails with "underflow"); a group that overflows has none of them between its two straddling ranks.
-PERCENTILE_TINY = 1e-300
-
-
-def clamp_float8(total: ColumnElement[Any]) -> ColumnElement[float]:
-    """A numeric cast to float8, clamped to +-FLOAT8_MAX (a sum beyond float8's range saturates)."""
-    bound: ColumnElement[Any] = literal_column(FLOAT8_MAX_SQL)
-    return cast(func.least(func.greatest(total, -bound), bound), Double)
-
-
-def _divide(left: ColumnElement[Any], right: ColumnElement[Any], type_: Any) -> ColumnElement[Any]:
-    """Plain SQL ``left / right`` (SQLAlchemy's ``/`` adds casts of its own); precedence 8 is that of
-    SQLAlchemy's own ``*`` and ``/``, so a ``+`` operand is parenthesised."""
-    return left.op("/", precedence=8, return_type=type_)(right)
-
-
-def safe_sum_and_avg(value: ColumnElement[float]) -> tuple[ColumnElement[float], ColumnElement[float]]:
-    """``(sum, avg)`` of ``value`` that cannot overflow.
-
-    Without a value of magnitude >= NUMERIC_SUM_FROM both are float8 ``sum(value)`` and
-    ``sum(value) / count(*)``, bit-identical to ``sum``/``avg`` (``avg(float8)`` divides the same
-    running sum; it also keeps a sum of squares, which is what overflows). With one, the large values
-    are summed exactly in numeric, added to the float8 sum of the others, and the result is clamped
-    (``clamp_float8``): a sum beyond float8 is +-FLOAT8_MAX, an average is always exact-then-rounded.
-    PostgreSQL evaluates each distinct aggregate call once, however often it appears.
-    """
-    ordinary = func.abs(value) < NUMERIC_SUM_FROM
-    float_sum = func.sum(value).filter(ordinary)
-    numeric_sum = func.sum(cast(cast(value, Text), Numeric)).filter(func.abs(value) >= NUMERIC_SUM_FROM)
-    total = func.coalesce(cast(cast(float_sum, Text), Numeric), literal_column("0")) + numeric_sum
-    count = func.count(value)
-    safe_sum = case((numeric_sum.is_(None), float_sum), else_=clamp_float8(total))
-    safe_avg = case(
-        (numeric_sum.is_(None), _divide(float_sum, cast(count, Double), Double())),
-        else_=clamp_float8(_divide(total, count, Numeric())),
-    )
-    return safe_sum, safe_avg
-
+#: The metric value column, as SQL text for the overflow-free aggregates of ``lib.float_sql``.
+_VALUE_SQL = "metric_points.value"
 
 #: An aggregate expression over the metric value column.
 Aggregate = Callable[[Any], ColumnElement[Any]]
+
+
+def _sql(text_sql: str) -> ColumnElement[float]:
+    return literal_column(text_sql, Double())
 
 
 def _percentile(fraction: float) -> Aggregate:
@@ -119,23 +67,17 @@ def _percentile(fraction: float) -> Aggregate:
 
 
 def _halved_percentile(fraction: float) -> Aggregate:
-    """``percentile_cont`` over ``value * 0.5``, doubled: the fallback for a bucket whose percentile
-    overflowed to Infinity. Scaling by 2 is exact for |value| >= PERCENTILE_TINY, so this is the same
-    float8 ``lo + (hi - lo) * f``, without the intermediate ``hi - lo`` overflow."""
-
-    def expression(v: Any) -> ColumnElement[float]:
-        halved = case((func.abs(v) < PERCENTILE_TINY, 0.0), else_=v * 0.5)
-        return func.percentile_cont(fraction).within_group(halved) * 2.0
-
-    return expression
+    """The fallback for a bucket whose percentile overflowed to Infinity (see ``lib.float_sql.halved``)."""
+    return lambda v: func.percentile_cont(fraction).within_group(_sql(float_sql.halved(_VALUE_SQL))) * 2.0
 
 
 #: SQL aggregate expressions by API name; percentiles interpolate linearly (``percentile_cont``).
+#: ``avg`` and ``sum`` never overflow (``lib.float_sql``).
 _AGGREGATES: dict[str, Aggregate] = {
-    "avg": lambda v: safe_sum_and_avg(v)[1],
+    "avg": lambda v: _sql(float_sql.overflow_free_avg(_VALUE_SQL)),
     "min": lambda v: func.min(v),
     "max": lambda v: func.max(v),
-    "sum": lambda v: safe_sum_and_avg(v)[0],
+    "sum": lambda v: _sql(float_sql.overflow_free_sum(_VALUE_SQL)),
     "count": lambda v: func.count(v),
     "p50": _percentile(0.5),
     "p95": _percentile(0.95),
@@ -373,7 +315,7 @@ class SignalRepository:
 
         ``date_bin(step, timestamp, epoch)`` aligns buckets to multiples of ``step`` seconds since
         the Unix epoch; served by ``ix_metric_points_series_ts (project_id, name, service_name, ts)``.
-        Aggregates never overflow (see ``safe_sum_and_avg``). A percentile that overflowed to Infinity
+        Aggregates never overflow (``lib.float_sql``). A percentile that overflowed to Infinity
         (only possible between opposite-sign values near +-1.8e308: the stored values are finite) is
         recomputed by a second statement with ``_halved_percentile``, so ordinary data costs nothing.
         """
