@@ -16,14 +16,14 @@ from prodsentinel.alerts import services as alert_services
 from prodsentinel.alerts.controllers import alerts_router
 from prodsentinel.auth.cli import KeysCLIPlugin
 from prodsentinel.auth.controllers import ApiKeyController
-from prodsentinel.auth.guards import PUBLIC_PATHS, SESSION_MAKER_STATE_KEY, auth_middleware, provide_principal
+from prodsentinel.auth.guards import PUBLIC_PATHS, auth_middleware, provide_principal
 from prodsentinel.auth.models import ApiKey
 from prodsentinel.auth.scopes import Principal
 from prodsentinel.incidents.controllers import AnomalyController, IncidentController
 from prodsentinel.ingest.controllers import IngestController
 from prodsentinel.ingest.plugin import IngestPlugin
 from prodsentinel.lib import jobs
-from prodsentinel.lib.database import alchemy_config, migrate, resolve_database_url
+from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY, alchemy_config, migrate, resolve_database_url
 from prodsentinel.lib.errors import exception_to_response
 from prodsentinel.lib.observability import RequestContextMiddleware, add_response_headers
 from prodsentinel.lib.openapi import document_error_responses

@@ -5,6 +5,7 @@ from __future__ import annotations
 from advanced_alchemy.base import orm_registry
 
 from prodsentinel.alerts import models as alert_models
+from prodsentinel.audit import models as audit_models
 from prodsentinel.auth import models as auth_models
 from prodsentinel.incidents import models as incident_models
 from prodsentinel.notifications import models as notification_models
@@ -19,6 +20,7 @@ model_modules = (
     signal_models,
     incident_models,
     alert_models,
+    audit_models,
     notification_models,
     system_models,
 )

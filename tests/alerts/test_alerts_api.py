@@ -11,7 +11,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.alerts.models import AuditEvent
+from prodsentinel.audit.models import AuditEvent
 from prodsentinel.lib.time import utcnow
 from prodsentinel.notifications.models import OutboxItem
 from tests.alerts.conftest import Seeder, Tenant, evaluate_at

@@ -20,7 +20,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.alerts import services
-from prodsentinel.alerts.models import Alert, AuditEvent
+from prodsentinel.alerts.models import Alert
+from prodsentinel.audit.models import AuditEvent
 from prodsentinel.incidents.models import Incident
 from prodsentinel.lib import jobs
 from prodsentinel.lib.time import utcnow

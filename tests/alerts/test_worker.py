@@ -13,8 +13,9 @@ from litestar_saq import SAQPlugin
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.alerts.models import Alert, AuditEvent
+from prodsentinel.alerts.models import Alert
 from prodsentinel.alerts.tasks import cron_jobs, evaluate_alerts
+from prodsentinel.audit.models import AuditEvent
 from prodsentinel.lib import jobs
 from prodsentinel.lib.time import utcnow
 from prodsentinel.settings import Settings

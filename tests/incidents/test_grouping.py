@@ -12,7 +12,7 @@ from saq import Queue, Worker
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.alerts.models import AuditEvent
+from prodsentinel.audit.models import AuditEvent
 from prodsentinel.incidents import services, tasks
 from prodsentinel.incidents.models import GroupingCursor, IncidentOccurrence
 from prodsentinel.incidents.repositories import SOURCES

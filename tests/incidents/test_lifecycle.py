@@ -10,7 +10,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.alerts.models import AuditEvent
+from prodsentinel.audit.models import AuditEvent
 from prodsentinel.incidents import services
 from prodsentinel.lib.database import session_scope
 from prodsentinel.notifications.models import OutboxItem

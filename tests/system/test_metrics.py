@@ -15,8 +15,9 @@ from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.alerts.models import Alert, AlertPolicy, AuditEvent, Silence
+from prodsentinel.alerts.models import Alert, AlertPolicy, Silence
 from prodsentinel.app import create_app
+from prodsentinel.audit.models import AuditEvent
 from prodsentinel.incidents.models import Incident
 from prodsentinel.lib.database import session_scope
 from prodsentinel.lib.time import utcnow

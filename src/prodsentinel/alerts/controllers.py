@@ -29,8 +29,9 @@ from prodsentinel.alerts.schemas import (
     SilenceOut,
     SilencePage,
 )
-from prodsentinel.auth.guards import SESSION_MAKER_STATE_KEY, requires_scope
+from prodsentinel.auth.guards import requires_scope
 from prodsentinel.auth.scopes import Principal, Scope
+from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY
 from prodsentinel.lib.pagination import DEFAULT_LIMIT
 from prodsentinel.settings import Settings
 

@@ -1,4 +1,4 @@
-"""Alert policies, alert instances, silences and the audit trail."""
+"""Alert policies, alert instances and silences (the audit trail is ``audit.models``)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from advanced_alchemy.base import UUIDv7AuditBase, UUIDv7Base
+from advanced_alchemy.base import UUIDv7AuditBase
 from advanced_alchemy.types import DateTimeUTC
-from sqlalchemy import Boolean, Double, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import Boolean, Double, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-__all__ = ("Alert", "AlertPolicy", "AuditEvent", "Silence")
+__all__ = ("Alert", "AlertPolicy", "Silence")
 
 
 class AlertPolicy(UUIDv7AuditBase):
@@ -71,18 +71,3 @@ class Silence(UUIDv7AuditBase):
     comment: Mapped[str] = mapped_column(Text, default="")
     created_by: Mapped[str] = mapped_column(Text)
     expired_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
-
-
-class AuditEvent(UUIDv7Base):
-    """Append-only audit trail: state changes, acks, silences, manual evaluations (and incident actions)."""
-
-    __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_project_at", "project_id", "at"),)
-
-    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
-    at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), server_default=text("now()"))
-    actor: Mapped[str] = mapped_column(Text)
-    action: Mapped[str] = mapped_column(String(64))
-    subject_type: Mapped[str] = mapped_column(String(32))
-    subject_id: Mapped[UUID | None] = mapped_column(default=None)
-    details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)

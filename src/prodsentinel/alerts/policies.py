@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from prodsentinel.alerts.evaluation import OPERATORS
+from prodsentinel.lib import vocabulary
 
 __all__ = (
     "AGGS",
@@ -40,18 +41,11 @@ __all__ = (
 )
 
 KINDS: Final = ("log_rate", "error_rate", "metric_threshold", "anomaly", "incident")
-SEVERITIES: Final = ("low", "medium", "high")
-INCIDENT_SEVERITIES: Final = ("low", "medium", "high", "critical")
+SEVERITIES: Final = tuple(sev.value for sev in vocabulary.ALERT_SEVERITIES)
+INCIDENT_SEVERITIES: Final = tuple(sev.value for sev in vocabulary.SEVERITIES)
 AGGS: Final = ("avg", "min", "max", "sum", "count", "p50", "p95", "p99")
 #: Minimum log level names and their stored rank (signals.models.LEVELS, WARNING stored as WARN).
-LOG_LEVELS: Final[dict[str, int]] = {
-    "DEBUG": 10,
-    "INFO": 20,
-    "WARN": 30,
-    "WARNING": 30,
-    "ERROR": 40,
-    "CRITICAL": 50,
-}
+LOG_LEVELS: Final[dict[str, int]] = vocabulary.LEVELS
 COMMON_FIELDS: Final = (
     "name",
     "kind",

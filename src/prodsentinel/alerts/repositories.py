@@ -24,13 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
 from prodsentinel.alerts.evaluation import AlertState
-from prodsentinel.alerts.models import Alert, AlertPolicy, AuditEvent, Silence
+from prodsentinel.alerts.models import Alert, AlertPolicy, Silence
 from prodsentinel.lib import float_sql
+from prodsentinel.lib.vocabulary import severity_rank_sql
 
 __all__ = (
     "AUDIT_SUBJECTS",
     "AlertRepository",
-    "AuditRepository",
     "PolicyRepository",
     "SilenceRepository",
     "active_silences",
@@ -44,7 +44,6 @@ __all__ = (
     "firing_alerts",
     "incident_values",
     "insert_alerts",
-    "insert_audit",
     "lock_policies_file",
     "log_rate_values",
     "metric_values",
@@ -140,43 +139,6 @@ class SilenceRepository(SQLAlchemyAsyncRepository[Silence]):
         if after is not None:
             statement = statement.where(tuple_(Silence.created_at, Silence.id) < tuple_(*after))
         statement = statement.order_by(Silence.created_at.desc(), Silence.id.desc()).limit(limit)
-        return list(await self.session.scalars(statement))
-
-
-class AuditRepository(SQLAlchemyAsyncRepository[AuditEvent]):
-    model_type = AuditEvent
-
-    async def page(
-        self,
-        project_id: UUID,
-        *,
-        action: str | None = None,
-        actor: str | None = None,
-        subject_type: str | None = None,
-        subject_id: UUID | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        after: tuple[datetime, UUID] | None = None,
-        limit: int,
-    ) -> list[AuditEvent]:
-        statement = select(AuditEvent).where(
-            AuditEvent.project_id == project_id, AuditEvent.subject_type.in_(AUDIT_SUBJECTS)
-        )
-        if action is not None:
-            statement = statement.where(AuditEvent.action == action)
-        if actor is not None:
-            statement = statement.where(AuditEvent.actor == actor)
-        if subject_type is not None:
-            statement = statement.where(AuditEvent.subject_type == subject_type)
-        if subject_id is not None:
-            statement = statement.where(AuditEvent.subject_id == subject_id)
-        if since is not None:
-            statement = statement.where(AuditEvent.at >= since)
-        if until is not None:
-            statement = statement.where(AuditEvent.at < until)
-        if after is not None:
-            statement = statement.where(tuple_(AuditEvent.at, AuditEvent.id) < tuple_(*after))
-        statement = statement.order_by(AuditEvent.at.desc(), AuditEvent.id.desc()).limit(limit)
         return list(await self.session.scalars(statement))
 
 
@@ -597,13 +559,13 @@ async def anomaly_values(
     return await _values(session, _ANOMALY_SQL, rows, now)
 
 
-_INCIDENT_SQL = """
+_INCIDENT_SQL = f"""
 WITH p AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(:policies) AS p(policy_id uuid, project_id uuid, min_rank int)
 ),
 counts AS MATERIALIZED (
     SELECT i.project_id,
-           CASE i.severity WHEN 'low' THEN 0 WHEN 'medium' THEN 1 WHEN 'high' THEN 2 ELSE 3 END AS rank,
+           {severity_rank_sql("i.severity")} AS rank,
            count(*) AS n
     FROM incidents i
     WHERE i.project_id IN (SELECT DISTINCT project_id FROM p)
@@ -661,8 +623,3 @@ async def update_alerts(session: AsyncSession, rows: list[dict[str, Any]]) -> No
         await session.execute(
             update(Alert), [{key: row[key] for key in ("id", *_ALERT_UPDATE_COLUMNS)} for row in rows]
         )
-
-
-async def insert_audit(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        await session.execute(insert(AuditEvent), rows)

@@ -17,6 +17,7 @@ lock (``lib.jobs.try_lease``); a second evaluator that finds it taken returns ``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,6 @@ from typing import Any
 from uuid import UUID
 
 import structlog
-import yaml
 from msgspec import to_builtins
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -43,6 +43,7 @@ from prodsentinel.alerts.policies import (
     COMMON_FIELDS,
     KIND_FIELDS,
     LOG_LEVELS,
+    SEVERITIES,
     PolicyError,
     PolicySpec,
     normalise,
@@ -61,9 +62,12 @@ from prodsentinel.alerts.schemas import (
     SilenceOut,
     SilencePage,
 )
+from prodsentinel.audit import services as audit_services
+from prodsentinel.audit.services import AuditEntry
 from prodsentinel.auth.services import ProjectService
 from prodsentinel.incidents.severity import Severity, rank
 from prodsentinel.lib import events, jobs
+from prodsentinel.lib.config_files import config_file_error, read_yaml_list
 from prodsentinel.lib.database import session_scope
 from prodsentinel.lib.errors import BadRequestError, ConflictError, NotFoundError, ValidationError
 from prodsentinel.lib.pagination import check_limit, decode_cursor, encode_cursor
@@ -142,28 +146,6 @@ async def _policy_or_404(session: AsyncSession, project_id: UUID, policy_id: UUI
     return policy
 
 
-def _audit_row(
-    *,
-    project_id: UUID,
-    actor: str,
-    action: str,
-    subject_type: str,
-    subject_id: UUID | None,
-    details: dict[str, Any],
-    at: datetime | None = None,
-) -> dict[str, Any]:
-    return {
-        "id": uuid7(),
-        "project_id": project_id,
-        "at": at or utcnow(),
-        "actor": actor,
-        "action": action,
-        "subject_type": subject_type,
-        "subject_id": subject_id,
-        "details": details,
-    }
-
-
 async def list_policies(session: AsyncSession, project_id: UUID) -> list[PolicyOut]:
     return [_policy_out(policy) for policy in await repo.project_policies(session, project_id)]
 
@@ -186,10 +168,10 @@ async def create_policy(
     except IntegrityError:
         raise ConflictError(f"An alert policy named {spec.name!r} already exists in this project.") from None
     out = _policy_out(policy)
-    await repo.insert_audit(
+    await audit_services.record(
         session,
-        [
-            _audit_row(
+        *[
+            AuditEntry(
                 project_id=project_id,
                 actor=actor,
                 action="policy.create",
@@ -228,10 +210,10 @@ async def update_policy(
     policy.updated_at = utcnow()
     await session.flush()
     after = _policy_out(policy)
-    await repo.insert_audit(
+    await audit_services.record(
         session,
-        [
-            _audit_row(
+        *[
+            AuditEntry(
                 project_id=project_id,
                 actor=actor,
                 action="policy.update",
@@ -277,7 +259,7 @@ async def delete_policy(session: AsyncSession, project_id: UUID, policy_id: UUID
             )
         )
     audit.append(
-        _audit_row(
+        AuditEntry(
             project_id=project_id,
             actor=actor,
             action="policy.delete",
@@ -286,7 +268,7 @@ async def delete_policy(session: AsyncSession, project_id: UUID, policy_id: UUID
             details={"policy": _wire_details(_policy_out(policy))},
         )
     )
-    await repo.insert_audit(session, audit)
+    await audit_services.record(session, *audit)
     await repo.delete_policy(session, policy)
     await session.flush()
 
@@ -305,32 +287,7 @@ class PolicyFileItem:
 
 
 def _policies_file_error(path: Path, reason: str) -> SettingsError:
-    return SettingsError(f"invalid configuration: PRODSENTINEL_POLICIES_FILE={str(path)!r}: {reason}")
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """The parser's problem and where it is, e.g. "expected ',' or ']' ... (line 2, column 1)"."""
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem and exc.problem_mark:
-        return f"{exc.problem} (line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1})"
-    return str(exc).splitlines()[0]
-
-
-def _read_policies_file(path: Path) -> list[dict[str, Any]]:
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise _policies_file_error(path, f"cannot read the file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise _policies_file_error(path, "not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        raise _policies_file_error(path, f"not valid YAML: {_yaml_problem(exc)}") from None
-    if loaded is None:
-        return []
-    if isinstance(loaded, dict) and isinstance(loaded.get("policies"), list):
-        loaded = loaded["policies"]
-    if not isinstance(loaded, list) or not all(isinstance(item, dict) for item in loaded):
-        raise _policies_file_error(path, "expected a YAML list of policy objects")
-    return loaded
+    return config_file_error("PRODSENTINEL_POLICIES_FILE", path, reason)
 
 
 def _policy_file_item(raw: Mapping[Any, Any]) -> PolicyFileItem:
@@ -351,7 +308,9 @@ def parse_policies_file(path: Path) -> list[PolicyFileItem]:
     and the item; the CLI checks the file this way before any command runs."""
     items: list[PolicyFileItem] = []
     seen: set[tuple[str, str]] = set()
-    for index, raw in enumerate(_read_policies_file(path)):
+    for index, raw in enumerate(
+        read_yaml_list("PRODSENTINEL_POLICIES_FILE", path, key="policies", what="policy")
+    ):
         try:
             item = _policy_file_item(raw)
         except PolicyError as exc:
@@ -416,10 +375,10 @@ async def load_policies_file(session_maker: async_sessionmaker[AsyncSession], se
             for item in items:
                 project = await projects.get_or_create(item.project)
                 policy_id = await repo.upsert_policy(session, project.id, item.spec.columns(), utcnow())
-                await repo.insert_audit(
+                await audit_services.record(
                     session,
-                    [
-                        _audit_row(
+                    *[
+                        AuditEntry(
                             project_id=project.id,
                             actor=POLICIES_FILE_ACTOR,
                             action="policy.load",
@@ -566,7 +525,7 @@ def _transition_audit(
     now: datetime,
     event_id: UUID | None,
     silence_id: UUID | None,
-) -> dict[str, Any]:
+) -> AuditEntry:
     details: dict[str, Any] = {
         "from": from_state,
         "to": row["state"],
@@ -582,7 +541,7 @@ def _transition_audit(
     if silence_id is not None:
         details["silenced_by"] = str(silence_id)
         details["notification"] = "suppressed by silence"
-    return _audit_row(
+    return AuditEntry(
         project_id=row["project_id"],
         actor=actor,
         action=f"alert.{row['state']}",
@@ -644,7 +603,7 @@ async def evaluate(
     result = _PassResult(evaluated=len(policies))
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
-    audit: list[dict[str, Any]] = []
+    audit: list[AuditEntry] = []
     notify: list[tuple[dict[str, Any], AlertPolicy, str]] = []
     unannounced: list[tuple[dict[str, Any], AlertPolicy]] = []
     for policy, labels, key, alert, value, condition in plan:
@@ -757,7 +716,7 @@ async def evaluate(
 
     await repo.insert_alerts(session, inserts)
     await repo.update_alerts(session, updates)
-    await repo.insert_audit(session, audit)
+    await audit_services.record(session, *audit)
     return result
 
 
@@ -769,7 +728,7 @@ async def _announce_if_unsilenced(
     actor: str,
     now: datetime,
     result: _PassResult,
-    audit: list[dict[str, Any]],
+    audit: list[AuditEntry],
 ) -> None:
     """Announce a still-firing alert whose ALERT_FIRING a silence suppressed, once no silence holds it.
 
@@ -801,11 +760,12 @@ async def _announce_if_unsilenced(
         event_id=event_id,
         silence_id=None,
     )
-    entry["details"].update(
-        notification="announced: the silence that suppressed it has ended",
-        previously_silenced_by=str(previously_silenced_by),
-    )
-    audit.append(entry)
+    details = {
+        **entry.details,
+        "notification": "announced: the silence that suppressed it has ended",
+        "previously_silenced_by": str(previously_silenced_by),
+    }
+    audit.append(dataclasses.replace(entry, details=details))
 
 
 def _str_or_none(value: UUID | None) -> str | None:
@@ -833,7 +793,7 @@ async def run_evaluation(
         if not await jobs.try_lease(session, EVALUATION_LEASE):
             summary = EvaluationSummary(skipped=True, duration_ms=_elapsed_ms(started), evaluated_at=now)
             if manual and project_id is not None:
-                await repo.insert_audit(session, [_evaluation_audit(project_id, actor, summary)])
+                await audit_services.record(session, *[_evaluation_audit(project_id, actor, summary)])
             logger.info("alert_evaluation_skipped", reason="another evaluator holds the lease")
             return summary
         result = await evaluate(
@@ -850,7 +810,7 @@ async def run_evaluation(
             evaluated_at=now,
         )
         if manual and project_id is not None:
-            await repo.insert_audit(session, [_evaluation_audit(project_id, actor, summary)])
+            await audit_services.record(session, *[_evaluation_audit(project_id, actor, summary)])
     # Committed: announce. Both are best effort; the dispatch cron finds the items anyway.
     if result.notified:
         await notification_services.enqueue_dispatch()
@@ -871,8 +831,8 @@ def _elapsed_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
-def _evaluation_audit(project_id: UUID, actor: str, summary: EvaluationSummary) -> dict[str, Any]:
-    return _audit_row(
+def _evaluation_audit(project_id: UUID, actor: str, summary: EvaluationSummary) -> AuditEntry:
+    return AuditEntry(
         project_id=project_id,
         actor=actor,
         action="alerts.evaluate",
@@ -936,8 +896,8 @@ async def list_history(
     check_limit(limit)
     if state is not None and state not in {s.value for s in AlertState}:
         raise BadRequestError(f"state {state!r} is not one of inactive, pending, firing, resolved.")
-    if severity is not None and severity not in ("low", "medium", "high"):
-        raise BadRequestError(f"severity {severity!r} is not one of low, medium, high.")
+    if severity is not None and severity not in SEVERITIES:
+        raise BadRequestError(f"severity {severity!r} is not one of {', '.join(SEVERITIES)}.")
     after = decode_cursor(cursor, (datetime, UUID)) if cursor else None
     rows = await repo.AlertRepository(session=session).page(
         project_id,
@@ -1005,7 +965,7 @@ async def _set_ack(
     now = utcnow()
     alert.acked_by, alert.acked_at, alert.updated_at = acked_by, (now if acked_by else None), now
     await session.flush()
-    audit = _audit_row(
+    audit = AuditEntry(
         project_id=alert.project_id,
         actor=actor,
         action=action,
@@ -1014,7 +974,7 @@ async def _set_ack(
         details=details,
         at=now,
     )
-    await repo.insert_audit(session, [audit])
+    await audit_services.record(session, *[audit])
     return _alert_out(alert, policy_name, await _silences_now(session, alert.project_id))
 
 
@@ -1070,10 +1030,10 @@ async def create_silence(
     )
     session.add(silence)
     await session.flush()
-    await repo.insert_audit(
+    await audit_services.record(
         session,
-        [
-            _audit_row(
+        *[
+            AuditEntry(
                 project_id=project_id,
                 actor=actor,
                 action="silence.create",
@@ -1126,10 +1086,10 @@ async def expire_silence(
     if silence.starts_at > now:
         silence.starts_at = now
     await session.flush()
-    await repo.insert_audit(
+    await audit_services.record(
         session,
-        [
-            _audit_row(
+        *[
+            AuditEntry(
                 project_id=project_id,
                 actor=actor,
                 action="silence.expire",
@@ -1159,18 +1119,19 @@ async def list_audit(
     cursor: str | None,
     limit: int,
 ) -> AuditPage:
-    check_limit(limit)
-    after = decode_cursor(cursor, (datetime, UUID)) if cursor else None
-    rows = await repo.AuditRepository(session=session).page(
+    """The alerting part of the audit trail (``repo.AUDIT_SUBJECTS``), newest first."""
+    rows, next_cursor = await audit_services.page(
+        session,
         project_id,
+        subject_types=repo.AUDIT_SUBJECTS,
         action=action,
         actor=actor,
         subject_type=subject_type,
         subject_id=subject_id,
         since=as_utc(since, "since") if since else None,
         until=as_utc(until, "until") if until else None,
-        after=(after[0], after[1]) if after else None,
-        limit=limit + 1,
+        cursor=cursor,
+        limit=limit,
     )
     items = [
         AuditOut(
@@ -1182,7 +1143,6 @@ async def list_audit(
             subject_id=row.subject_id,
             details=row.details,
         )
-        for row in rows[:limit]
+        for row in rows
     ]
-    next_cursor = encode_cursor([rows[limit - 1].at, rows[limit - 1].id]) if len(rows) > limit else None
     return AuditPage(items=items, next_cursor=next_cursor)

@@ -20,14 +20,12 @@ from prodsentinel.auth.lookup import KEY_LOOKUP_STATE_KEY, KeyLookup
 from prodsentinel.auth.scopes import Principal, Scope
 
 __all__ = (
-    "SESSION_MAKER_STATE_KEY",
     "auth_middleware",
     "authorized_principal",
     "provide_principal",
     "requires_scope",
 )
 
-SESSION_MAKER_STATE_KEY = "session_maker"
 PUBLIC_PATHS = ["^/health", "^/schema", "^/saq/static"]
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from advanced_alchemy.base import UUIDv7AuditBase, UUIDv7Base, orm_registry
+from advanced_alchemy.base import UUIDv7AuditBase, UUIDv7Base
 from advanced_alchemy.types import DateTimeUTC
 from sqlalchemy import (
     BigInteger,
@@ -24,7 +24,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
+
+from prodsentinel.lib.models import PlainBase
 
 __all__ = ("Anomaly", "GroupingCursor", "Incident", "IncidentOccurrence", "IncidentStatus")
 
@@ -91,14 +93,7 @@ class Anomaly(UUIDv7Base):
     detected_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), server_default=text("now()"))
 
 
-class _PlainBase(DeclarativeBase):
-    """Tables with bigint identity keys and no audit columns share the application metadata."""
-
-    registry = orm_registry
-    metadata = orm_registry.metadata
-
-
-class IncidentOccurrence(_PlainBase):
+class IncidentOccurrence(PlainBase):
     """One error signal folded into an incident (log or span row, by its bigint id).
 
     Written set-based by the grouping job in the same transaction as the incident upsert. The unique
@@ -128,7 +123,7 @@ class IncidentOccurrence(_PlainBase):
     grouped_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=text("now()"))
 
 
-class GroupingCursor(_PlainBase):
+class GroupingCursor(PlainBase):
     """Durable high-water mark of the grouping job, one row per signal table (``logs``, ``spans``).
 
     ``high_water_id``: every row with ``id <= high_water_id`` has been grouped, and no transaction can

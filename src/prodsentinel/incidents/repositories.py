@@ -16,9 +16,8 @@ from typing import Any
 from uuid import UUID
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
-from sqlalchemy import Row, and_, func, insert, or_, select, text, update
+from sqlalchemy import Row, and_, func, or_, select, text, update
 
-from prodsentinel.alerts.models import AuditEvent
 from prodsentinel.incidents.models import (
     Anomaly,
     GroupingCursor,
@@ -395,10 +394,6 @@ class IncidentRepository(SQLAlchemyAsyncRepository[Incident]):
             {"cutoff": cutoff, "limit": limit},
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-    async def add_audit_rows(self, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            await self.session.execute(insert(AuditEvent), rows)
 
     # ------------------------------------------------------------------ reads
 

@@ -21,6 +21,8 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
+from prodsentinel.audit import services as audit_services
+from prodsentinel.audit.services import AuditEntry
 from prodsentinel.incidents.fingerprint import fingerprint, incident_title, message_template
 from prodsentinel.incidents.models import Anomaly, Incident, IncidentStatus
 from prodsentinel.incidents.repositories import (
@@ -54,10 +56,10 @@ from prodsentinel.lib.errors import BadRequestError, ConflictError, NotFoundErro
 from prodsentinel.lib.events import publish_event
 from prodsentinel.lib.pagination import check_limit, decode_cursor, encode_cursor
 from prodsentinel.lib.time import as_utc, utcnow
+from prodsentinel.lib.vocabulary import LEVEL_NAMES
 from prodsentinel.notifications.services import add_event, enqueue_dispatch
 from prodsentinel.signals import services as signal_services
 from prodsentinel.signals.anomalies import DEFAULT_PARAMS, AnomalyParams
-from prodsentinel.signals.models import LEVEL_NAMES
 
 __all__ = (
     "SYSTEM_ACTOR",
@@ -347,7 +349,7 @@ async def record_transitions(
     """Outbox events and audit rows of the transitions, in the caller's transaction."""
     if not transitions:
         return
-    audit: list[dict[str, Any]] = []
+    audit: list[AuditEntry] = []
     for transition in transitions:
         event_id = await add_event(
             session,
@@ -360,18 +362,17 @@ async def record_transitions(
         if transition.previous_severity is not None:
             details["previous_severity"] = transition.previous_severity
         audit.append(
-            {
-                "id": uuid7(),
-                "project_id": transition.project_id,
-                "at": now,
-                "actor": actor,
-                "action": f"incident_{transition.kind}",
-                "subject_type": "incident",
-                "subject_id": transition.incident.id,
-                "details": details,
-            }
+            AuditEntry(
+                project_id=transition.project_id,
+                actor=actor,
+                action=f"incident_{transition.kind}",
+                subject_type="incident",
+                subject_id=transition.incident.id,
+                details=details,
+                at=now,
+            )
         )
-    await IncidentRepository(session=session).add_audit_rows(audit)
+    await audit_services.record(session, *audit)
 
 
 async def announce(transitions: Sequence[Transition]) -> None:
@@ -414,19 +415,17 @@ async def acknowledge(
         incident.acked_at = now
         incident.updated_at = now
         await session.flush()
-        await repo.add_audit_rows(
-            [
-                {
-                    "id": uuid7(),
-                    "project_id": project_id,
-                    "at": now,
-                    "actor": actor,
-                    "action": "incident_acknowledged",
-                    "subject_type": "incident",
-                    "subject_id": incident.id,
-                    "details": {"severity": incident.severity},
-                }
-            ]
+        await audit_services.record(
+            session,
+            AuditEntry(
+                project_id=project_id,
+                actor=actor,
+                action="incident_acknowledged",
+                subject_type="incident",
+                subject_id=incident.id,
+                details={"severity": incident.severity},
+                at=now,
+            ),
         )
     return incident_out(incident)
 

@@ -1,10 +1,7 @@
 """Incident severity and its escalation rules (pure, no I/O).
 
-``Severity`` is a ``str`` enum so it serialises as ``"low"`` etc., but its
-ordering is by rank (low < medium < high < critical), never alphabetical.
-Comparing with a plain string parses the string first, so ``"high" > LOW``
-holds and an unknown string raises ``ValueError`` instead of silently
-comparing text.
+``Severity`` and its order are the shared vocabulary (``lib.vocabulary``),
+re-exported here because the escalation rules are written in its terms.
 
 ``severity_for`` applies SPEC §6 in this order:
 
@@ -22,9 +19,17 @@ moves up: callers store ``escalate(current, computed)``.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Final
+
+from prodsentinel.lib.vocabulary import (
+    SEVERITIES,
+    Severity,
+    max_severity,
+    parse_severity,
+    raise_one_level,
+    rank,
+)
 
 __all__ = [
     "ANOMALY_BASE",
@@ -44,81 +49,12 @@ __all__ = [
 ]
 
 
-class Severity(enum.StrEnum):
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-    CRITICAL = "critical"
-
-    def _rank_of(self, other: object) -> int | None:
-        if isinstance(other, Severity):
-            return rank(other)
-        if isinstance(other, str):
-            return rank(parse_severity(other))
-        return None
-
-    def __lt__(self, other: object) -> bool:
-        other_rank = self._rank_of(other)
-        if other_rank is None:
-            return NotImplemented
-        return rank(self) < other_rank
-
-    def __le__(self, other: object) -> bool:
-        other_rank = self._rank_of(other)
-        if other_rank is None:
-            return NotImplemented
-        return rank(self) <= other_rank
-
-    def __gt__(self, other: object) -> bool:
-        other_rank = self._rank_of(other)
-        if other_rank is None:
-            return NotImplemented
-        return rank(self) > other_rank
-
-    def __ge__(self, other: object) -> bool:
-        other_rank = self._rank_of(other)
-        if other_rank is None:
-            return NotImplemented
-        return rank(self) >= other_rank
-
-
-SEVERITIES: Final[tuple[Severity, ...]] = (
-    Severity.LOW,
-    Severity.MEDIUM,
-    Severity.HIGH,
-    Severity.CRITICAL,
-)
-_RANKS: Final[dict[Severity, int]] = {sev: i for i, sev in enumerate(SEVERITIES)}
-
 SPAN_ERROR_BASE: Final = Severity.MEDIUM
 ANOMALY_BASE: Final = Severity.MEDIUM
 _LOG_LEVEL_BASE: Final[dict[str, Severity]] = {
     "ERROR": Severity.MEDIUM,
     "CRITICAL": Severity.CRITICAL,
 }
-
-
-def rank(sev: Severity) -> int:
-    """0 for low up to 3 for critical; also the value to sort or store by."""
-    return _RANKS[Severity(sev)]
-
-
-def parse_severity(value: str) -> Severity:
-    """Case- and whitespace-insensitive parse; unknown names are a ``ValueError``."""
-    try:
-        return Severity(value.strip().lower())
-    except ValueError:
-        allowed = ", ".join(s.value for s in SEVERITIES)
-        raise ValueError(f"unknown severity {value!r}; expected one of {allowed}") from None
-
-
-def max_severity(a: Severity, b: Severity) -> Severity:
-    return a if rank(a) >= rank(b) else b
-
-
-def raise_one_level(sev: Severity) -> Severity:
-    """Next level up; critical is the ceiling."""
-    return SEVERITIES[min(rank(sev) + 1, len(SEVERITIES) - 1)]
 
 
 def base_for_log_level(level: str) -> Severity | None:

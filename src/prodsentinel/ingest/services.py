@@ -26,8 +26,8 @@ from prodsentinel.ingest.writer import PendingBudget, TableWriter, WriterClosedE
 from prodsentinel.lib import jobs
 from prodsentinel.lib.errors import ServiceUnavailableError
 from prodsentinel.lib.time import MIN_TIME
+from prodsentinel.lib.vocabulary import LEVELS, LOG_LEVEL_NAMES, SPAN_STATUSES
 from prodsentinel.settings import Settings
-from prodsentinel.signals.models import LEVELS, SPAN_STATUSES
 from prodsentinel.signals.writes import LOGS, METRIC_POINTS, SPANS, SignalTable
 from prodsentinel.system import metrics
 
@@ -59,7 +59,7 @@ TOO_OLD = "Timestamp is before 1970-01-01T00:00:00Z (the Unix epoch)"
 MAX_LISTED_ERRORS = 100
 ERROR_LEVEL = LEVELS["ERROR"]
 ERROR_STATUS = SPAN_STATUSES["ERROR"]
-_LEVEL_NAMES = ", ".join(sorted(LEVELS, key=LEVELS.__getitem__))
+_LEVEL_NAMES = ", ".join(LOG_LEVEL_NAMES)
 _NUL_ESCAPE = b"\\u0000"
 _json_encode = msgspec.json.Encoder(order="sorted").encode
 

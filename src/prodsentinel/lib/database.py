@@ -17,9 +17,11 @@ from advanced_alchemy.extensions.litestar import (
 from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from prodsentinel.lib.after_commit import before_send_handler, run_committed
 from prodsentinel.settings import Settings
 
 __all__ = (
+    "SESSION_MAKER_STATE_KEY",
     "alchemy_config",
     "libpq_url",
     "migrate",
@@ -28,6 +30,8 @@ __all__ = (
     "session_scope_for_app",
 )
 
+#: ``app.state`` key of the app's ``async_sessionmaker`` (units of work outside a request's session).
+SESSION_MAKER_STATE_KEY = "session_maker"
 MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
 VERSION_TABLE = "alembic_versions"
 
@@ -59,7 +63,9 @@ def alchemy_config(database_url: str, *, pool_size: int = 10) -> SQLAlchemyAsync
             compare_type=True,
             render_as_batch=False,
         ),
-        before_send_handler="autocommit",  # a 4xx/5xx answer rolls the request's transaction back
+        # advanced-alchemy's autocommit (a 4xx/5xx answer rolls the request's transaction back), then the
+        # work the committed transaction registered with lib.after_commit.
+        before_send_handler=before_send_handler,
         # Its handler for RepositoryError would win over the app's (more specific type) and answer
         # without the SPEC §3 body; lib/errors.py maps repository errors itself.
         set_default_exception_handler=False,
@@ -82,6 +88,7 @@ async def session_scope(session_maker: async_sessionmaker[AsyncSession]) -> Asyn
         except BaseException:
             await session.rollback()
             raise
+        await run_committed(session)
 
 
 @asynccontextmanager

@@ -34,6 +34,7 @@ from litestar.channels.backends.asyncpg import AsyncPgChannelsBackend
 from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 from redis.asyncio import Redis
 
+from prodsentinel.lib.vocabulary import STREAM_EVENT_TYPES
 from prodsentinel.settings import Settings
 
 __all__ = (
@@ -54,14 +55,7 @@ __all__ = (
 logger = structlog.get_logger("prodsentinel.events")
 
 #: The event types of SPEC §6 (others may be added; the stream forwards any type).
-EVENT_TYPES = (
-    "incident_opened",
-    "incident_escalated",
-    "incident_resolved",
-    "incident_reopened",
-    "alert_firing",
-    "alert_resolved",
-)
+EVENT_TYPES = STREAM_EVENT_TYPES
 #: PostgreSQL's NOTIFY payload limit is 8000 bytes; stay under it with room for the channel name.
 MAX_NOTIFY_BYTES = 7900
 

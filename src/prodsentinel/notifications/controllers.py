@@ -14,8 +14,9 @@ from litestar.params import Body
 from litestar.status_codes import HTTP_201_CREATED
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from prodsentinel.auth.guards import SESSION_MAKER_STATE_KEY, requires_scope
+from prodsentinel.auth.guards import requires_scope
 from prodsentinel.auth.scopes import Principal, Scope
+from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY
 from prodsentinel.lib.pagination import DEFAULT_LIMIT
 from prodsentinel.notifications import services
 from prodsentinel.notifications.schemas import (

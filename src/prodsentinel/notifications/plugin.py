@@ -14,8 +14,7 @@ from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.plugins import InitPluginProtocol
 
-from prodsentinel.auth.guards import SESSION_MAKER_STATE_KEY
-from prodsentinel.lib.database import session_scope
+from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY, session_scope
 from prodsentinel.notifications import delivery, services
 from prodsentinel.settings import Settings, SettingsError
 

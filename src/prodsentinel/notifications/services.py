@@ -26,13 +26,13 @@ from uuid import UUID
 import httpx
 import msgspec
 import structlog
-import yaml
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.auth.services import ProjectService
 from prodsentinel.incidents.severity import Severity, rank
-from prodsentinel.lib import jobs
+from prodsentinel.lib import jobs, vocabulary
+from prodsentinel.lib.config_files import config_file_error, read_yaml_list
 from prodsentinel.lib.database import session_scope
 from prodsentinel.lib.errors import BadRequestError, ConflictError, NotFoundError, ValidationError
 from prodsentinel.lib.pagination import check_limit, decode_cursor, encode_cursor
@@ -87,15 +87,8 @@ __all__ = (
 
 logger = structlog.get_logger("prodsentinel.notifications")
 
-EVENT_TYPES = (
-    "ALERT_FIRING",
-    "ALERT_RESOLVED",
-    "INCIDENT_OPENED",
-    "INCIDENT_ESCALATED",
-    "INCIDENT_RESOLVED",
-    "INCIDENT_REOPENED",
-)
-SEVERITIES = ("low", "medium", "high", "critical")
+SEVERITIES = tuple(sev.value for sev in vocabulary.SEVERITIES)
+EVENT_TYPES = vocabulary.EVENT_TYPES
 
 #: The SAQ function other domains enqueue after committing outbox events (see ``enqueue_dispatch``).
 DISPATCH_JOB = "dispatch_due"
@@ -453,18 +446,9 @@ def parse_channels_file(path: Path) -> list[ChannelFileItem]:
     """Read and validate the whole file; any problem is one SettingsError line naming the variable."""
 
     def fail(reason: str) -> SettingsError:
-        return SettingsError(f"invalid configuration: PRODSENTINEL_CHANNELS_FILE={str(path)!r}: {reason}")
+        return config_file_error("PRODSENTINEL_CHANNELS_FILE", path, reason)
 
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise fail(f"cannot read it ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise fail(f"not valid YAML ({str(exc).splitlines()[0]})") from None
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise fail("expected a YAML list of channels")
+    raw = read_yaml_list("PRODSENTINEL_CHANNELS_FILE", path, key="channels", what="channel")
     items: list[ChannelFileItem] = []
     seen: set[tuple[str, str]] = set()
     for index, entry in enumerate(raw):

@@ -11,31 +11,21 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from advanced_alchemy.base import orm_registry
 from sqlalchemy import BigInteger, Double, Identity, Index, SmallInteger, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
-__all__ = ("LEVELS", "SPAN_STATUSES", "LogRecord", "MetricPoint", "Span")
+from prodsentinel.lib.models import PlainBase
+from prodsentinel.lib.vocabulary import LEVEL_NAMES, LEVELS, SPAN_STATUS_NAMES, SPAN_STATUSES
 
-#: Log levels as stored (smallint, so "level >= ERROR" is an index range). WARNING is stored as WARN.
-LEVELS: dict[str, int] = {"DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
-LEVEL_NAMES: dict[int, str] = {10: "DEBUG", 20: "INFO", 30: "WARN", 40: "ERROR", 50: "CRITICAL"}
-SPAN_STATUSES: dict[str, int] = {"UNSET": 0, "OK": 1, "ERROR": 2}
-SPAN_STATUS_NAMES: dict[int, str] = {v: k for k, v in SPAN_STATUSES.items()}
+__all__ = ("LEVELS", "LEVEL_NAMES", "SPAN_STATUSES", "SPAN_STATUS_NAMES", "LogRecord", "MetricPoint", "Span")
 
+# The stored codes of levels and span statuses are the shared vocabulary (lib.vocabulary).
 TZ = TIMESTAMP(timezone=True)
 
 
-class SignalBase(DeclarativeBase):
-    """Signal tables share the application metadata (and its constraint naming convention)."""
-
-    registry = orm_registry
-    metadata = orm_registry.metadata
-
-
-class LogRecord(SignalBase):
+class LogRecord(PlainBase):
     __tablename__ = "logs"
     __table_args__ = (
         UniqueConstraint("project_id", "signal_id"),
@@ -60,7 +50,7 @@ class LogRecord(SignalBase):
     received_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
 
 
-class Span(SignalBase):
+class Span(PlainBase):
     __tablename__ = "spans"
     __table_args__ = (
         UniqueConstraint("project_id", "signal_id"),
@@ -86,7 +76,7 @@ class Span(SignalBase):
     received_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
 
 
-class MetricPoint(SignalBase):
+class MetricPoint(PlainBase):
     __tablename__ = "metric_points"
     __table_args__ = (
         UniqueConstraint("project_id", "signal_id"),

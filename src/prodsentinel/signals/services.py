@@ -25,8 +25,8 @@ from prodsentinel.lib.database import session_scope
 from prodsentinel.lib.errors import BadRequestError, NotFoundError
 from prodsentinel.lib.pagination import check_limit, decode_cursor, encode_cursor
 from prodsentinel.lib.time import as_utc, utcnow
+from prodsentinel.lib.vocabulary import LEVEL_NAMES, LEVELS, SPAN_STATUS_NAMES, SPAN_STATUSES
 from prodsentinel.settings import Settings
-from prodsentinel.signals.models import LEVEL_NAMES, LEVELS, SPAN_STATUS_NAMES, SPAN_STATUSES
 from prodsentinel.signals.repositories import (
     AGGREGATES,
     LogQuery,

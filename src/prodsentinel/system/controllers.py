@@ -12,9 +12,10 @@ from litestar.channels import ChannelsPlugin
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
-from prodsentinel.auth.guards import SESSION_MAKER_STATE_KEY, requires_scope
+from prodsentinel.auth.guards import requires_scope
 from prodsentinel.auth.scopes import Principal, Scope
 from prodsentinel.lib import events
+from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY
 from prodsentinel.lib.structs import Struct
 from prodsentinel.system import health
 

@@ -31,9 +31,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.auth.guards import SESSION_MAKER_STATE_KEY, requires_scope
+from prodsentinel.auth.guards import requires_scope
 from prodsentinel.auth.scopes import Scope
-from prodsentinel.lib.database import session_scope
+from prodsentinel.lib import vocabulary
+from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY, session_scope
 from prodsentinel.settings import Settings
 from prodsentinel.system.repositories import LATENCY_BUCKETS_SECONDS, StoredState, fetch_stored_state
 
@@ -53,7 +54,7 @@ __all__ = (
 
 logger = structlog.get_logger("prodsentinel.metrics")
 
-SEVERITIES = ("low", "medium", "high", "critical")
+SEVERITIES = tuple(sev.value for sev in vocabulary.SEVERITIES)
 SIGNAL_TYPES = ("logs", "spans", "metrics")
 _KIND_ALIASES = {"log": "logs", "logs": "logs", "span": "spans", "spans": "spans", "traces": "spans",
                  "trace": "spans", "metric": "metrics", "metrics": "metrics"}  # fmt: skip

@@ -1,0 +1,1 @@
+"""The audit trail: one append-only table written by every domain through ``audit.services.record``."""
