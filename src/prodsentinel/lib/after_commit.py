@@ -6,7 +6,7 @@ yet; run after a rollback, it would announce something that never happened. So s
 work on their session with :func:`after_commit` while they write, and the unit-of-work boundary runs
 it once the commit has succeeded:
 
-- a request: :func:`before_send_handler` wraps advanced-alchemy's autocommit handler (commit on 2xx,
+- a request: :func:`with_after_commit` wraps advanced-alchemy's autocommit handler (commit on 2xx,
   roll back otherwise) and then runs what the committed transaction registered;
 - a task or CLI unit of work: ``lib.database.session_scope`` does the same after its commit.
 
@@ -30,20 +30,19 @@ from typing import Any
 
 import structlog
 from advanced_alchemy.extensions.litestar._utils import get_aa_scope_state
-from advanced_alchemy.extensions.litestar.plugins.init.config.asyncio import autocommit_handler_maker
-from advanced_alchemy.extensions.litestar.plugins.init.config.common import SESSION_SCOPE_KEY
 from litestar.constants import HTTP_RESPONSE_START
 from litestar.types import Message, Scope
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-__all__ = ("after_commit", "before_send_handler", "discard", "pending_count", "run_committed")
+__all__ = ("after_commit", "discard", "pending_count", "run_committed", "with_after_commit")
 
 logger = structlog.get_logger("prodsentinel.after_commit")
 
 Action = Callable[..., Awaitable[Any]]
 _Entry = tuple[Action, tuple[Any, ...], dict[str, Any]]
+BeforeSend = Callable[[Message, Scope], Awaitable[None]]
 
 _PENDING = "prodsentinel.after_commit.pending"
 _READY = "prodsentinel.after_commit.ready"
@@ -109,12 +108,15 @@ async def run_committed(session: AsyncSession) -> int:
     return ran
 
 
-_autocommit = autocommit_handler_maker(session_scope_key=SESSION_SCOPE_KEY)
+def with_after_commit(commit_handler: BeforeSend, session_scope_key: str) -> BeforeSend:
+    """Wrap advanced-alchemy's autocommit handler: commit on 2xx (else roll back), then run the committed
+    actions. ``session_scope_key`` must be the config's own: advanced-alchemy numbers it per config
+    instance (``_sqlalchemy_db_session_1``), so the default key finds no session."""
 
+    async def before_send_handler(message: Message, scope: Scope) -> None:
+        session: AsyncSession | None = get_aa_scope_state(scope, session_scope_key)
+        await commit_handler(message, scope)
+        if session is not None and message["type"] == HTTP_RESPONSE_START:
+            await run_committed(session)
 
-async def before_send_handler(message: Message, scope: Scope) -> None:
-    """advanced-alchemy's autocommit (commit on 2xx, else roll back), then the committed actions."""
-    session: AsyncSession | None = get_aa_scope_state(scope, SESSION_SCOPE_KEY)
-    await _autocommit(message, scope)
-    if session is not None and message["type"] == HTTP_RESPONSE_START:
-        await run_committed(session)
+    return before_send_handler

@@ -17,7 +17,7 @@ from advanced_alchemy.extensions.litestar import (
 from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.lib.after_commit import before_send_handler, run_committed
+from prodsentinel.lib.after_commit import run_committed, with_after_commit
 from prodsentinel.settings import Settings
 
 __all__ = (
@@ -53,7 +53,7 @@ def libpq_url(sqlalchemy_url: str) -> str:
 
 
 def alchemy_config(database_url: str, *, pool_size: int = 10) -> SQLAlchemyAsyncConfig:
-    return SQLAlchemyAsyncConfig(
+    config = SQLAlchemyAsyncConfig(
         connection_string=database_url,
         session_config=AsyncSessionConfig(expire_on_commit=False),
         engine_config=EngineConfig(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False),
@@ -63,14 +63,15 @@ def alchemy_config(database_url: str, *, pool_size: int = 10) -> SQLAlchemyAsync
             compare_type=True,
             render_as_batch=False,
         ),
-        # advanced-alchemy's autocommit (a 4xx/5xx answer rolls the request's transaction back), then the
-        # work the committed transaction registered with lib.after_commit.
-        before_send_handler=before_send_handler,
+        before_send_handler="autocommit",  # a 4xx/5xx answer rolls the request's transaction back
         # Its handler for RepositoryError would win over the app's (more specific type) and answer
         # without the SPEC §3 body; lib/errors.py maps repository errors itself.
         set_default_exception_handler=False,
         create_all=False,
     )
+    # Then the work the committed transaction registered (lib.after_commit): the one after-commit path.
+    config.before_send_handler = with_after_commit(config.before_send_handler, config.session_scope_key)  # type: ignore[arg-type]
+    return config
 
 
 def migrate(config: SQLAlchemyAsyncConfig, revision: str = "head") -> None:
