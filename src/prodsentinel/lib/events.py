@@ -33,7 +33,9 @@ from litestar.channels import ChannelsBackend
 from litestar.channels.backends.asyncpg import AsyncPgChannelsBackend
 from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from prodsentinel.lib.after_commit import after_commit
 from prodsentinel.lib.vocabulary import STREAM_EVENT_TYPES
 from prodsentinel.settings import Settings
 
@@ -46,6 +48,7 @@ __all__ = (
     "channels_backend",
     "decode_event",
     "encode_event",
+    "publish_after_commit",
     "publish_event",
     "start_publisher",
     "stop_publisher",
@@ -123,6 +126,13 @@ async def publish_event(event_type: str, project_id: UUID, data: dict[str, Any])
         )
         return False
     return True
+
+
+def publish_after_commit(
+    session: AsyncSession, event_type: str, project_id: UUID, data: dict[str, Any]
+) -> None:
+    """Publish the event once ``session``'s transaction has committed (``lib.after_commit``)."""
+    after_commit(session, publish_event, event_type, project_id, data)
 
 
 class PooledAsyncPgChannelsBackend(AsyncPgChannelsBackend):

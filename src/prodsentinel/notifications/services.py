@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from prodsentinel.auth.services import ProjectService
 from prodsentinel.incidents.severity import Severity, rank
 from prodsentinel.lib import jobs, vocabulary
+from prodsentinel.lib.after_commit import after_commit
 from prodsentinel.lib.config_files import config_file_error, read_yaml_list
 from prodsentinel.lib.database import session_scope
 from prodsentinel.lib.errors import BadRequestError, ConflictError, NotFoundError, ValidationError
@@ -122,8 +123,9 @@ async def add_event(
     """Write one outbox item per enabled channel of the project that wants this event.
 
     Flushes, never commits: the caller's transaction makes the state change and its notifications
-    durable together. Returns the ``event_id`` (new unless given). After the commit, callers call
-    :func:`enqueue_dispatch` so delivery starts at once instead of at the next cron tick.
+    durable together. Returns the ``event_id`` (new unless given). It registers :func:`enqueue_dispatch`
+    to run after that commit (``lib.after_commit``), so delivery starts at once instead of at the next
+    cron tick, whichever service wrote the event; callers do nothing more.
 
     The body is ``{"event_id", "event_type", "severity", "occurred_at", "project_id", **payload}``.
     """
@@ -153,11 +155,12 @@ async def add_event(
         payload=body,
         now=now,
     )
+    after_commit(session, enqueue_dispatch)
     return event_id
 
 
 async def enqueue_dispatch() -> bool:
-    """Ask a worker to deliver now; call it AFTER the transaction with ``add_event`` committed.
+    """Ask a worker to deliver now (after the commit of an ``add_event`` or a replay).
 
     The job key dedups bursts (one queued/running dispatch per queue; it loops until nothing is due).
     A lost or deduplicated enqueue only delays delivery until the next cron tick (a few seconds).
