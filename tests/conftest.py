@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -33,6 +35,22 @@ from prodsentinel.settings import Settings
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
 
 KeyFactory = Callable[..., Awaitable[str]]
+
+
+def unavailable(what: str, hint: str) -> NoReturn:
+    """A test's tool or service is missing: a failure in CI (``CI`` set, as ``.ci/run`` does), so a broken
+    install step cannot hide behind skips; a skip on a developer's machine, with how to get it."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is required in CI ({hint})", pytrace=False)
+    pytest.skip(f"{what} is not available ({hint})")
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of a command-line tool the test runs (see :func:`unavailable`)."""
+    path = shutil.which(name)
+    if path is None:
+        unavailable(name, f"apt-get install {package}")
+    return path
 
 
 def _reachable(url: str) -> bool:
