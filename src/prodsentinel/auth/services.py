@@ -114,7 +114,9 @@ async def create_key_over_http(session: AsyncSession, caller: Principal, data: A
             f"project: an API key can only create keys in its own project ({caller.project_name!r}); "
             "create keys for other projects with `prodsentinel keys create --project`."
         )
-    return await create_key(session, name=data.name, scopes=data.scopes, project=caller.project_name)
+    return await create_key(
+        session, name=data.name, scopes=list[str](data.scopes), project=caller.project_name
+    )
 
 
 async def create_key(session: AsyncSession, *, name: str, scopes: list[str], project: str) -> ApiKeyCreated:
