@@ -294,9 +294,9 @@ TIME_CURSORS: list[tuple[str, Any]] = [
     ("/api/v1/alerts/history", lambda when: [when, ANY_ID]),
     ("/api/v1/alerts/audit", lambda when: [when, ANY_ID]),
     ("/api/v1/alerts/silences", lambda when: [when, ANY_ID]),
-    ("/api/v1/notifications/attempts", lambda when: [when, ANY_ID]),
-    ("/api/v1/notifications/outbox", lambda when: [when, ANY_ID]),
-    ("/api/v1/notifications/history", lambda when: [when, ANY_ID]),
+    ("/api/v1/notifications/attempts", lambda when: ["attempts", when, ANY_ID]),
+    ("/api/v1/notifications/outbox", lambda when: ["outbox", when, ANY_ID]),
+    ("/api/v1/notifications/history", lambda when: ["history", when, ANY_ID]),
 ]
 
 

@@ -72,7 +72,7 @@ from prodsentinel.lib.database import session_scope
 from prodsentinel.lib.errors import BadRequestError, ConflictError, NotFoundError, ValidationError
 from prodsentinel.lib.pagination import check_limit, decode_cursor, encode_cursor
 from prodsentinel.lib.time import as_utc, utcnow
-from prodsentinel.notifications import services as notification_services
+from prodsentinel.notifications import outbox as notification_services
 from prodsentinel.settings import Settings, SettingsError
 
 __all__ = (

@@ -57,7 +57,7 @@ from prodsentinel.lib.events import publish_event
 from prodsentinel.lib.pagination import check_limit, decode_cursor, encode_cursor
 from prodsentinel.lib.time import as_utc, utcnow
 from prodsentinel.lib.vocabulary import LEVEL_NAMES
-from prodsentinel.notifications.services import add_event, enqueue_dispatch
+from prodsentinel.notifications.outbox import add_event, enqueue_dispatch
 from prodsentinel.signals import services as signal_services
 from prodsentinel.signals.anomalies import DEFAULT_PARAMS, AnomalyParams
 
