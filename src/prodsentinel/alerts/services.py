@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
 
-from advanced_alchemy.exceptions import IntegrityError
+from advanced_alchemy.exceptions import DuplicateKeyError
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from msgspec import to_builtins
 from sqlalchemy.exc import DBAPIError
@@ -112,7 +112,7 @@ class PolicyService(SQLAlchemyAsyncRepositoryService[AlertPolicy]):
             raise _name_conflict(spec.name)
         try:
             policy = await self.repository.add(AlertPolicy(project_id=project_id, **spec.columns()))
-        except IntegrityError:  # a concurrent create of the same name
+        except DuplicateKeyError:  # a concurrent create of the same name
             raise _name_conflict(spec.name) from None
         out = _policy_out(policy)
         await self._audit(policy, actor, "policy.create", {"policy": _wire_details(out)})
