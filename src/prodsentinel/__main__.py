@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from prodsentinel.settings import Settings, SettingsError, get_settings
 
 if TYPE_CHECKING:
-    from prodsentinel.alerts.services import PolicyFileItem
+    from prodsentinel.alerts.policy_file import PolicyFileItem
 
 
 def main() -> None:
@@ -55,13 +55,13 @@ def _checked_settings(args: list[str]) -> Settings:
 def _parse_policies_file(settings: Settings) -> list[PolicyFileItem]:
     if settings.policies_file is None:
         return []
-    from prodsentinel.alerts.services import parse_policies_file
+    from prodsentinel.alerts.policy_file import parse_policies_file
 
     return parse_policies_file(settings.policies_file)
 
 
 def _check_policies_in_database(settings: Settings, path: Path, policies: list[PolicyFileItem]) -> None:
-    from prodsentinel.alerts.services import check_policies_file_in_database
+    from prodsentinel.alerts.policy_file import check_policies_file_in_database
     from prodsentinel.lib.database import resolve_database_url
 
     asyncio.run(check_policies_file_in_database(resolve_database_url(settings), path, policies))

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from prodsentinel import plugins
-from prodsentinel.alerts import services as alert_services
 from prodsentinel.alerts.controllers import alerts_router
+from prodsentinel.alerts.policy_file import load_policies_file
 from prodsentinel.auth.cli import KeysCLIPlugin
 from prodsentinel.auth.controllers import ApiKeyController
 from prodsentinel.auth.guards import PUBLIC_PATHS, auth_middleware, provide_principal
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def on_startup(app: Litestar) -> None:
         if settings.run_auto_migrate:
             await asyncio.to_thread(migrate, db_config)
-        await alert_services.load_policies_file(app.state[SESSION_MAKER_STATE_KEY], settings)
+        await load_policies_file(app.state[SESSION_MAKER_STATE_KEY], settings)
         queue = saq.get_queue(settings.queue_name)
         await queue.connect()
         jobs.bind_queue(queue)
