@@ -34,6 +34,7 @@ __all__ = (
     "PostgresCluster",
     "RedisServer",
     "ServerProcess",
+    "base_env",
     "create_key",
     "poll",
     "server_process",
@@ -211,6 +212,11 @@ class ServerProcess:
     base_url: str
     process: subprocess.Popen[bytes]
     port: int
+    log: Path
+
+    def output(self) -> str:
+        """What the server wrote to stdout and stderr so far (for failure messages)."""
+        return self.log.read_text(errors="replace")
 
     def kill_group(self) -> None:
         """SIGKILL the server and every process of its group (what an OOM killer may do)."""
@@ -219,24 +225,28 @@ class ServerProcess:
         self.process.wait(timeout=10)
 
 
-def _base_env(env: dict[str, str]) -> dict[str, str]:
+def base_env(env: dict[str, str], *, embedded: bool = False) -> dict[str, str]:
+    """The environment of a server under test: nothing of ours inherited, ``env`` on top.
+
+    ``embedded``: leave migrations and in-process workers to the embedded defaults.
+    """
     inherited = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith("PRODSENTINEL_") and key not in {"DATABASE_URL", "REDIS_URL"}
     }
-    return {
-        **inherited,
-        "PRODSENTINEL_AUTO_MIGRATE": "0",
-        "PRODSENTINEL_INPROCESS_WORKERS": "0",
-        "LOG_LEVEL": "WARNING",
-        **env,
-    }
+    defaults = {} if embedded else {"PRODSENTINEL_AUTO_MIGRATE": "0", "PRODSENTINEL_INPROCESS_WORKERS": "0"}
+    return {**inherited, **defaults, "LOG_LEVEL": "WARNING", **env}
 
 
 @contextmanager
 def server_process(
-    env: dict[str, str], *, command: str = "granian", port: int | None = None, timeout: float = 60
+    env: dict[str, str],
+    *,
+    command: str = "granian",
+    port: int | None = None,
+    timeout: float = 60,
+    embedded: bool = False,
 ) -> Iterator[ServerProcess]:
     """Start granian on the app factory (``command="granian"``) or ``prodsentinel run`` (``"run"``).
 
@@ -250,15 +260,17 @@ def server_process(
         ]  # fmt: skip
     else:
         argv = [sys.executable, "-m", "prodsentinel", "run", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(
-        argv,
-        env=_base_env(env),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    server = ServerProcess(f"http://127.0.0.1:{port}", process, port)
+    log = Path(tempfile.mkstemp(prefix="ps-faults-server-", suffix=".log")[1])
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            argv,
+            env=base_env(env, embedded=embedded),
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = ServerProcess(f"http://127.0.0.1:{port}", process, port, log)
     try:
         poll(lambda: _live(server), timeout=timeout, what=f"{command} to serve /health/live", interval=0.1)
         yield server
@@ -269,6 +281,8 @@ def server_process(
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 server.kill_group()
+        print(server.output()[-20_000:])  # pytest shows it when the test failed
+        log.unlink(missing_ok=True)
 
 
 def _live(server: ServerProcess) -> bool:

@@ -44,6 +44,10 @@ def _is_outage(error: BaseException) -> bool:
         return True
     if isinstance(error, asyncpg.ConnectionDoesNotExistError):
         return True
+    if isinstance(error, asyncpg.InternalClientError):
+        # "cannot switch to state 12; another operation (2) is in progress": asyncpg's protocol on a
+        # pooled connection the server terminated (57P01) while it sat idle; seen on every fast restart.
+        return True
     if isinstance(error, asyncpg.InterfaceError) and "connection is closed" in str(error):
         return True
     state = getattr(error, "sqlstate", None)
