@@ -25,6 +25,7 @@ from prodsentinel.ingest.plugin import IngestPlugin
 from prodsentinel.lib import jobs
 from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY, alchemy_config, migrate, resolve_database_url
 from prodsentinel.lib.errors import exception_to_response
+from prodsentinel.lib.lifeline import watch_supervisor
 from prodsentinel.lib.observability import RequestContextMiddleware, add_response_headers
 from prodsentinel.lib.openapi import document_error_responses
 from prodsentinel.notifications.controllers import notifications_router
@@ -47,6 +48,7 @@ logger = structlog.get_logger("prodsentinel")
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
+    watch_supervisor()  # a server process of `prodsentinel run` stops when `run` dies (lib/lifeline.py)
     database_url = resolve_database_url(settings)
     db_config = alchemy_config(database_url)
     redis = plugins.redis_client(settings)

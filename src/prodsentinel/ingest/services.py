@@ -26,6 +26,7 @@ from prodsentinel.ingest.writer import PendingBudget, TableWriter, WriterClosedE
 from prodsentinel.lib import jobs
 from prodsentinel.lib.errors import ServiceUnavailableError
 from prodsentinel.lib.time import MIN_TIME
+from prodsentinel.lib.unavailable import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, is_database_unavailable
 from prodsentinel.lib.vocabulary import LEVELS, LOG_LEVEL_NAMES, SPAN_STATUSES
 from prodsentinel.settings import Settings
 from prodsentinel.signals.writes import LOGS, METRIC_POINTS, SPANS, SignalTable
@@ -384,14 +385,11 @@ class Ingestor:
             accepted, duplicates = await self.writers[kind_name].write(rows, reserved=reserved, notify=notify)
         except WriterClosedError:
             raise ServiceUnavailableError("The service is shutting down; retry.", retry_after=1) from None
-        except (
-            OSError,
-            asyncpg.PostgresConnectionError,
-            asyncpg.InterfaceError,
-            asyncpg.CannotConnectNowError,
-        ):
-            logger.warning("ingest_database_unavailable", kind=kind_name, exc_info=True)
-            raise ServiceUnavailableError("The database is unavailable; retry.", retry_after=2) from None
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                raise
+            logger.warning("ingest_database_unavailable", kind=kind_name, error=repr(exc))
+            raise ServiceUnavailableError(DATABASE_UNAVAILABLE, retry_after=RETRY_AFTER_SECONDS) from None
         metrics.record_ingest(kind_name, accepted, duplicates)
         return IngestAccepted(accepted=accepted, duplicates=duplicates)
 
