@@ -449,7 +449,7 @@ async def test_overloaded_server_answers_503_and_the_sdk_retries_after_retry_aft
         sdk_logger.removeHandler(handler)
         await locker.close()
     assert results == {"first": SpanExportResult.SUCCESS, "second": SpanExportResult.SUCCESS}
-    # 503 ("Service Unavailable") and the wait is the server's Retry-After (1 s), not the SDK's jittered backoff
+    # a 503, and the wait is the server's Retry-After (1 s), not the SDK's jittered backoff
     assert "Service Unavailable" in handler.messages[0]
     assert "retrying in 1.00s" in handler.messages[0]
     assert await stored(session_maker, "spans", project_name) == 4
