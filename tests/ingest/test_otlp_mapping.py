@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
+from uuid import UUID
 
 import msgspec
 import pytest
@@ -17,6 +19,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prodsentinel.ingest import otlp_json
 from prodsentinel.ingest.otlp_decoding import JSON_CODEC, PROTOBUF_CODEC
 from prodsentinel.ingest.otlp_mapping import (
+    SPAN_ID_NAMESPACE,
     format_bound,
     map_logs,
     map_metrics,
@@ -210,3 +213,17 @@ def test_histogram_and_summary_points_as_prometheus_names() -> None:
     assert mapped.rejections.count == 1
     assert "1 bucket_counts for 1 explicit_bounds" in (mapped.rejections.first or "")
     assert all(item.signal_id is None for item in mapped.items)  # derived by §4's metric_rows
+
+
+def test_span_ids_are_uuid5_of_the_trace_and_span_ids() -> None:
+    trace_id, span_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    digest = hashlib.sha1(SPAN_ID_NAMESPACE.bytes + (trace_id + span_id).encode()).digest()
+    expected = UUID(bytes=digest[:16], version=5)
+    made = span_signal_id(trace_id, span_id)
+    assert made == expected
+    assert (made.version, made.variant, hash(made), str(made)) == (
+        5,
+        expected.variant,
+        hash(expected),
+        str(expected),
+    )

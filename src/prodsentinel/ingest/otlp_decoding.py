@@ -67,6 +67,8 @@ class _ProtobufCodec:
 
     def any_value(self, value: Any) -> Any:
         which = value.WhichOneof("value")
+        if which == "string_value":  # the common case first
+            return value.string_value
         if which is None:
             return None
         if which == "array_value":
