@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from prodsentinel.system.demo import SERVICES, run_demo
 from tests.conftest import KeyFactory
 from tests.ingest.test_ingest import stored
 from tests.system.servers import granian_server
@@ -468,3 +469,32 @@ async def _wait_for_lock_waiter(connection: asyncpg.Connection) -> None:
             return
         await asyncio.sleep(0.05)  # polling the real signal (pg_locks), not sleeping for it
     raise AssertionError("no export reached the database")
+
+
+async def test_demo_otlp_exports_the_fake_services_through_the_sdk(
+    server: str, make_key: KeyFactory, session_maker: async_sessionmaker[AsyncSession], project_name: str
+) -> None:
+    """`prodsentinel demo --otlp`: the demo services, instrumented with the real SDK, reach the query API."""
+    key = await make_key("admin", "ingest")
+    report = await run_demo(
+        url=server,
+        api_key=key,
+        duration=2,
+        rate=2,
+        failure_after=1.0,
+        seed=3,
+        settle=0,
+        say=lambda _: None,
+        otlp=True,
+    )
+    assert report.sent["spans"] > 0
+    services = {item["service_name"] for item in (await read(server, key, "/api/v1/services"))["items"]}
+    assert services == set(SERVICES)
+    spans = (await read(server, key, "/api/v1/spans", service="payments", status="ERROR"))["items"]
+    assert spans, "the failing payments spans"
+    trace = await read(server, key, f"/api/v1/traces/{spans[0]['trace_id']}")
+    assert set(trace["services"]) >= {"frontend", "payments"}
+    assert any(log["level"] == "ERROR" for log in trace["logs"])  # logs carry the SDK spans' ids
+    assert await stored(session_maker, "spans", project_name) == report.sent["spans"]
+    assert await stored(session_maker, "logs", project_name) == report.sent["logs"]
+    assert await stored(session_maker, "metric_points", project_name) > 0
