@@ -21,6 +21,7 @@ from prodsentinel.auth.models import ApiKey
 from prodsentinel.auth.scopes import Principal
 from prodsentinel.incidents.controllers import AnomalyController, IncidentController
 from prodsentinel.ingest.controllers import IngestController
+from prodsentinel.ingest.otlp_controllers import OtlpController
 from prodsentinel.ingest.plugin import IngestPlugin
 from prodsentinel.lib import jobs
 from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY, alchemy_config, migrate, resolve_database_url
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             HealthController,
             ApiKeyController,
             IngestController,
+            OtlpController,
             LogController,
             SpanController,
             MetricController,
