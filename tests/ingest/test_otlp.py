@@ -24,6 +24,7 @@ from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import (
     InMemoryLogRecordExporter,
@@ -363,6 +364,52 @@ class TestErrors:
         assert body["code"] == code_pb2.INVALID_ARGUMENT
         assert "ExportLogsServiceRequest" in body["message"]
         assert body["details"][0]["requestId"] == response.headers["x-request-id"]
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            b'{"resourceSpans": ' + b"[" * 100_000,
+            b'{"resourceSpans": [{"resource": {"attributes": [{"key": "k", "value": '
+            + b'{"kvlistValue": {"values": [{"key": "k", "value": ' * 5_000
+            + b'{"stringValue": "x"}'
+            + b"}]}}" * 5_000
+            + b"}]}}]}",
+        ],
+        ids=["100000-brackets", "5000-deep-kvlist"],
+    )
+    async def test_json_nested_too_deeply_is_400_and_the_server_stays_healthy(
+        self, server: str, make_key: KeyFactory, body: bytes
+    ) -> None:
+        key = await make_key("ingest")
+        response = await post(server, "/v1/traces", key, body, "application/json")
+        assert response.status_code == 400
+        assert response.json()["message"].startswith("The body is ")
+        assert (await post(server, "/v1/traces", key, b"{}", "application/json")).status_code == 200
+
+    async def test_protobuf_nested_too_deeply_is_400(self, server: str, make_key: KeyFactory) -> None:
+        # Built on the wire by hand: the protobuf classes themselves refuse to hold such a message.
+        def field(number: int, payload: bytes) -> bytes:  # a length-delimited field
+            length, size = b"", len(payload)
+            while True:
+                byte, size = size & 0x7F, size >> 7
+                length += bytes([byte | (0x80 if size else 0)])
+                if not size:
+                    break
+            return bytes([number << 3 | 2]) + length + payload
+
+        value = common_pb2.AnyValue(string_value="x").SerializeToString()
+        for _ in range(200):  # protobuf's decoder stops at a depth of 100
+            key_value = field(1, b"k") + field(2, value)  # KeyValue(key, value)
+            value = field(6, field(1, key_value))  # AnyValue(kvlist_value=KeyValueList(values=[...]))
+        body = field(
+            1, field(1, field(1, field(1, b"k") + field(2, value)))
+        )  # request/resource_spans/resource
+        key = await make_key("ingest")
+        response = await post(server, "/v1/traces", key, body, PROTOBUF)
+        assert response.status_code == 400
+        status = status_pb2.Status.FromString(response.content)
+        assert status.code == code_pb2.INVALID_ARGUMENT
+        assert "MaxDepth" in status.message
 
     async def test_other_content_type_is_415(self, server: str, make_key: KeyFactory) -> None:
         key = await make_key("ingest")

@@ -193,6 +193,8 @@ def decode_request(signal: Signal, payload: bytes, fmt: OtlpFormat) -> tuple[Any
         message = signal.request()
         try:
             message.ParseFromString(payload)
+        except RecursionError:
+            raise BadRequestError("The body is nested too deeply to decode.") from None
         except DecodeError as exc:
             raise BadRequestError(
                 f"The body is not a valid {signal.request.__name__} protobuf: {exc}."
@@ -200,6 +202,8 @@ def decode_request(signal: Signal, payload: bytes, fmt: OtlpFormat) -> tuple[Any
         return message, PROTOBUF_CODEC
     try:
         return signal.json_decoder.decode(payload), JSON_CODEC
+    except RecursionError:  # msgspec gives up around 950 levels (see ingest.decoding)
+        raise BadRequestError("The body is nested too deeply to decode.") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # ValidationError is a DecodeError
         raise BadRequestError(
             f"The body is not a valid OTLP/JSON {signal.request.__name__}: {exc}."
