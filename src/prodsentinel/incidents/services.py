@@ -92,6 +92,8 @@ OCCURRENCE_RETENTION = timedelta(days=1)
 AUTO_RESOLVE_BATCH = 1000
 SAMPLE_SIGNALS = 5
 ANALYSED_SEVERITIES = frozenset({Severity.HIGH, Severity.CRITICAL})
+#: At most this many lost analyses are re-announced per run of ``analyse_pending_incidents``.
+PENDING_ANALYSES_LIMIT = 100
 ANALYSIS_TIMEOUT_SECONDS = 120
 
 # Templates repeat heavily (one message shape, many ids): cache the regex work per distinct text.
@@ -385,6 +387,20 @@ async def announce(transitions: Sequence[Transition]) -> None:
     for transition in transitions:
         if transition.kind != "resolved" and Severity(transition.incident.severity) in ANALYSED_SEVERITIES:
             await enqueue_analysis(transition.incident.id)
+
+
+async def enqueue_pending_analyses(session_maker: async_sessionmaker[AsyncSession]) -> int:
+    """Re-announce analyses whose enqueue was lost (Redis down, a crash between commit and enqueue).
+
+    Grouping, evaluation and dispatch re-find their work by themselves; an analysis is only announced
+    by the transition that needs it, so this cron twin finds serious unresolved incidents never
+    analysed. The job key dedups against an analysis already queued or running.
+    """
+    async with session_scope(session_maker) as session:
+        ids = await IncidentRepository(session=session).unanalysed_ids(
+            sorted(ANALYSED_SEVERITIES), limit=PENDING_ANALYSES_LIMIT
+        )
+    return sum([await enqueue_analysis(incident_id) for incident_id in ids])
 
 
 async def enqueue_analysis(incident_id: UUID) -> bool:

@@ -26,6 +26,7 @@ from prodsentinel.ingest.writer import PendingBudget, TableWriter, WriterClosedE
 from prodsentinel.lib import jobs
 from prodsentinel.lib.errors import ServiceUnavailableError
 from prodsentinel.lib.time import MIN_TIME
+from prodsentinel.lib.unavailable import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, is_database_unavailable
 from prodsentinel.lib.vocabulary import LEVELS, LOG_LEVEL_NAMES, SPAN_STATUSES
 from prodsentinel.settings import Settings
 from prodsentinel.signals.writes import LOGS, METRIC_POINTS, SPANS, SignalTable
@@ -359,17 +360,8 @@ class Ingestor:
         """Decode, validate and durably store one request's batch; 202 counts once committed."""
         kind = KINDS[kind_name]
         fmt = body_format(content_type)
-        limit = self.settings.max_body_bytes
-        reserved = max(len(body), 1)
-        if not self.budget.try_acquire(reserved):
-            raise _overloaded()
+        payload, reserved = self.admit(body, content_encoding)
         try:
-            payload = decompress(body, content_encoding, limit=limit)
-            if len(payload) > len(body):  # account for what the inflated body really holds
-                extra = len(payload) - len(body)
-                if not self.budget.try_acquire(extra):
-                    raise _overloaded()
-                reserved += extra
             items = decode_items(payload, fmt, kind.item_type, max_items=self.settings.max_batch_items)
             now = datetime.now(UTC)
             rows, notify = kind.build_rows(project_id, items, now, _NUL_ESCAPE in payload)
@@ -380,20 +372,41 @@ class Ingestor:
         if not rows:
             self.budget.release(reserved)
             return IngestAccepted(accepted=0, duplicates=0)
-        try:
-            accepted, duplicates = await self.writers[kind_name].write(rows, reserved=reserved, notify=notify)
-        except WriterClosedError:
-            raise ServiceUnavailableError("The service is shutting down; retry.", retry_after=1) from None
-        except (
-            OSError,
-            asyncpg.PostgresConnectionError,
-            asyncpg.InterfaceError,
-            asyncpg.CannotConnectNowError,
-        ):
-            logger.warning("ingest_database_unavailable", kind=kind_name, exc_info=True)
-            raise ServiceUnavailableError("The database is unavailable; retry.", retry_after=2) from None
+        accepted, duplicates = await self.store(kind_name, rows, reserved=reserved, notify=notify)
         metrics.record_ingest(kind_name, accepted, duplicates)
         return IngestAccepted(accepted=accepted, duplicates=duplicates)
+
+    def admit(self, body: bytes, content_encoding: str) -> tuple[bytes, int]:
+        """Reserve the request's bytes in the budget (503 when full) and undo ``Content-Encoding``
+        (413 over the limit once inflated). Returns the payload and the bytes reserved, which the caller
+        hands to :meth:`store` or releases; on an error nothing stays reserved. Shared with OTLP ingest."""
+        reserved = max(len(body), 1)
+        if not self.budget.try_acquire(reserved):
+            raise _overloaded()
+        try:
+            payload = decompress(body, content_encoding, limit=self.settings.max_body_bytes)
+            if len(payload) > len(body):  # account for what the inflated body really holds
+                extra = len(payload) - len(body)
+                if not self.budget.try_acquire(extra):
+                    raise _overloaded()
+                reserved += extra
+        except BaseException:
+            self.budget.release(reserved)
+            raise
+        return payload, reserved
+
+    async def store(self, kind_name: str, rows: list[Row], *, reserved: int, notify: bool) -> tuple[int, int]:
+        """Write validated rows through the kind's group-commit writer; ``(accepted, duplicates)`` once
+        committed. The writer owns ``reserved`` from here on. Shared with OTLP ingest."""
+        try:
+            return await self.writers[kind_name].write(rows, reserved=reserved, notify=notify)
+        except WriterClosedError:
+            raise ServiceUnavailableError("The service is shutting down; retry.", retry_after=1) from None
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                raise
+            logger.warning("ingest_database_unavailable", kind=kind_name, error=repr(exc))
+            raise ServiceUnavailableError(DATABASE_UNAVAILABLE, retry_after=RETRY_AFTER_SECONDS) from None
 
 
 def _overloaded() -> ServiceUnavailableError:

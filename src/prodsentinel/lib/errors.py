@@ -19,6 +19,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy.exc import DBAPIError
 
 from prodsentinel.lib.observability import ensure_request_id
+from prodsentinel.lib.unavailable import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, is_database_unavailable
 
 __all__ = (
     "BadRequestError",
@@ -131,6 +132,9 @@ _TOO_DEEP_DETAIL = "The JSON body nests arrays and objects too deeply to be deco
 
 def _as_domain_error(exc: Exception) -> DomainError | None:
     """The client error (or repository outcome) behind an exception raised below the services."""
+    if is_database_unavailable(exc):  # an outage, not a bug: SPEC §4's 503 + Retry-After, never a 500
+        logger.warning("database_unavailable", error=repr(exc))
+        return ServiceUnavailableError(DATABASE_UNAVAILABLE, retry_after=RETRY_AFTER_SECONDS)
     if _sqlstate(exc) in _UNSTORABLE_TEXT:
         return BadRequestError(_NUL_DETAIL)
     if isinstance(exc, UnicodeDecodeError) and _raised_in(exc, _BODY_DECODERS):
