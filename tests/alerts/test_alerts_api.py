@@ -307,12 +307,25 @@ class TestAlertsApi:
         seed: Seeder,
         session_maker: async_sessionmaker[AsyncSession],
     ) -> None:
+        channel = {"name": "pager", "url": "http://127.0.0.1:9/hook"}
+        assert (
+            await client.post("/api/v1/notifications/channels", json=channel, headers=tenant.admin)
+        ).is_success
         alert = await fire(client, tenant, seed, session_maker)
         assert alert["acked_by"] is None
         path = f"/api/v1/alerts/{alert['id']}"
         assert (await client.post(f"{path}/ack", headers=tenant.read)).status_code == 403
         acked = await client.post(f"{path}/ack", headers=tenant.operate)
         assert acked.status_code == 200, acked.text
+        async with session_maker() as session:
+            events = list(
+                await session.scalars(
+                    select(OutboxItem.event_type)
+                    .where(OutboxItem.project_id == tenant.project_id)
+                    .order_by(OutboxItem.created_at)
+                )
+            )
+        assert events == ["ALERT_FIRING", "ALERT_ACKNOWLEDGED"]  # receivers hear of the ack (SPEC §12)
         assert acked.json()["acked_by"].startswith("key:operator-key:")
         assert acked.json()["acked_at"] is not None
         fetched = (await client.get(path, headers=tenant.read)).json()

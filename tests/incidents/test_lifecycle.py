@@ -119,7 +119,11 @@ class TestAckResolveApi:
             ("incident_resolved", body["acked_by"]),
         ]
         assert all(a.subject_id == incident.id for a in audit)
-        assert await outbox_types(session_maker, project) == ["INCIDENT_OPENED", "INCIDENT_RESOLVED"]
+        assert await outbox_types(session_maker, project) == [
+            "INCIDENT_OPENED",
+            "INCIDENT_ACKNOWLEDGED",
+            "INCIDENT_RESOLVED",
+        ]
 
     async def test_other_projects_incident_is_404(
         self,

@@ -443,6 +443,13 @@ async def acknowledge(
                 at=now,
             ),
         )
+        await add_event(
+            session,
+            project_id=project_id,
+            event_type="INCIDENT_ACKNOWLEDGED",
+            severity=incident.severity,
+            payload={"project_id": str(project_id), "incident": msgspec.to_builtins(incident_out(incident))},
+        )
     return incident_out(incident)
 
 
