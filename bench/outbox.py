@@ -10,7 +10,7 @@ Each run, on a fresh database on the local PostgreSQL (``BENCH_POSTGRES_URL``, d
    writes them; not timed);
 2. starts a receiver process on 127.0.0.1 (``tests/receivers.py``: HTTP/1.1 keep-alive, answers 200
    after ``--receiver-delay`` seconds) and N dispatcher processes, each running the real
-   ``services.dispatch_due`` loop (claim with SKIP LOCKED + commit, concurrent signed httpx POSTs,
+   ``dispatcher.run_dispatch`` loop (claim with SKIP LOCKED + commit, concurrent signed httpx POSTs,
    ledger insert + fenced result update) until nothing is due;
 3. times from the start signal to the last worker finishing, checks every item is ``delivered`` with
    one ledger row, and asks the receiver how often it saw each delivery id and whether one id ever
@@ -66,7 +66,7 @@ def _worker_process(
         from sqlalchemy import text
         from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-        from prodsentinel.notifications import delivery, services
+        from prodsentinel.notifications import delivery, dispatcher
         from prodsentinel.settings import Settings
 
         settings = Settings(database_url=database_url, **settings_overrides)
@@ -78,7 +78,7 @@ def _worker_process(
         ready.set()
         await asyncio.get_running_loop().run_in_executor(None, start.wait)
         began = time.perf_counter()
-        counts = await services.dispatch_due(session_maker, settings, max_seconds=max_seconds)
+        counts = await dispatcher.run_dispatch(session_maker, settings, max_seconds=max_seconds)
         results.put(
             {
                 "pid": os.getpid(),

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -33,6 +36,22 @@ from prodsentinel.settings import Settings
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
 
 KeyFactory = Callable[..., Awaitable[str]]
+
+
+def unavailable(what: str, hint: str) -> NoReturn:
+    """A test's tool or service is missing: a failure in CI (``CI`` set, as ``.ci/run`` does), so a broken
+    install step cannot hide behind skips; a skip on a developer's machine, with how to get it."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is required in CI ({hint})", pytrace=False)
+    pytest.skip(f"{what} is not available ({hint})")
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of a command-line tool the test runs (see :func:`unavailable`)."""
+    path = shutil.which(name)
+    if path is None:
+        unavailable(name, f"apt-get install {package}")
+    return path
 
 
 def _reachable(url: str) -> bool:
@@ -145,6 +164,59 @@ def make_key(session_maker: async_sessionmaker[AsyncSession], project_name: str)
         return created.key
 
     return factory
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A project seen through one API key per scope (headers ready to send)."""
+
+    project_id: uuid.UUID
+    name: str
+    admin: dict[str, str]
+    operate: dict[str, str]
+    read: dict[str, str]
+    ingest: dict[str, str]
+
+
+TenantFactory = Callable[..., Awaitable[Tenant]]
+
+
+@pytest.fixture
+def make_tenant(
+    make_key: KeyFactory, session_maker: async_sessionmaker[AsyncSession], project_name: str
+) -> TenantFactory:
+    """A project (default: this test's) with an admin, an operator, a reader and an ingest key."""
+
+    async def factory(project: str | None = None) -> Tenant:
+        name = project or project_name
+        keys = {
+            scope: await make_key(scope, project=name, name=key_name)
+            for scope, key_name in (
+                ("admin", "admin-key"),
+                ("operate", "operator-key"),
+                ("read", "reader-key"),
+                ("ingest", "ingest-key"),
+            )
+        }
+        return Tenant(
+            project_id=await project_id_of(session_maker, name),
+            name=name,
+            **{scope: {"X-API-Key": key} for scope, key in keys.items()},
+        )
+
+    return factory
+
+
+@pytest.fixture
+async def tenant(make_tenant: TenantFactory) -> Tenant:
+    """This test's own project."""
+    return await make_tenant()
+
+
+@pytest.fixture
+async def other_tenant(make_tenant: TenantFactory) -> Tenant:
+    """A second, unrelated project (isolation tests)."""
+    return await make_tenant(f"other-{uuid.uuid4().hex[:10]}")
 
 
 async def project_id_of(session_maker: async_sessionmaker[AsyncSession], name: str) -> uuid.UUID:

@@ -292,12 +292,12 @@ TIME_CURSORS: list[tuple[str, Any]] = [
     ("/api/v1/logs", lambda when: ["logs", when, 1]),
     ("/api/v1/spans", lambda when: ["spans", when, 1]),
     ("/api/v1/anomalies", lambda when: ["anomalies", when, ANY_ID]),
-    ("/api/v1/alerts/history", lambda when: [when, ANY_ID]),
+    ("/api/v1/alerts/history", lambda when: ["alerts", when, ANY_ID]),
     ("/api/v1/alerts/audit", lambda when: ["audit", when, ANY_ID]),
-    ("/api/v1/alerts/silences", lambda when: [when, ANY_ID]),
-    ("/api/v1/notifications/attempts", lambda when: [when, ANY_ID]),
-    ("/api/v1/notifications/outbox", lambda when: [when, ANY_ID]),
-    ("/api/v1/notifications/history", lambda when: [when, ANY_ID]),
+    ("/api/v1/alerts/silences", lambda when: ["silences", when, ANY_ID]),
+    ("/api/v1/notifications/attempts", lambda when: ["attempts", when, ANY_ID]),
+    ("/api/v1/notifications/outbox", lambda when: ["outbox", when, ANY_ID]),
+    ("/api/v1/notifications/history", lambda when: ["history", when, ANY_ID]),
 ]
 
 

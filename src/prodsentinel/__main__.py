@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING
 from prodsentinel.settings import Settings, SettingsError, get_settings
 
 if TYPE_CHECKING:
-    from prodsentinel.alerts.services import PolicyFileItem
+    from prodsentinel.alerts.policy_file import PolicyFileItem
 
 
 def main() -> None:
@@ -31,6 +33,9 @@ def main() -> None:
         sys.exit(2)
     if args[:1] == ["run"]:
         _apply_run_defaults(args, settings.host, settings.port)
+        from prodsentinel.lib.lifeline import mark_supervisor
+
+        mark_supervisor()  # granian's processes stop when this one dies, even by SIGKILL
     from litestar.cli.main import litestar_group
 
     litestar_group()
@@ -43,6 +48,8 @@ def _checked_settings(args: list[str]) -> Settings:
     file's regular expressions in PostgreSQL here, so nothing is left to fail inside the server's start.
     """
     settings = get_settings()
+    if args[:1] == ["run"] and not _wants_help(args):
+        _refuse_served_port(args, settings)
     policies = _parse_policies_file(settings)
     if settings.embedded and _needs_database(args):
         _start_embedded_database(settings, worker_only=args[:1] == ["workers"])
@@ -55,16 +62,63 @@ def _checked_settings(args: list[str]) -> Settings:
 def _parse_policies_file(settings: Settings) -> list[PolicyFileItem]:
     if settings.policies_file is None:
         return []
-    from prodsentinel.alerts.services import parse_policies_file
+    from prodsentinel.alerts.policy_file import parse_policies_file
 
     return parse_policies_file(settings.policies_file)
 
 
 def _check_policies_in_database(settings: Settings, path: Path, policies: list[PolicyFileItem]) -> None:
-    from prodsentinel.alerts.services import check_policies_file_in_database
+    from prodsentinel.alerts.policy_file import check_policies_file_in_database
     from prodsentinel.lib.database import resolve_database_url
 
     asyncio.run(check_policies_file_in_database(resolve_database_url(settings), path, policies))
+
+
+def _wants_help(args: list[str]) -> bool:
+    return bool({"-h", "--help"} & set(args))
+
+
+def _refuse_served_port(args: list[str], settings: Settings) -> None:
+    """Exit with one line when the address ``run`` would listen on is already taken.
+
+    granian binds with SO_REUSEPORT, so a second ``run`` (or one beside an orphaned server) would
+    otherwise start *next to* the first and share its traffic. Checked before the embedded database
+    starts, so the refused ``run`` touches nothing.
+    """
+    if any(arg in {"--uds", "--fd"} or arg.startswith(("--uds=", "--fd=")) for arg in args):
+        return
+    host = _option(args, ("--host", "-H")) or settings.host
+    port = int(_option(args, ("--port", "-p")) or settings.port)
+    if _address_in_use(host, port):
+        raise SettingsError(
+            f"{host}:{port} is already in use (another `prodsentinel run`?): stop it or choose another "
+            "PRODSENTINEL_PORT / --port"
+        )
+
+
+def _option(args: list[str], names: tuple[str, ...]) -> str | None:
+    for index, arg in enumerate(args):
+        if arg in names and index + 1 < len(args):
+            return args[index + 1]
+        for name in names:
+            if name.startswith("--") and arg.startswith(f"{name}="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+def _address_in_use(host: str, port: int) -> bool:
+    """Whether binding ``host:port`` fails with EADDRINUSE (SO_REUSEADDR: TIME_WAIT does not count)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError:
+        return False  # granian reports an unresolvable host itself
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def _needs_database(args: list[str]) -> bool:

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from prodsentinel import plugins
-from prodsentinel.alerts import services as alert_services
 from prodsentinel.alerts.controllers import alerts_router
+from prodsentinel.alerts.policy_file import load_policies_file
 from prodsentinel.auth.cli import KeysCLIPlugin
 from prodsentinel.auth.controllers import ApiKeyController
 from prodsentinel.auth.guards import PUBLIC_PATHS, auth_middleware, provide_principal
@@ -21,10 +21,12 @@ from prodsentinel.auth.models import ApiKey
 from prodsentinel.auth.scopes import Principal
 from prodsentinel.incidents.controllers import AnomalyController, IncidentController
 from prodsentinel.ingest.controllers import IngestController
+from prodsentinel.ingest.otlp_controllers import OtlpController
 from prodsentinel.ingest.plugin import IngestPlugin
 from prodsentinel.lib import jobs
 from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY, alchemy_config, migrate, resolve_database_url
 from prodsentinel.lib.errors import exception_to_response
+from prodsentinel.lib.lifeline import watch_supervisor
 from prodsentinel.lib.observability import RequestContextMiddleware, add_response_headers
 from prodsentinel.lib.openapi import document_error_responses
 from prodsentinel.notifications.controllers import notifications_router
@@ -47,6 +49,7 @@ logger = structlog.get_logger("prodsentinel")
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
+    watch_supervisor()  # a server process of `prodsentinel run` stops when `run` dies (lib/lifeline.py)
     database_url = resolve_database_url(settings)
     db_config = alchemy_config(database_url)
     redis = plugins.redis_client(settings)
@@ -56,7 +59,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def on_startup(app: Litestar) -> None:
         if settings.run_auto_migrate:
             await asyncio.to_thread(migrate, db_config)
-        await alert_services.load_policies_file(app.state[SESSION_MAKER_STATE_KEY], settings)
+        await load_policies_file(app.state[SESSION_MAKER_STATE_KEY], settings)
         queue = saq.get_queue(settings.queue_name)
         await queue.connect()
         jobs.bind_queue(queue)
@@ -74,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             HealthController,
             ApiKeyController,
             IngestController,
+            OtlpController,
             LogController,
             SpanController,
             MetricController,

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from prodsentinel import __version__
 from prodsentinel.auth.scopes import Principal
 from prodsentinel.lib.observability import structlog_config
+from prodsentinel.lib.stores import FallbackStore
 from prodsentinel.settings import Settings
 from prodsentinel.worker import saq_config
 
@@ -37,6 +38,9 @@ __all__ = (
     "stores",
     "structlog_plugin",
 )
+
+#: Seconds to open a connection to Redis before the call fails (and the caller degrades).
+REDIS_CONNECT_TIMEOUT_SECONDS = 2
 
 TAGS = [
     Tag(name="ingest", description="Write logs, spans and metrics (scope ingest)."),
@@ -93,14 +97,26 @@ def granian_plugin() -> GranianPlugin:
 
 
 def redis_client(settings: Settings) -> Redis | None:
-    return Redis.from_url(settings.redis_url) if settings.redis_url else None
+    """The app's Redis client (rate limits, SSE fan-out, /health).
+
+    A bounded connect timeout: an unreachable (not refusing) Redis must not hold requests for the OS's
+    TCP timeout. No read timeout: the SSE subscriber blocks on reads by design.
+    """
+    if not settings.redis_url:
+        return None
+    return Redis.from_url(settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS)
 
 
 def stores(redis: Redis | None) -> dict[str, Store]:
-    """Rate-limit state lives in Redis when configured, so limits hold across instances."""
+    """Rate-limit state lives in Redis when configured, so limits hold across instances.
+
+    While Redis is unreachable the counters fall back to this process's memory (``lib.stores``):
+    queries, acks and admin calls keep working with per-instance limits instead of failing.
+    """
     if redis is None:
         return {"rate_limit": MemoryStore()}
-    return {"rate_limit": RedisStore(redis, namespace="prodsentinel:rate_limit")}
+    redis_store = RedisStore(redis, namespace="prodsentinel:rate_limit")
+    return {"rate_limit": FallbackStore(redis_store, MemoryStore(), name="rate_limit")}
 
 
 def _rate_limit_identity(request: Request[Any, Any, Any]) -> str:

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.alerts import services
+from prodsentinel.alerts import evaluator
 from prodsentinel.alerts.schemas import EvaluationSummary
 from prodsentinel.incidents.models import Anomaly, Incident
 from prodsentinel.lib.database import session_scope
@@ -199,6 +199,6 @@ async def evaluate_at(
     session_maker: async_sessionmaker[AsyncSession], tenant: Tenant, now: datetime, **kwargs: Any
 ) -> EvaluationSummary:
     """One evaluation pass of the tenant's project at an explicit clock (no sleeping in tests)."""
-    return await services.run_evaluation(
+    return await evaluator.run_evaluation(
         session_maker, interval_seconds=INTERVAL, now=now, project_id=tenant.project_id, **kwargs
     )

@@ -19,7 +19,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.alerts import services
+from prodsentinel.alerts import evaluator
 from prodsentinel.alerts.models import Alert
 from prodsentinel.audit.models import AuditEvent
 from prodsentinel.incidents.models import Incident
@@ -278,7 +278,7 @@ class TestKinds:
             at=now - timedelta(seconds=5), values=[40, 80, 90]
         )
 
-        summary = await services.run_evaluation(session_maker, interval_seconds=INTERVAL, now=now)
+        summary = await evaluator.run_evaluation(session_maker, interval_seconds=INTERVAL, now=now)
         assert summary.evaluated >= 4
         [alert] = await alerts_of(session_maker, normal["id"])
         assert (alert.state, alert.value) == ("firing", 70.0)
@@ -558,7 +558,7 @@ class TestLease:
     ) -> None:
         await create_policy(client, tenant, kind="incident", min_severity="low")
         async with session_maker() as holder, holder.begin():
-            assert await jobs.try_lease(holder, services.EVALUATION_LEASE)
+            assert await jobs.try_lease(holder, evaluator.EVALUATION_LEASE)
             summary = await evaluate_at(session_maker, tenant, utcnow())
             assert summary.skipped
             assert summary.evaluated == 0
@@ -574,7 +574,7 @@ class TestLease:
         t0 = utcnow()
         await create_policy(client, tenant, kind="incident", min_severity="low")
         await seed.incident(at=t0)
-        summary = await services.run_evaluation(session_maker, interval_seconds=INTERVAL, now=t0)
+        summary = await evaluator.run_evaluation(session_maker, interval_seconds=INTERVAL, now=t0)
         assert summary.evaluated >= 1
         async with session_maker() as session:
             actors = set(
@@ -585,4 +585,4 @@ class TestLease:
         assert "system:scheduler" in actors
         # The lease is transaction-scoped: nothing is left held after the pass.
         async with session_maker() as session, session.begin():
-            assert await jobs.try_lease(session, services.EVALUATION_LEASE)
+            assert await jobs.try_lease(session, evaluator.EVALUATION_LEASE)

@@ -11,7 +11,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.alerts import services
+from prodsentinel.alerts import policy_file
 from prodsentinel.alerts.models import AlertPolicy
 from prodsentinel.app import create_app
 from prodsentinel.auth.models import Project
@@ -226,9 +226,9 @@ class TestPoliciesFile:
     ) -> None:
         path = self._write(tmp_path / "policies.yaml", project_name, 5)
         configured = settings.with_overrides(policies_file=path)
-        assert await services.load_policies_file(session_maker, configured) == 2
+        assert await policy_file.load_policies_file(session_maker, configured) == 2
         self._write(path, project_name, 7)
-        assert await services.load_policies_file(session_maker, configured) == 2
+        assert await policy_file.load_policies_file(session_maker, configured) == 2
         async with session_maker() as session:
             rows = (
                 await session.execute(
@@ -274,7 +274,7 @@ class TestPoliciesFile:
         path = tmp_path / "policies.yaml"
         path.write_text(content, encoding="utf-8")
         with pytest.raises(SettingsError) as caught:
-            await services.load_policies_file(session_maker, settings.with_overrides(policies_file=path))
+            await policy_file.load_policies_file(session_maker, settings.with_overrides(policies_file=path))
         assert "PRODSENTINEL_POLICIES_FILE" in str(caught.value)
         assert needle in str(caught.value)
 
@@ -298,7 +298,7 @@ class TestPoliciesFile:
         path = tmp_path / "policies.yaml"
         path.write_text(content, encoding="utf-8")
         with pytest.raises(SettingsError) as caught:
-            services.parse_policies_file(path)
+            policy_file.parse_policies_file(path)
         prefix = f"invalid configuration: PRODSENTINEL_POLICIES_FILE={str(path)!r}: "
         assert str(caught.value).startswith(prefix)
         assert needle in str(caught.value)
@@ -307,5 +307,5 @@ class TestPoliciesFile:
     def test_parse_defaults_the_project(self, tmp_path: Path) -> None:
         path = tmp_path / "policies.yaml"
         path.write_text("- {name: a, kind: incident, severity: low, min_severity: high}", encoding="utf-8")
-        [item] = services.parse_policies_file(path)
+        [item] = policy_file.parse_policies_file(path)
         assert (item.project, item.spec.name, item.spec.kind) == ("default", "a", "incident")

@@ -3,8 +3,8 @@
 No network, no Docker, no database: the files are parsed and cross-checked. When the
 Prometheus/Alertmanager command line tools are installed (Debian packages ``prometheus``
 and ``prometheus-alertmanager``), the rules, the rule unit tests, the Prometheus config,
-the dashboard's PromQL and the Alertmanager config are also checked with them;
-otherwise those tests are skipped with the reason.
+the dashboard's PromQL and the Alertmanager config are also checked with them
+(``.ci/run`` installs them; without them these tests fail in CI and skip elsewhere).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.conftest import require_tool
 
 from prodsentinel.system import services as system_services
 
@@ -472,14 +473,15 @@ def test_k8s_worker_job_service_pdb_hpa() -> None:
 
 # --------------------------------------------------------------------------- promtool / amtool
 
-promtool = shutil.which("promtool")
-amtool = shutil.which("amtool")
-needs_promtool = pytest.mark.skipif(
-    promtool is None, reason="promtool not installed (apt-get install prometheus)"
-)
-needs_amtool = pytest.mark.skipif(
-    amtool is None, reason="amtool not installed (apt-get install prometheus-alertmanager)"
-)
+
+@pytest.fixture
+def promtool() -> str:
+    return require_tool("promtool", "prometheus")
+
+
+@pytest.fixture
+def amtool() -> str:
+    return require_tool("amtool", "prometheus-alertmanager")
 
 
 def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -488,20 +490,17 @@ def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@needs_promtool
-def test_promtool_check_rules() -> None:
+def test_promtool_check_rules(promtool: str) -> None:
     result = _run(promtool, "check", "rules", RULES_FILE)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_promtool
-def test_promtool_rule_unit_tests() -> None:
+def test_promtool_rule_unit_tests(promtool: str) -> None:
     result = _run(promtool, "test", "rules", RULES_TEST_FILE)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_promtool
-def test_promtool_check_config(tmp_path: Path) -> None:
+def test_promtool_check_config(promtool: str, tmp_path: Path) -> None:
     # The credentials file only exists inside the container: point it at a local file.
     shutil.copytree(PROMETHEUS_CONFIG.parent / "rules", tmp_path / "rules")
     token = tmp_path / "metrics_token"
@@ -513,8 +512,7 @@ def test_promtool_check_config(tmp_path: Path) -> None:
     assert "1 rule files found" in result.stdout
 
 
-@needs_promtool
-def test_dashboard_promql_parses(tmp_path: Path) -> None:
+def test_dashboard_promql_parses(promtool: str, tmp_path: Path) -> None:
     substitutions = {"$__rate_interval": "5m", "$job": ".*", "$path": ".*", "${datasource}": "prometheus"}
     rules = []
     for index, (_, expr) in enumerate(_dashboard_exprs()):
@@ -528,8 +526,7 @@ def test_dashboard_promql_parses(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_amtool
-def test_amtool_check_config() -> None:
+def test_amtool_check_config(amtool: str) -> None:
     result = _run(amtool, "check-config", ALERTMANAGER_CONFIG)
     assert result.returncode == 0, result.stdout + result.stderr
 

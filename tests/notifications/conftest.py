@@ -15,7 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.lib.database import session_scope
-from prodsentinel.notifications import services
+from prodsentinel.notifications import dispatcher
+from prodsentinel.notifications import outbox as notification_outbox
 from prodsentinel.notifications.models import DeliveryAttempt, OutboxItem
 from prodsentinel.settings import Settings
 from tests.conftest import KeyFactory, project_id_of
@@ -81,7 +82,7 @@ async def add_events(
     """Write events through the real outbox write side (one committed transaction)."""
     async with session_scope(session_maker) as session:
         return [
-            await services.add_event(
+            await notification_outbox.add_event(
                 session,
                 project_id=project_id,
                 event_type=event_type,
@@ -122,7 +123,7 @@ async def dispatch_until(
     """Run dispatch passes (as the cron would) until ``done(items)`` holds."""
     deadline = time.monotonic() + timeout
     while True:
-        await services.dispatch_due(session_maker, settings, project_id=project_id, max_seconds=5)
+        await dispatcher.run_dispatch(session_maker, settings, project_id=project_id, max_seconds=5)
         items = await outbox(session_maker, project_id)
         if done(items):
             return items

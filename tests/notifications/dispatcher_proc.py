@@ -11,7 +11,7 @@ from uuid import UUID
 
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from prodsentinel.notifications import services
+from prodsentinel.notifications import dispatcher
 from prodsentinel.settings import Settings
 
 
@@ -21,7 +21,7 @@ async def main(database_url: str, project_id: str, timeout: float, visibility: f
         database_url=database_url, notify_timeout_seconds=timeout, notify_visibility_seconds=visibility
     )
     try:
-        await services.dispatch_due(
+        await dispatcher.run_dispatch(
             async_sessionmaker(engine, expire_on_commit=False), settings, project_id=UUID(project_id)
         )
     finally:

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.app import create_app
+from prodsentinel.lib import vocabulary
 from prodsentinel.lib.database import session_scope
 from prodsentinel.notifications.models import Channel
 from prodsentinel.settings import Settings
@@ -98,6 +99,15 @@ class TestChannelApi:
             {"name": "", "url": "https://h.example.com"},
             {"url": "https://h.example.com"},
             {"name": "x", "url": "https://h.example.com", "enabled": "maybe"},
+            {"name": "   ", "url": "https://h.example.com"},
+            {"name": "n" * 101, "url": "https://h.example.com"},
+            {"name": "x", "url": "https://h.example.com/" + "p" * 2000},
+            {"name": "x", "url": "https://h.example.com/a b"},
+            {"name": "x", "url": "https://user@/hook"},  # an authority without a host
+            {"name": "x", "url": "https://h.example.com", "secret": ""},
+            {"name": "x", "url": "https://h.example.com", "secret": "s" * 501},
+            {"name": "x", "url": "https://h.example.com", "min_severity": "HIGH"},
+            {"name": "x", "url": "https://h.example.com", "event_types": ["alert_firing"]},
         ],
     )
     async def test_invalid_channel_is_422(self, client: Client, admin_key: str, body: dict[str, Any]) -> None:
@@ -105,6 +115,61 @@ class TestChannelApi:
         assert response.status_code == 422, response.text
         assert response.json()["detail"]
         assert response.json()["request_id"]
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            {"name": ""},
+            {"url": "gopher://x"},
+            {"url": "http://xn--/"},
+            {"secret": "a", "secret_env": "B"},
+            {"secret_env": "not a var"},
+            {"min_severity": "urgent"},
+            {"event_types": []},
+            {"event_types": ["ALERT_EXPLODED"]},
+            {"enabled": None},
+        ],
+    )
+    async def test_invalid_patch_is_422_and_changes_nothing(
+        self, client: Client, admin_key: str, body: dict[str, Any]
+    ) -> None:
+        created = await create_channel(client, admin_key, url="https://h.example.com/x", secret=SECRET)
+        url = f"{CHANNELS}/{created['id']}"
+        response = await client.patch(url, json=body, headers=auth(admin_key))
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"]
+        after = (await client.get(url, headers=auth(admin_key))).json()
+        assert {k: v for k, v in after.items() if k != "health"} == {
+            k: v for k, v in created.items() if k != "health"
+        }
+
+    async def test_values_are_normalised(self, client: Client, admin_key: str) -> None:
+        created = await create_channel(
+            client,
+            admin_key,
+            name="  spaced  ",
+            url="HTTPS://h.example.com/x",
+            event_types=["INCIDENT_OPENED", "ALERT_FIRING", "INCIDENT_OPENED"],
+        )
+        assert created["name"] == "spaced"
+        assert created["event_types"] == ["INCIDENT_OPENED", "ALERT_FIRING"]
+
+    async def test_the_schema_publishes_the_constraints(self, client: Client) -> None:
+        """What the API enforces is what /schema/openapi.json says, so a generated client knows it."""
+        schemas = (await client.get("/schema/openapi.json")).json()["components"]["schemas"]
+        for name in ("ChannelCreate", "ChannelUpdate"):
+            fields = schemas[name]["properties"]
+            assert (fields["name"]["minLength"], fields["name"]["maxLength"]) == (1, 100), name
+            assert fields["url"]["maxLength"] == 2000, name
+            assert fields["url"]["format"] == "uri", name
+            assert fields["url"]["pattern"].startswith("^[Hh][Tt][Tt][Pp][Ss]?://"), name
+            assert (fields["secret"]["minLength"], fields["secret"]["maxLength"]) == (1, 500), name
+            assert fields["secret_env"]["pattern"] == "^[A-Za-z_][A-Za-z0-9_]*$", name
+            assert _enum(fields["min_severity"]) == [s.value for s in vocabulary.SEVERITIES], name
+            assert fields["event_types"]["minItems"] == 1, name
+            [array] = [arm for arm in fields["event_types"]["oneOf"] if arm.get("type") == "array"]
+            assert array["items"]["enum"] == list(vocabulary.EVENT_TYPES), name
+        assert schemas["ChannelCreate"]["required"] == ["name", "url"]
 
     async def test_duplicate_name_is_409(self, client: Client, admin_key: str) -> None:
         await create_channel(client, admin_key, name="dup", url="https://h.example.com/1")
@@ -156,6 +221,14 @@ class TestChannelApi:
         assert (await client.patch(url, json={"enabled": False}, headers=auth(stranger))).status_code == 404
         assert (await client.delete(url, headers=auth(stranger))).status_code == 404
         assert (await client.get(CHANNELS, headers=auth(stranger))).json()["items"] == []
+
+
+def _enum(schema: dict[str, Any]) -> list[str]:
+    """The enum of a property, whether it is the schema itself or its one string arm (PATCH: optional)."""
+    if "enum" in schema:
+        return list(schema["enum"])
+    [arm] = [arm for arm in schema["oneOf"] if "enum" in arm]
+    return list(arm["enum"])
 
 
 def _keys(value: Any) -> set[str]:

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.lib.database import session_scope
-from prodsentinel.notifications import services
+from prodsentinel.notifications import dispatcher
 from prodsentinel.settings import Settings
 from tests.notifications.conftest import (
     CHANNELS,
@@ -55,7 +55,7 @@ class TestSignedDelivery:
         await create_channel(client, admin_key, url=receiver.url, secret=secret)
         [event_id] = await add_events(session_maker, project_id)
 
-        counts = await services.dispatch_due(session_maker, fast_settings, project_id=project_id)
+        counts = await dispatcher.run_dispatch(session_maker, fast_settings, project_id=project_id)
 
         assert counts.delivered == 1
         [request] = receiver.wait_for(1)
@@ -96,7 +96,7 @@ class TestSignedDelivery:
         receiver = receivers()
         await create_channel(client, admin_key, url=receiver.url)
         await add_events(session_maker, project_id)
-        await services.dispatch_due(session_maker, fast_settings, project_id=project_id)
+        await dispatcher.run_dispatch(session_maker, fast_settings, project_id=project_id)
         [request] = receiver.wait_for(1)
         assert "x-prodsentinel-signature" not in request.headers
         assert "x-prodsentinel-event-id" in request.headers
@@ -118,7 +118,7 @@ class TestSignedDelivery:
 
         # Unset: nothing is sent (an unsigned request would fail verification), the item retries.
         monkeypatch.delenv(env_name, raising=False)
-        await services.dispatch_batch(session_maker, fast_settings, project_id=project_id)
+        await dispatcher.dispatch_batch(session_maker, fast_settings, project_id=project_id)
         [item] = await outbox(session_maker, project_id)
         assert receiver.count == 0
         assert (item.status, item.last_error_code) == ("retrying", "secret_unavailable")
@@ -201,7 +201,7 @@ class TestRetries:
         await create_channel(client, admin_key, url=receiver.url)
         await add_events(session_maker, project_id)
 
-        await services.dispatch_due(session_maker, fast_settings, project_id=project_id)
+        await dispatcher.run_dispatch(session_maker, fast_settings, project_id=project_id)
 
         [item] = await outbox(session_maker, project_id)
         [attempt] = await ledger(session_maker, project_id)
@@ -209,7 +209,7 @@ class TestRetries:
         wait = (item.next_attempt_at - attempt.started_at).total_seconds()
         assert 7.0 <= wait <= 9.0, wait  # not the 0.01 s jitter backoff
         # Not due yet: another pass sends nothing.
-        counts = await services.dispatch_due(session_maker, fast_settings, project_id=project_id)
+        counts = await dispatcher.run_dispatch(session_maker, fast_settings, project_id=project_id)
         assert counts.claimed == 0
         assert receiver.count == 1
 
@@ -233,7 +233,7 @@ class TestRetries:
         assert [(r.attempt_number, r.outcome) for r in rows] == [(1, "retry"), (2, "retry"), (3, "dead")]
         assert receiver.count == 3
         # Dead stays dead: nothing more is sent.
-        await services.dispatch_due(session_maker, fast_settings, project_id=project_id)
+        await dispatcher.run_dispatch(session_maker, fast_settings, project_id=project_id)
         assert receiver.count == 3
 
     async def test_404_is_dead_at_once(
@@ -249,7 +249,7 @@ class TestRetries:
         await create_channel(client, admin_key, url=receiver.url)
         await add_events(session_maker, project_id)
 
-        await services.dispatch_due(session_maker, fast_settings, project_id=project_id)
+        await dispatcher.run_dispatch(session_maker, fast_settings, project_id=project_id)
 
         [item] = await outbox(session_maker, project_id)
         assert (item.status, item.attempts, item.last_http_status, item.last_error_code) == (
@@ -277,7 +277,7 @@ class TestRetries:
         await add_events(session_maker, project_id)
 
         began = time.monotonic()
-        await services.dispatch_batch(session_maker, quick, project_id=project_id)
+        await dispatcher.dispatch_batch(session_maker, quick, project_id=project_id)
         assert time.monotonic() - began < 2.5
 
         [item] = await outbox(session_maker, project_id)
@@ -299,7 +299,7 @@ class TestRetries:
             port = sock.getsockname()[1]
         await create_channel(client, admin_key, url=f"http://127.0.0.1:{port}/hook")
         await add_events(session_maker, project_id)
-        await services.dispatch_batch(session_maker, fast_settings, project_id=project_id)
+        await dispatcher.dispatch_batch(session_maker, fast_settings, project_id=project_id)
         [item] = await outbox(session_maker, project_id)
         assert (item.status, item.last_error_code) == ("retrying", "connect_error")
 
@@ -320,8 +320,8 @@ class TestConcurrency:
         await add_events(session_maker, project_id, 200)
 
         first, second = await asyncio.gather(
-            services.dispatch_due(session_maker, small_batches, project_id=project_id),
-            services.dispatch_due(session_maker, small_batches, project_id=project_id),
+            dispatcher.run_dispatch(session_maker, small_batches, project_id=project_id),
+            dispatcher.run_dispatch(session_maker, small_batches, project_id=project_id),
         )
 
         assert first.claimed > 0
@@ -349,7 +349,9 @@ class TestConcurrency:
         await create_channel(client, admin_key, url=fast.url)
         await add_events(session_maker, project_id)  # one event: one item per channel
 
-        dispatch = asyncio.create_task(services.dispatch_due(session_maker, settings, project_id=project_id))
+        dispatch = asyncio.create_task(
+            dispatcher.run_dispatch(session_maker, settings, project_id=project_id)
+        )
         await slow.wait_for_async(1, timeout=30)  # both items claimed; the slow send is in flight
         deleted = await client.delete(f"{CHANNELS}/{doomed['id']}", headers={"X-API-Key": admin_key})
         assert deleted.status_code in (200, 204), deleted.text
@@ -401,7 +403,7 @@ class TestConcurrency:
         assert item.attempts == 1
         assert item.locked_until is not None
         # Still invisible to other dispatchers until the visibility timeout passes.
-        early = await services.dispatch_due(session_maker, recovery, project_id=project_id)
+        early = await dispatcher.run_dispatch(session_maker, recovery, project_id=project_id)
         assert early.claimed == 0
 
         async with session_scope(session_maker) as session:
@@ -410,7 +412,7 @@ class TestConcurrency:
                 {"id": item.id},
             )
         await asyncio.sleep(max(float(remaining or 0), 0) + 0.2)
-        counts = await services.dispatch_due(session_maker, recovery, project_id=project_id)
+        counts = await dispatcher.run_dispatch(session_maker, recovery, project_id=project_id)
         receiver.release()
 
         assert counts.delivered == 1

@@ -11,7 +11,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.notifications import services
+from prodsentinel.notifications import dispatcher
 from prodsentinel.settings import Settings
 from tests.conftest import KeyFactory
 from tests.notifications.conftest import add_events, all_status, create_channel, dispatch_until, outbox
@@ -249,7 +249,9 @@ class TestReads:
             f"{BASE}/channels/{channel['id']}", json={"enabled": False}, headers=auth(admin_key)
         )
         # A disabled channel pauses delivery: its items wait.
-        assert (await services.dispatch_due(session_maker, fast_settings, project_id=project_id)).claimed == 0
+        assert (
+            await dispatcher.run_dispatch(session_maker, fast_settings, project_id=project_id)
+        ).claimed == 0
         await client.patch(
             f"{BASE}/channels/{channel['id']}", json={"enabled": True}, headers=auth(admin_key)
         )
@@ -288,3 +290,65 @@ class TestDispatchEndpoint:
         assert response.json()["claimed"] == 3
         assert len(receiver.wait_for(3)) == 3
         assert all(i.status == "delivered" for i in await outbox(session_maker, project_id))
+
+
+class TestPagination:
+    async def test_no_cursor_when_exactly_limit_rows_remain(
+        self,
+        client: Client,
+        admin_key: str,
+        project_id: UUID,
+        session_maker: SessionMaker,
+        fast_settings: Settings,
+        receivers: Callable[..., Receiver],
+    ) -> None:
+        """Four rows in each list: a page of 4, or a second page of 2 after a first of 2, is the last
+        one. The lists used to hand out a cursor to an empty page whenever exactly ``limit`` rows were
+        left."""
+        receiver = receivers()
+        await create_channel(client, admin_key, url=receiver.url)
+        await add_events(session_maker, project_id, 4)
+        await dispatch_until(session_maker, fast_settings, project_id, all_status("delivered"))
+        cursors: dict[str, str] = {}
+        for path in ("/outbox", "/history", "/attempts"):
+            whole = await get(client, admin_key, path, limit=4)
+            assert len(whole["items"]) == 4, path
+            assert whole["next_cursor"] is None, path
+            first = await get(client, admin_key, path, limit=2)
+            assert len(first["items"]) == 2, path
+            assert first["next_cursor"], path
+            second = await get(client, admin_key, path, limit=2, cursor=first["next_cursor"])
+            assert len(second["items"]) == 2, path
+            assert second["next_cursor"] is None, path
+            assert {i["id"] for i in first["items"] + second["items"]} == {i["id"] for i in whole["items"]}
+            cursors[path] = first["next_cursor"]
+        # Each list has its own cursors: one list's cursor is a 400 on another, never a wrong page.
+        for path, other in (("/outbox", "/history"), ("/history", "/attempts"), ("/attempts", "/outbox")):
+            response = await client.get(
+                f"{BASE}{path}", params={"cursor": cursors[other]}, headers=auth(admin_key)
+            )
+            assert response.status_code == 400, (path, response.text)
+
+    async def test_since_until_bound_each_list(
+        self,
+        client: Client,
+        admin_key: str,
+        project_id: UUID,
+        session_maker: SessionMaker,
+        fast_settings: Settings,
+        receivers: Callable[..., Receiver],
+    ) -> None:
+        receiver = receivers()
+        await create_channel(client, admin_key, url=receiver.url)
+        await add_events(session_maker, project_id, 2)
+        await dispatch_until(session_maker, fast_settings, project_id, all_status("delivered"))
+        past = "2020-01-01T00:00:00Z"
+        future = "2999-01-01T00:00:00+02:00"
+        for path in ("/outbox", "/history", "/attempts"):
+            assert len((await get(client, admin_key, path, since=past, until=future))["items"]) == 2, path
+            assert (await get(client, admin_key, path, until=past))["items"] == [], path
+            assert (await get(client, admin_key, path, since=future))["items"] == [], path
+            reversed_range = await client.get(
+                f"{BASE}{path}", params={"since": future, "until": past}, headers=auth(admin_key)
+            )
+            assert reversed_range.status_code == 400, path

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from prodsentinel.lib import jobs
 from prodsentinel.lib.database import libpq_url
 from prodsentinel.notifications import tasks
+from prodsentinel.notifications.models import OutboxItem
 from prodsentinel.settings import Settings
 from tests.notifications.conftest import add_events, create_channel, outbox
 from tests.receivers import Receiver
@@ -76,6 +77,19 @@ async def _deliver_through_worker(
     assert [i.status for i in items] == ["delivered"] * 3
 
 
+async def _when_all_delivered(
+    session_maker: async_sessionmaker[AsyncSession], project_id: UUID, count: int
+) -> list[OutboxItem]:
+    """The project's items once ``count`` of them are all delivered (the worker records the results
+    right after the responses)."""
+    for _ in range(200):
+        items = await outbox(session_maker, project_id)
+        if len(items) == count and all(i.status == "delivered" for i in items):
+            return items
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not delivered: {[(i.status, i.attempts) for i in items]}")
+
+
 class TestDispatchJob:
     async def test_on_the_postgresql_queue(
         self,
@@ -109,6 +123,36 @@ class TestDispatchJob:
         await _deliver_through_worker(
             queue, client, admin_key, project_id, session_maker, settings, receivers()
         )
+
+    async def test_a_replay_wakes_the_dispatcher_once_the_request_commits(
+        self,
+        client: Client,
+        admin_key: str,
+        project_id: UUID,
+        session_maker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        database_url: str,
+        receivers: Callable[..., Receiver],
+    ) -> None:
+        """The replay endpoints register the wake-up on the request's session (``lib.after_commit``), like
+        ``add_event``: the worker has no cron, so only that wake-up can deliver the replay."""
+        receiver = receivers()
+        dsn = libpq_url(database_url).replace("postgresql://", "postgres://", 1)
+        queue = Queue.from_url(dsn, name=f"notify-test-{uuid.uuid4().hex[:8]}")
+        await create_channel(client, admin_key, url=receiver.url)
+        async with running_worker(queue, session_maker, settings.with_overrides(notify_timeout_seconds=2.0)):
+            await add_events(session_maker, project_id, 1)
+            [first] = await receiver.wait_for_async(1, timeout=20)
+            [item] = await _when_all_delivered(session_maker, project_id, 1)
+
+            response = await client.post(
+                f"/api/v1/notifications/outbox/{item.id}/replay", headers={"X-API-Key": admin_key}
+            )
+
+            assert response.status_code == 201, response.text
+            _, second = await receiver.wait_for_async(2, timeout=20)
+        assert second.headers["x-prodsentinel-event-id"] == first.headers["x-prodsentinel-event-id"]
+        assert second.headers["x-prodsentinel-delivery-id"] == response.json()["delivery_id"]
 
     def test_registered_with_the_worker_and_cron(self) -> None:
         from prodsentinel.settings import Settings

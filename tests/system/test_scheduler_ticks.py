@@ -56,6 +56,7 @@ CRON_PERIODS = {
     "group_new_errors_cron": 10,
     "auto_resolve_incidents": 60,
     "detect_anomalies": 60,
+    "analyse_pending_incidents": 60,
     "evaluate_alerts": 30,  # PRODSENTINEL_ALERTS_INTERVAL_SECONDS
     "purge_expired_signals": 3600,
 }

@@ -1,21 +1,23 @@
 """HTTP surface of alerting (SPEC §7): policies, alerts, silences, audit and manual evaluation.
 
-Thin: authorise (guards), call one service function, return a Struct. The request's ``db_session``
-commits when the handler succeeds (advanced-alchemy autocommit); evaluation owns its own unit of work.
+Thin: authorise (guards), call one service method, return a Struct. The services are built on the
+request's ``db_session`` (Litestar DI), which commits when the handler succeeds (advanced-alchemy
+autocommit) and then runs what the services registered after the commit (``lib.after_commit``);
+evaluation owns its own unit of work.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from litestar import Controller, Router, delete, get, patch, post
 from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.params import Body, Parameter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.alerts import services
+from prodsentinel.alerts.evaluator import run_evaluation
 from prodsentinel.alerts.schemas import (
     AlertOut,
     AlertPage,
@@ -29,10 +31,12 @@ from prodsentinel.alerts.schemas import (
     SilenceOut,
     SilencePage,
 )
+from prodsentinel.alerts.services import AlertService, PolicyService
+from prodsentinel.alerts.silences import STATUSES, SilenceService
 from prodsentinel.auth.guards import requires_scope
 from prodsentinel.auth.scopes import Principal, Scope
 from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY
-from prodsentinel.lib.pagination import DEFAULT_LIMIT
+from prodsentinel.lib.pagination import DEFAULT_LIMIT, Cursor, Limit, Since, Until
 from prodsentinel.settings import Settings
 
 __all__ = ("AlertController", "AuditController", "PolicyController", "SilenceController", "alerts_router")
@@ -46,39 +50,50 @@ def _policy_fields(data: PolicyIn) -> dict[str, Any]:
     return {name: getattr(data, name) for name in data.__struct_fields__}
 
 
+async def provide_policy_service(db_session: AsyncSession) -> PolicyService:
+    return PolicyService(session=db_session)
+
+
+async def provide_alert_service(db_session: AsyncSession) -> AlertService:
+    return AlertService(session=db_session)
+
+
+async def provide_silence_service(db_session: AsyncSession) -> SilenceService:
+    return SilenceService(session=db_session)
+
+
 class PolicyController(Controller):
     """Alert policies: read with scope read; create, update and delete with admin."""
 
     path = "/policies"
     tags = ["alerts"]
+    dependencies = {"policies": Provide(provide_policy_service)}
 
     @get("/", guards=READ, summary="List the project's alert policies")
-    async def list_policies(self, db_session: AsyncSession, principal: Principal) -> PolicyList:
-        return PolicyList(items=await services.list_policies(db_session, principal.project_id))
+    async def list_policies(self, policies: PolicyService, principal: Principal) -> PolicyList:
+        return PolicyList(items=await policies.list_policies(principal.project_id))
 
     @get("/{policy_id:uuid}", guards=READ, summary="Get one alert policy")
-    async def get_policy(self, db_session: AsyncSession, principal: Principal, policy_id: UUID) -> PolicyOut:
-        return await services.get_policy(db_session, principal.project_id, policy_id)
+    async def get_policy(self, policies: PolicyService, principal: Principal, policy_id: UUID) -> PolicyOut:
+        return await policies.get_policy(principal.project_id, policy_id)
 
     @post("/", guards=ADMIN, summary="Create an alert policy (flat object, SPEC §7)")
     async def create_policy(
-        self, db_session: AsyncSession, principal: Principal, data: PolicyIn = Body()
+        self, policies: PolicyService, principal: Principal, data: PolicyIn = Body()
     ) -> PolicyOut:
-        return await services.create_policy(
-            db_session, principal.project_id, _policy_fields(data), actor=principal.actor
-        )
+        return await policies.create_policy(principal.project_id, _policy_fields(data), actor=principal.actor)
 
     @patch("/{policy_id:uuid}", guards=ADMIN, summary="Update an alert policy (partial)")
     async def update_policy(
-        self, db_session: AsyncSession, principal: Principal, policy_id: UUID, data: PolicyPatch = Body()
+        self, policies: PolicyService, principal: Principal, policy_id: UUID, data: PolicyPatch = Body()
     ) -> PolicyOut:
-        return await services.update_policy(
-            db_session, principal.project_id, policy_id, data.given(), actor=principal.actor
+        return await policies.update_policy(
+            principal.project_id, policy_id, data.given(), actor=principal.actor
         )
 
     @delete("/{policy_id:uuid}", guards=ADMIN, summary="Delete an alert policy and its alerts")
-    async def delete_policy(self, db_session: AsyncSession, principal: Principal, policy_id: UUID) -> None:
-        await services.delete_policy(db_session, principal.project_id, policy_id, actor=principal.actor)
+    async def delete_policy(self, policies: PolicyService, principal: Principal, policy_id: UUID) -> None:
+        await policies.delete_policy(principal.project_id, policy_id, actor=principal.actor)
 
 
 class SilenceController(Controller):
@@ -86,43 +101,41 @@ class SilenceController(Controller):
 
     path = "/silences"
     tags = ["alerts"]
+    dependencies = {"silences": Provide(provide_silence_service)}
 
     @get("/", guards=READ, summary="List silences (newest first)")
     async def list_silences(
         self,
-        db_session: AsyncSession,
+        silences: SilenceService,
         principal: Principal,
-        status: str | None = Parameter(default=None, description="pending | active | expired"),
-        cursor: str | None = None,
-        limit: int = DEFAULT_LIMIT,
+        status: str | None = Parameter(default=None, description=" | ".join(STATUSES)),
+        cursor: Cursor = None,
+        limit: Limit = DEFAULT_LIMIT,
     ) -> SilencePage:
-        return await services.list_silences(
-            db_session, principal.project_id, status=status, cursor=cursor, limit=limit
-        )
+        return await silences.page(principal.project_id, status=status, cursor=cursor, limit=limit)
 
     @post("/", guards=OPERATE, summary="Create a silence")
     async def create_silence(
-        self, db_session: AsyncSession, principal: Principal, data: SilenceIn = Body()
+        self, silences: SilenceService, principal: Principal, data: SilenceIn = Body()
     ) -> SilenceOut:
-        return await services.create_silence(db_session, principal.project_id, data, actor=principal.actor)
+        return await silences.create_silence(principal.project_id, data, actor=principal.actor)
 
     @post("/{silence_id:uuid}/expire", guards=OPERATE, status_code=200, summary="Expire a silence now")
     async def expire_silence(
-        self, db_session: AsyncSession, principal: Principal, silence_id: UUID
+        self, silences: SilenceService, principal: Principal, silence_id: UUID
     ) -> SilenceOut:
-        return await services.expire_silence(
-            db_session, principal.project_id, silence_id, actor=principal.actor
-        )
+        return await silences.expire(principal.project_id, silence_id, actor=principal.actor)
 
 
 class AuditController(Controller):
     path = "/audit"
     tags = ["alerts"]
+    dependencies = {"alerts": Provide(provide_alert_service)}
 
     @get("/", guards=READ, summary="Audit trail: state changes, acks, silences, policies, evaluations")
     async def list_audit(
         self,
-        db_session: AsyncSession,
+        alerts: AlertService,
         principal: Principal,
         action: str | None = Parameter(default=None, description="e.g. alert.firing, alert.ack"),
         actor: str | None = None,
@@ -130,13 +143,12 @@ class AuditController(Controller):
             default=None, description="alert | silence | policy | evaluation"
         ),
         subject_id: UUID | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        cursor: str | None = None,
-        limit: int = DEFAULT_LIMIT,
+        since: Since = None,
+        until: Until = None,
+        cursor: Cursor = None,
+        limit: Limit = DEFAULT_LIMIT,
     ) -> AuditPage:
-        return await services.list_audit(
-            db_session,
+        return await alerts.audit(
             principal.project_id,
             action=action,
             actor=actor,
@@ -154,28 +166,33 @@ class AlertController(Controller):
 
     path = "/"
     tags = ["alerts"]
+    dependencies = {"alerts": Provide(provide_alert_service)}
 
     @get("/active", guards=READ, summary="Pending and firing alerts")
-    async def active(self, db_session: AsyncSession, principal: Principal) -> AlertPage:
-        return AlertPage(items=await services.list_active(db_session, principal.project_id))
+    async def active(self, alerts: AlertService, principal: Principal) -> AlertPage:
+        return AlertPage(items=await alerts.list_active(principal.project_id))
 
-    @get("/history", guards=READ, summary="Alerts that have been active, newest activation first")
+    @get(
+        "/history",
+        guards=READ,
+        summary="Alerts that have been active, newest activation first",
+        description="`since`/`until` bound the activation time (`started_at`).",
+    )
     async def history(
         self,
-        db_session: AsyncSession,
+        alerts: AlertService,
         principal: Principal,
         alert_state: str | None = Parameter(
             query="state", default=None, description="inactive | pending | firing | resolved"
         ),
         policy_id: UUID | None = None,
         severity: str | None = None,
-        since: datetime | None = Parameter(default=None, description="activation (started_at) at or after"),
-        until: datetime | None = Parameter(default=None, description="activation (started_at) before"),
-        cursor: str | None = None,
-        limit: int = DEFAULT_LIMIT,
+        since: Since = None,
+        until: Until = None,
+        cursor: Cursor = None,
+        limit: Limit = DEFAULT_LIMIT,
     ) -> AlertPage:
-        return await services.list_history(
-            db_session,
+        return await alerts.history(
             principal.project_id,
             state=alert_state,
             policy_id=policy_id,
@@ -187,22 +204,22 @@ class AlertController(Controller):
         )
 
     @get("/{alert_id:uuid}", guards=READ, summary="Get one alert")
-    async def get_alert(self, db_session: AsyncSession, principal: Principal, alert_id: UUID) -> AlertOut:
-        return await services.get_alert(db_session, principal.project_id, alert_id)
+    async def get_alert(self, alerts: AlertService, principal: Principal, alert_id: UUID) -> AlertOut:
+        return await alerts.get_alert(principal.project_id, alert_id)
 
     @post("/{alert_id:uuid}/ack", guards=OPERATE, status_code=200, summary="Acknowledge an active alert")
-    async def ack(self, db_session: AsyncSession, principal: Principal, alert_id: UUID) -> AlertOut:
-        return await services.ack_alert(db_session, principal.project_id, alert_id, actor=principal.actor)
+    async def ack(self, alerts: AlertService, principal: Principal, alert_id: UUID) -> AlertOut:
+        return await alerts.ack(principal.project_id, alert_id, actor=principal.actor)
 
     @post("/{alert_id:uuid}/unack", guards=OPERATE, status_code=200, summary="Remove an acknowledgement")
-    async def unack(self, db_session: AsyncSession, principal: Principal, alert_id: UUID) -> AlertOut:
-        return await services.unack_alert(db_session, principal.project_id, alert_id, actor=principal.actor)
+    async def unack(self, alerts: AlertService, principal: Principal, alert_id: UUID) -> AlertOut:
+        return await alerts.unack(principal.project_id, alert_id, actor=principal.actor)
 
     @post("/evaluate", guards=ADMIN, status_code=200, summary="Evaluate the project's policies now")
     async def evaluate(self, state: State, principal: Principal) -> EvaluationSummary:
         session_maker: async_sessionmaker[AsyncSession] = state[SESSION_MAKER_STATE_KEY]
         settings: Settings = state["settings"]
-        return await services.run_evaluation(
+        return await run_evaluation(
             session_maker,
             interval_seconds=settings.alerts_interval_seconds,
             actor=principal.actor,

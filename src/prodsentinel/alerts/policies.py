@@ -32,7 +32,6 @@ __all__ = (
     "COMMON_FIELDS",
     "KINDS",
     "KIND_FIELDS",
-    "LOG_LEVELS",
     "PolicyError",
     "PolicySpec",
     "normalise",
@@ -44,8 +43,6 @@ KINDS: Final = ("log_rate", "error_rate", "metric_threshold", "anomaly", "incide
 SEVERITIES: Final = tuple(sev.value for sev in vocabulary.ALERT_SEVERITIES)
 INCIDENT_SEVERITIES: Final = tuple(sev.value for sev in vocabulary.SEVERITIES)
 AGGS: Final = ("avg", "min", "max", "sum", "count", "p50", "p95", "p99")
-#: Minimum log level names and their stored rank (signals.models.LEVELS, WARNING stored as WARN).
-LOG_LEVELS: Final[dict[str, int]] = vocabulary.LEVELS
 COMMON_FIELDS: Final = (
     "name",
     "kind",
@@ -142,8 +139,8 @@ def normalise(raw: Mapping[str, Any]) -> PolicySpec:
 def _params(kind: str, given: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "log_rate":
         level = _string(given, "level") or "ERROR"
-        if level.upper() not in LOG_LEVELS:
-            raise PolicyError(f"level {level!r} is not one of {', '.join(LOG_LEVELS)}.")
+        if level.upper() not in vocabulary.LEVELS:
+            raise PolicyError(f"level {level!r} is not one of {', '.join(vocabulary.LOG_LEVEL_NAMES)}.")
         q = _string(given, "q")
         if q is not None and (pattern := q_regex(q)) is not None:
             _check_regex("q", pattern)

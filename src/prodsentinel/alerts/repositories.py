@@ -1,60 +1,26 @@
-"""SQL of the alerting domain.
+"""SQL of the alerting domain's own tables: policies, alert instances and silences.
 
-The evaluation queries are hand-written on purpose: they compute the value of every policy of one
-kind in ONE statement. The policies travel as a single JSONB parameter (``jsonb_to_recordset``);
-policies that read the same rows (same project, window and filters that narrow the scan) share one
-index range scan through a ``LATERAL`` subquery keyed by their DISTINCT "scan key", and the per-policy
-filters are then applied to a small aggregate instead of the raw signals. So the cost is one scan per
-distinct scan key, not one per policy and never one Python step per signal.
+One repository per model (advanced-alchemy), each with its hand-written queries as methods. The
+per-kind value SQL of evaluation reads the signal tables, not these, and lives in
+:mod:`prodsentinel.alerts.value_queries`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
-from sqlalchemy import Select, and_, bindparam, insert, or_, select, text, tuple_, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Select, and_, insert, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
 from prodsentinel.alerts.evaluation import AlertState
 from prodsentinel.alerts.models import Alert, AlertPolicy, Silence
-from prodsentinel.lib import float_sql
-from prodsentinel.lib.vocabulary import severity_rank_sql
 
-__all__ = (
-    "AUDIT_SUBJECTS",
-    "AlertRepository",
-    "PolicyRepository",
-    "SilenceRepository",
-    "active_silences",
-    "alerts_for_evaluation",
-    "anomaly_values",
-    "check_regex",
-    "delete_policy",
-    "disable_jit",
-    "enabled_policies",
-    "error_rate_values",
-    "firing_alerts",
-    "incident_values",
-    "insert_alerts",
-    "lock_policies_file",
-    "log_rate_values",
-    "metric_values",
-    "policies_by_id",
-    "policy_in_project",
-    "policy_name_taken",
-    "project_policies",
-    "silence_in_project",
-    "update_alerts",
-    "upsert_policy",
-)
+__all__ = ("AUDIT_SUBJECTS", "AlertRepository", "PolicyRepository", "SilenceRepository")
 
 #: Subjects shown by ``GET /alerts/audit`` (the table is shared with other domains' actions).
 AUDIT_SUBJECTS = ("alert", "silence", "policy", "evaluation")
@@ -62,6 +28,75 @@ AUDIT_SUBJECTS = ("alert", "silence", "policy", "evaluation")
 
 class PolicyRepository(SQLAlchemyAsyncRepository[AlertPolicy]):
     model_type = AlertPolicy
+
+    async def in_project(self, project_id: UUID, policy_id: UUID) -> AlertPolicy | None:
+        return await self.session.scalar(
+            select(AlertPolicy).where(AlertPolicy.id == policy_id, AlertPolicy.project_id == project_id)
+        )
+
+    async def name_taken(self, project_id: UUID, name: str, except_id: UUID | None) -> bool:
+        statement = select(AlertPolicy.id).where(
+            AlertPolicy.project_id == project_id, AlertPolicy.name == name
+        )
+        if except_id is not None:
+            statement = statement.where(AlertPolicy.id != except_id)
+        return await self.session.scalar(statement) is not None
+
+    async def of_project(self, project_id: UUID) -> list[AlertPolicy]:
+        """The project's policies by name."""
+        return list(
+            await self.session.scalars(
+                select(AlertPolicy).where(AlertPolicy.project_id == project_id).order_by(AlertPolicy.name)
+            )
+        )
+
+    async def enabled(self, project_id: UUID | None) -> list[AlertPolicy]:
+        """The enabled policies of one project, or of every project (the cron's pass)."""
+        statement = select(AlertPolicy).where(AlertPolicy.enabled.is_(True))
+        if project_id is not None:
+            statement = statement.where(AlertPolicy.project_id == project_id)
+        return list(await self.session.scalars(statement.order_by(AlertPolicy.id)))
+
+    async def by_ids(self, policy_ids: Collection[UUID]) -> list[AlertPolicy]:
+        return list(await self.session.scalars(select(AlertPolicy).where(AlertPolicy.id.in_(policy_ids))))
+
+    async def check_regex(self, pattern: str) -> None:
+        """Run ``pattern`` through PostgreSQL's ``~*``; raises ``DBAPIError`` when PostgreSQL rejects it."""
+        await self.session.execute(text("SELECT '' ~* :pattern"), {"pattern": pattern})
+
+    async def lock_policies_file(self) -> None:
+        """Serialise loads of the policies file: held until the transaction ends."""
+        await self.session.execute(text("SELECT pg_advisory_xact_lock(hashtext('alerts:policies-file'))"))
+
+    async def upsert_by_name(
+        self, project_id: UUID, columns: Mapping[str, Any], now: datetime
+    ) -> UUID | None:
+        """Insert the policy, or update the project's policy of the same name; returns its id."""
+        upsert = (
+            pg_insert(AlertPolicy)
+            .values(id=uuid7(), project_id=project_id, created_at=now, updated_at=now, **columns)
+            .on_conflict_do_update(
+                index_elements=[AlertPolicy.project_id, AlertPolicy.name],
+                set_={**columns, "updated_at": now},
+            )
+            .returning(AlertPolicy.id)
+        )
+        return await self.session.scalar(upsert)
+
+
+#: The columns an evaluation pass rewrites on a changed instance.
+_ALERT_UPDATE_COLUMNS = (
+    "state",
+    "value",
+    "started_at",
+    "fired_at",
+    "resolved_at",
+    "last_evaluated_at",
+    "acked_by",
+    "acked_at",
+    "silenced_by",
+    "updated_at",
+)
 
 
 class AlertRepository(SQLAlchemyAsyncRepository[Alert]):
@@ -76,7 +111,7 @@ class AlertRepository(SQLAlchemyAsyncRepository[Alert]):
         severity: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
-        after: tuple[datetime, UUID] | None = None,
+        after: Sequence[Any] | None = None,
         limit: int | None = None,
         activated_only: bool = False,
     ) -> list[tuple[Alert, str]]:
@@ -115,6 +150,36 @@ class AlertRepository(SQLAlchemyAsyncRepository[Alert]):
         ).first()
         return None if row is None else (row[0], row[1])
 
+    async def firing_of_policy(self, policy_id: UUID) -> list[Alert]:
+        return list(
+            await self.session.scalars(
+                select(Alert).where(Alert.policy_id == policy_id, Alert.state == AlertState.FIRING.value)
+            )
+        )
+
+    async def for_evaluation(self, policy_ids: Sequence[UUID], project_id: UUID | None) -> list[Alert]:
+        """Instances of the evaluated policies, plus every non-inactive instance in scope (those of
+        disabled policies or of a stale label set recover through the state machine)."""
+        condition = Alert.state != AlertState.INACTIVE.value
+        if policy_ids:
+            condition = or_(condition, Alert.policy_id.in_(policy_ids))
+        statement = select(Alert).where(condition)
+        if project_id is not None:
+            statement = statement.where(Alert.project_id == project_id)
+        return list(await self.session.scalars(statement))
+
+    async def insert_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Bulk INSERT (one executemany)."""
+        if rows:
+            await self.session.execute(insert(Alert), list(rows))
+
+    async def update_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Bulk UPDATE by primary key (one executemany); each row carries every updatable column."""
+        if rows:
+            await self.session.execute(
+                update(Alert), [{key: row[key] for key in ("id", *_ALERT_UPDATE_COLUMNS)} for row in rows]
+            )
+
 
 class SilenceRepository(SQLAlchemyAsyncRepository[Silence]):
     model_type = Silence
@@ -125,9 +190,10 @@ class SilenceRepository(SQLAlchemyAsyncRepository[Silence]):
         *,
         status: str | None,
         now: datetime,
-        after: tuple[datetime, UUID] | None,
+        after: Sequence[Any] | None,
         limit: int,
     ) -> list[Silence]:
+        """Silences newest first (keyset on ``(created_at, id)``), optionally of one status at ``now``."""
         statement = select(Silence).where(Silence.project_id == project_id)
         not_expired = and_(Silence.expired_at.is_(None), Silence.ends_at > now)
         if status == "pending":
@@ -141,485 +207,18 @@ class SilenceRepository(SQLAlchemyAsyncRepository[Silence]):
         statement = statement.order_by(Silence.created_at.desc(), Silence.id.desc()).limit(limit)
         return list(await self.session.scalars(statement))
 
-
-# --- policies ---------------------------------------------------------------------------------------
-
-
-async def check_regex(session: AsyncSession, pattern: str) -> None:
-    """Run ``pattern`` through PostgreSQL's ``~*``; raises ``DBAPIError`` when PostgreSQL rejects it."""
-    await session.execute(text("SELECT '' ~* :pattern"), {"pattern": pattern})
-
-
-async def policy_in_project(session: AsyncSession, project_id: UUID, policy_id: UUID) -> AlertPolicy | None:
-    return await session.scalar(
-        select(AlertPolicy).where(AlertPolicy.id == policy_id, AlertPolicy.project_id == project_id)
-    )
-
-
-async def policy_name_taken(
-    session: AsyncSession, project_id: UUID, name: str, except_id: UUID | None
-) -> bool:
-    statement = select(AlertPolicy.id).where(AlertPolicy.project_id == project_id, AlertPolicy.name == name)
-    if except_id is not None:
-        statement = statement.where(AlertPolicy.id != except_id)
-    return await session.scalar(statement) is not None
-
-
-async def project_policies(session: AsyncSession, project_id: UUID) -> list[AlertPolicy]:
-    return list(
-        await session.scalars(
-            select(AlertPolicy).where(AlertPolicy.project_id == project_id).order_by(AlertPolicy.name)
+    async def in_project(self, project_id: UUID, silence_id: UUID) -> Silence | None:
+        return await self.session.scalar(
+            select(Silence).where(Silence.id == silence_id, Silence.project_id == project_id)
         )
-    )
 
-
-async def firing_alerts(session: AsyncSession, policy_id: UUID) -> list[Alert]:
-    return list(
-        await session.scalars(
-            select(Alert).where(Alert.policy_id == policy_id, Alert.state == AlertState.FIRING.value)
+    async def active(self, project_ids: Sequence[UUID] | None, now: datetime) -> list[Silence]:
+        """Silences in force at ``now``, oldest first, of the given projects (None: every project)."""
+        statement = select(Silence).where(
+            Silence.starts_at <= now, Silence.ends_at > now, Silence.expired_at.is_(None)
         )
-    )
-
-
-async def delete_policy(session: AsyncSession, policy: AlertPolicy) -> None:
-    await session.delete(policy)
-
-
-async def lock_policies_file(session: AsyncSession) -> None:
-    """Serialise loads of the policies file: held until the transaction ends."""
-    await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('alerts:policies-file'))"))
-
-
-async def upsert_policy(
-    session: AsyncSession, project_id: UUID, columns: Mapping[str, Any], now: datetime
-) -> UUID | None:
-    """Insert the policy, or update the project's policy of the same name; returns its id."""
-    upsert = (
-        pg_insert(AlertPolicy)
-        .values(id=uuid7(), project_id=project_id, created_at=now, updated_at=now, **columns)
-        .on_conflict_do_update(
-            index_elements=[AlertPolicy.project_id, AlertPolicy.name],
-            set_={**columns, "updated_at": now},
-        )
-        .returning(AlertPolicy.id)
-    )
-    return await session.scalar(upsert)
-
-
-# --- silences ---------------------------------------------------------------------------------------
-
-
-async def silence_in_project(session: AsyncSession, project_id: UUID, silence_id: UUID) -> Silence | None:
-    return await session.scalar(
-        select(Silence).where(Silence.id == silence_id, Silence.project_id == project_id)
-    )
-
-
-# --- evaluation -------------------------------------------------------------------------------------
-
-
-async def disable_jit(session: AsyncSession) -> None:
-    """``SET LOCAL jit = off`` for the rest of the transaction.
-
-    The value queries run over ``jsonb_to_recordset``, whose row estimate is a guess; a large guess
-    triggers JIT compilation that costs more (about a second) than the queries themselves.
-    """
-    await session.execute(text("SET LOCAL jit = off"))
-
-
-async def enabled_policies(session: AsyncSession, project_id: UUID | None) -> list[AlertPolicy]:
-    statement = select(AlertPolicy).where(AlertPolicy.enabled.is_(True))
-    if project_id is not None:
-        statement = statement.where(AlertPolicy.project_id == project_id)
-    return list(await session.scalars(statement.order_by(AlertPolicy.id)))
-
-
-async def policies_by_id(session: AsyncSession, policy_ids: Collection[UUID]) -> list[AlertPolicy]:
-    return list(await session.scalars(select(AlertPolicy).where(AlertPolicy.id.in_(policy_ids))))
-
-
-async def alerts_for_evaluation(
-    session: AsyncSession, policy_ids: Sequence[UUID], project_id: UUID | None
-) -> list[Alert]:
-    """Instances of the evaluated policies, plus every non-inactive instance in scope (those of
-    disabled policies or of a stale label set recover through the state machine)."""
-    condition = Alert.state != "inactive"
-    if policy_ids:
-        condition = or_(condition, Alert.policy_id.in_(policy_ids))
-    statement = select(Alert).where(condition)
-    if project_id is not None:
-        statement = statement.where(Alert.project_id == project_id)
-    return list(await session.scalars(statement))
-
-
-def _policies_param(rows: list[dict[str, Any]]) -> Any:
-    return bindparam("policies", rows, type_=JSONB)
-
-
-async def _values(
-    session: AsyncSession, sql: str, rows: list[dict[str, Any]], now: datetime
-) -> dict[UUID, float | None]:
-    if not rows:
-        return {}
-    statement = text(sql).bindparams(_policies_param(rows), bindparam("now", now))
-    result = await session.execute(statement)
-    return {row[0]: (None if row[1] is None else float(row[1])) for row in result}
-
-
-def _bucket_case(column: str, windows: Sequence[int]) -> str:
-    """SQL giving each row the smallest window (seconds) that contains it, NULL outside them all.
-
-    A row is in window ``w`` exactly when its bucket is <= ``w``, so counts per bucket add up to
-    every window's count without scanning once per window. The windows are validated integers.
-    """
-    branches = " ".join(
-        f"WHEN {column} > CAST(:now AS timestamptz) - make_interval(secs => {int(w)}) THEN {int(w)}"
-        for w in sorted(set(windows))
-    )
-    return f"CASE {branches} END"
-
-
-async def log_rate_values(
-    session: AsyncSession, rows: list[dict[str, Any]], now: datetime
-) -> dict[UUID, float | None]:
-    """Count of matching logs in ``(now - window, now]``.
-
-    ONE index range scan per project over its largest window, grouped by (service, level, window
-    bucket), with one ``count(*) FILTER`` per distinct text query (bound parameters): so 1,000
-    policies cost one pass over the window's rows plus one cheap test per row and distinct ``q``.
-    Row keys: policy_id, project_id, window_s, min_level, service, q_index (0 = no q, else the
-    1-based position in the distinct queries passed as ``queries``).
-    """
-    if not rows:
-        return {}
-    queries: list[tuple[str, bool]] = []  # (text, is_regex), distinct
-    lowest: dict[int, int] = {}  # q position -> lowest min_level of its policies
-    for row in rows:
-        key = (row["q_regex"], True) if row.get("q_regex") else (row["q"], False) if row.get("q") else None
-        if key is None:
-            row["q_index"] = 0
-            continue
-        if key not in queries:
-            queries.append(key)
-        row["q_index"] = position = queries.index(key) + 1
-        lowest[position] = min(lowest.get(position, row["min_level"]), int(row["min_level"]))
-    params: dict[str, Any] = {}
-    filters = []
-    for i, (query, is_regex) in enumerate(queries, start=1):
-        params[f"q_{i}"] = query if is_regex else query.lower()
-        test = f"l.message ~* :q_{i}" if is_regex else f"strpos(lower(l.message), :q_{i}) > 0"
-        # The level test comes first so the text test only runs on rows some policy can count.
-        filters.append(f"count(*) FILTER (WHERE l.level >= {lowest[i]} AND {test}) AS n_{i}")
-    counts = ", ".join(["count(*) AS n_0", *filters])
-    array = ", ".join(f"c.n_{i}" for i in range(len(queries) + 1))
-    bucket = _bucket_case("l.timestamp", [row["window_s"] for row in rows])
-    sql = f"""
-WITH p AS MATERIALIZED (
-    SELECT * FROM jsonb_to_recordset(:policies)
-        AS p(policy_id uuid, project_id uuid, window_s int, min_level int, service text, q_index int)
-),
-proj AS MATERIALIZED (SELECT project_id, max(window_s) AS max_w FROM p GROUP BY project_id),
-agg AS MATERIALIZED (
-    SELECT pr.project_id, c.service_name, c.level, c.bucket, u.n, u.q_index - 1 AS q_index
-    FROM proj pr
-    CROSS JOIN LATERAL (
-        SELECT l.service_name, l.level, {bucket} AS bucket, {counts}
-        FROM logs l
-        WHERE l.project_id = pr.project_id
-          AND l.timestamp > CAST(:now AS timestamptz) - make_interval(secs => pr.max_w)
-          AND l.timestamp <= CAST(:now AS timestamptz)
-        GROUP BY 1, 2, 3
-    ) c
-    CROSS JOIN LATERAL unnest(ARRAY[{array}]) WITH ORDINALITY AS u(n, q_index)
-    WHERE u.n > 0
-)
-SELECT p.policy_id, coalesce(sum(a.n), 0)::float8
-FROM p
-LEFT JOIN agg a
-    ON a.project_id = p.project_id
-   AND a.q_index = p.q_index
-   AND a.bucket <= p.window_s
-   AND a.level >= p.min_level
-   AND (p.service IS NULL OR a.service_name = p.service)
-GROUP BY p.policy_id
-"""
-    statement = text(sql).bindparams(_policies_param(rows), bindparam("now", now), **params)
-    result = await session.execute(statement)
-    return {row[0]: float(row[1]) for row in result}
-
-
-_ERROR_RATE_SQL = """
-WITH p AS MATERIALIZED (
-    SELECT * FROM jsonb_to_recordset(:policies)
-        AS p(policy_id uuid, project_id uuid, window_s int, service text)
-),
-scans AS MATERIALIZED (SELECT DISTINCT project_id, window_s, service FROM p),
-agg AS MATERIALIZED (
-    SELECT s.project_id, s.window_s, s.service, c.total, c.errors
-    FROM scans s
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS total, count(*) FILTER (WHERE spans.status = 2) AS errors
-        FROM spans
-        WHERE spans.project_id = s.project_id
-          AND spans.service_name = s.service
-          AND spans.start_time > CAST(:now AS timestamptz) - make_interval(secs => s.window_s)
-          AND spans.start_time <= CAST(:now AS timestamptz)
-    ) c
-)
-SELECT p.policy_id, CASE WHEN a.total > 0 THEN a.errors::float8 / a.total END
-FROM p JOIN agg a USING (project_id, window_s, service)
-"""
-
-
-async def error_rate_values(
-    session: AsyncSession, rows: list[dict[str, Any]], now: datetime
-) -> dict[UUID, float | None]:
-    """ERROR spans / all spans of the service that started in the window; None without spans."""
-    return await _values(session, _ERROR_RATE_SQL, rows, now)
-
-
-# Aggregates of ``m.value`` that cannot overflow (``lib.float_sql``): one point of any finite value
-# cannot fail the statement, which evaluates the policies of every project at once (the cron).
-_METRIC_VALUE_AGGREGATES = f"""
-        {float_sql.overflow_free_avg("m.value")} AS v_avg,
-        min(m.value) AS v_min, max(m.value) AS v_max,
-        {float_sql.overflow_free_sum("m.value")} AS v_sum,
-        count(*) AS v_count"""
-
-#: What percentiles sort by, and the factor of the result: the plain values, or (the fallback for
-#: policies whose percentile overflowed to Infinity) the halved values, doubled back.
-_PLAIN_PERCENTILES = ("m.value", "")
-_HALVED_PERCENTILES = (float_sql.halved("m.value"), " * 2::float8")
-
-
-def _metric_sql(percentiles: tuple[str, str]) -> str:
-    order_by, factor = percentiles
-    aggregates = f"""{_METRIC_VALUE_AGGREGATES},
-        percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY {order_by})
-            FILTER (WHERE k.need_pct) AS v_pct"""
-    return f"""
-WITH p AS MATERIALIZED (
-    SELECT * FROM jsonb_to_recordset(:policies)
-        AS p(policy_id uuid, project_id uuid, window_s int, metric text, service text,
-             match_labels jsonb, agg text)
-),
-keys AS MATERIALIZED (
-    SELECT project_id, window_s, metric, service, match_labels,
-           bool_or(agg IN ('p50', 'p95', 'p99')) AS need_pct
-    FROM p GROUP BY 1, 2, 3, 4, 5
-),
--- A key naming its service: a precise range scan of (project, name, service, timestamp).
-by_service AS MATERIALIZED (
-    SELECT k.project_id, k.window_s, k.metric, k.service, k.match_labels, c.*
-    FROM keys k
-    CROSS JOIN LATERAL (
-        SELECT {aggregates}
-        FROM metric_points m
-        WHERE m.project_id = k.project_id
-          AND m.name = k.metric
-          AND m.service_name = k.service
-          AND m.timestamp > CAST(:now AS timestamptz) - make_interval(secs => k.window_s)
-          AND m.timestamp <= CAST(:now AS timestamptz)
-          AND (k.match_labels IS NULL OR m.labels @> k.match_labels)
-    ) c
-    WHERE k.service IS NOT NULL
-),
--- Keys over every service: the window's points are read once per project (by timestamp) and
--- shared, instead of one scan per key over the metric's whole retention.
-wide AS MATERIALIZED (
-    SELECT project_id, max(window_s) AS max_w, array_agg(DISTINCT metric) AS metrics
-    FROM keys WHERE service IS NULL GROUP BY project_id
-),
-points AS MATERIALIZED (
-    SELECT w.project_id, m.name, m.labels, m.value, m.timestamp
-    FROM wide w
-    JOIN metric_points m
-      ON m.project_id = w.project_id
-     AND m.timestamp > CAST(:now AS timestamptz) - make_interval(secs => w.max_w)
-     AND m.timestamp <= CAST(:now AS timestamptz)
-     AND m.name = ANY(w.metrics)
-),
-all_services AS MATERIALIZED (
-    SELECT k.project_id, k.window_s, k.metric, k.service, k.match_labels, {_METRIC_VALUE_AGGREGATES},
-           NULL::float8[] AS v_pct
-    FROM keys k
-    JOIN points m
-      ON m.project_id = k.project_id
-     AND m.name = k.metric
-     AND m.timestamp > CAST(:now AS timestamptz) - make_interval(secs => k.window_s)
-     AND (k.match_labels IS NULL OR m.labels @> k.match_labels)
-    WHERE k.service IS NULL
-    GROUP BY k.project_id, k.window_s, k.metric, k.service, k.match_labels
-),
--- Percentiles need a sort per key: computed only for the keys that ask for one.
-all_services_pct AS MATERIALIZED (
-    SELECT k.project_id, k.window_s, k.metric, k.match_labels,
-           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY {order_by}) AS v_pct
-    FROM keys k
-    JOIN points m
-      ON m.project_id = k.project_id
-     AND m.name = k.metric
-     AND m.timestamp > CAST(:now AS timestamptz) - make_interval(secs => k.window_s)
-     AND (k.match_labels IS NULL OR m.labels @> k.match_labels)
-    WHERE k.service IS NULL AND k.need_pct
-    GROUP BY k.project_id, k.window_s, k.metric, k.match_labels
-),
-agg AS (
-    SELECT * FROM by_service
-    UNION ALL
-    SELECT a.project_id, a.window_s, a.metric, a.service, a.match_labels, a.v_avg, a.v_min, a.v_max,
-           a.v_sum, a.v_count, pct.v_pct
-    FROM all_services a
-    LEFT JOIN all_services_pct pct
-        ON pct.project_id = a.project_id
-       AND pct.window_s = a.window_s
-       AND pct.metric = a.metric
-       AND pct.match_labels IS NOT DISTINCT FROM a.match_labels
-)
-SELECT p.policy_id,
-       CASE p.agg
-           WHEN 'avg' THEN a.v_avg
-           WHEN 'min' THEN a.v_min
-           WHEN 'max' THEN a.v_max
-           WHEN 'sum' THEN a.v_sum
-           WHEN 'count' THEN coalesce(a.v_count, 0)::float8
-           WHEN 'p50' THEN a.v_pct[1]{factor}
-           WHEN 'p95' THEN a.v_pct[2]{factor}
-           WHEN 'p99' THEN a.v_pct[3]{factor}
-       END
-FROM p
-LEFT JOIN agg a
-    ON a.project_id = p.project_id
-   AND a.window_s = p.window_s
-   AND a.metric = p.metric
-   AND a.service IS NOT DISTINCT FROM p.service
-   AND a.match_labels IS NOT DISTINCT FROM p.match_labels
-"""
-
-
-_METRIC_SQL = _metric_sql(_PLAIN_PERCENTILES)
-_METRIC_SQL_HALVED_PERCENTILES = _metric_sql(_HALVED_PERCENTILES)
-_PERCENTILE_AGGS = frozenset({"p50", "p95", "p99"})
-
-
-async def metric_values(
-    session: AsyncSession, rows: list[dict[str, Any]], now: datetime
-) -> dict[UUID, float | None]:
-    """The aggregate of the metric's points in the window (percentiles as ``percentile_cont``);
-    None when there is no point (``count`` is then 0).
-
-    No finite point can make a value overflow or the statement fail. A percentile between
-    opposite-sign values near +-1.8e308 comes out of ``percentile_cont`` as Infinity (its
-    ``lo + (hi - lo) * f`` overflows; the stored values are finite): only those policies are
-    evaluated again over halved values, so ordinary data pays nothing for it.
-    """
-    values = await _values(session, _METRIC_SQL, rows, now)
-    overflowed = {
-        str(policy_id) for policy_id, value in values.items() if value is not None and math.isinf(value)
-    }
-    again = [row for row in rows if row["agg"] in _PERCENTILE_AGGS and str(row["policy_id"]) in overflowed]
-    if again:
-        values.update(await _values(session, _METRIC_SQL_HALVED_PERCENTILES, again, now))
-    return values
-
-
-_ANOMALY_SQL = """
-WITH p AS MATERIALIZED (
-    SELECT * FROM jsonb_to_recordset(:policies)
-        AS p(policy_id uuid, project_id uuid, window_s int, metric text, service text)
-),
-scans AS MATERIALIZED (SELECT DISTINCT project_id, window_s, metric, service FROM p),
-agg AS MATERIALIZED (
-    SELECT s.project_id, s.window_s, s.metric, s.service, c.n
-    FROM scans s
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS n
-        FROM anomalies an
-        WHERE an.project_id = s.project_id
-          AND an.metric_name = s.metric
-          AND (s.service IS NULL OR an.service_name = s.service)
-          AND an.ts > CAST(:now AS timestamptz) - make_interval(secs => s.window_s)
-          AND an.ts <= CAST(:now AS timestamptz)
-    ) c
-)
-SELECT p.policy_id, a.n::float8
-FROM p
-JOIN agg a
-    ON a.project_id = p.project_id
-   AND a.window_s = p.window_s
-   AND a.metric = p.metric
-   AND a.service IS NOT DISTINCT FROM p.service
-"""
-
-
-async def anomaly_values(
-    session: AsyncSession, rows: list[dict[str, Any]], now: datetime
-) -> dict[UUID, float | None]:
-    """Number of recorded anomalies of the metric (and service) in the window."""
-    return await _values(session, _ANOMALY_SQL, rows, now)
-
-
-_INCIDENT_SQL = f"""
-WITH p AS MATERIALIZED (
-    SELECT * FROM jsonb_to_recordset(:policies) AS p(policy_id uuid, project_id uuid, min_rank int)
-),
-counts AS MATERIALIZED (
-    SELECT i.project_id,
-           {severity_rank_sql("i.severity")} AS rank,
-           count(*) AS n
-    FROM incidents i
-    WHERE i.project_id IN (SELECT DISTINCT project_id FROM p)
-      AND i.status IN ('open', 'acknowledged')
-      AND i.first_seen <= CAST(:now AS timestamptz)
-    GROUP BY 1, 2
-)
-SELECT p.policy_id, coalesce(sum(c.n) FILTER (WHERE c.rank >= p.min_rank), 0)::float8
-FROM p LEFT JOIN counts c ON c.project_id = p.project_id
-GROUP BY p.policy_id
-"""
-
-
-async def incident_values(
-    session: AsyncSession, rows: list[dict[str, Any]], now: datetime
-) -> dict[UUID, float | None]:
-    """Open or acknowledged incidents at or above the policy's minimum severity (no window)."""
-    return await _values(session, _INCIDENT_SQL, rows, now)
-
-
-async def active_silences(session: AsyncSession, project_ids: Sequence[UUID], now: datetime) -> list[Silence]:
-    if not project_ids:
-        return []
-    statement = select(Silence).where(
-        Silence.project_id.in_(project_ids),
-        Silence.starts_at <= now,
-        Silence.ends_at > now,
-        Silence.expired_at.is_(None),
-    )
-    return list(await session.scalars(statement.order_by(Silence.created_at, Silence.id)))
-
-
-async def insert_alerts(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        await session.execute(insert(Alert), rows)
-
-
-_ALERT_UPDATE_COLUMNS = (
-    "state",
-    "value",
-    "started_at",
-    "fired_at",
-    "resolved_at",
-    "last_evaluated_at",
-    "acked_by",
-    "acked_at",
-    "silenced_by",
-    "updated_at",
-)
-
-
-async def update_alerts(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """Bulk UPDATE by primary key (one executemany); each row carries every updatable column."""
-    if rows:
-        await session.execute(
-            update(Alert), [{key: row[key] for key in ("id", *_ALERT_UPDATE_COLUMNS)} for row in rows]
-        )
+        if project_ids is not None:
+            if not project_ids:
+                return []
+            statement = statement.where(Silence.project_id.in_(project_ids))
+        return list(await self.session.scalars(statement.order_by(Silence.created_at, Silence.id)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
@@ -132,7 +132,7 @@ class AlertPage(Struct):
 
 
 class MatcherIn(Struct):
-    name: str
+    name: Annotated[str, msgspec.Meta(min_length=1)]
     op: str
     value: str
 

@@ -1,8 +1,8 @@
 """SAQ jobs of the alerting domain: the evaluation cron.
 
-``evaluate_alerts`` calls the same service function as ``POST /api/v1/alerts/evaluate``. It does not
-open ``lib.jobs.task_session`` like other tasks: ``run_evaluation`` owns its unit of work because the
-lease is its transaction's advisory lock and the dispatch job must be enqueued after the commit.
+``evaluate_alerts`` calls the same function as ``POST /api/v1/alerts/evaluate``,
+``alerts.evaluator.run_evaluation``, which owns its unit of work (the lease is its transaction's
+advisory lock); the task opens nothing itself.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from litestar_saq import CronJob
 from msgspec import to_builtins
 
-from prodsentinel.alerts import services
+from prodsentinel.alerts.evaluator import run_evaluation
 from prodsentinel.lib.jobs import settings_of
 from prodsentinel.settings import Settings
 from prodsentinel.system.services import record_loop_tick
@@ -36,9 +36,7 @@ async def evaluate_alerts(ctx: Any) -> dict[str, Any]:
     and the advisory-lock lease makes any second evaluator (another queue, a manual run) skip.
     """
     settings = settings_of(ctx)
-    summary = await services.run_evaluation(
-        ctx["session_maker"], interval_seconds=settings.alerts_interval_seconds
-    )
+    summary = await run_evaluation(ctx["session_maker"], interval_seconds=settings.alerts_interval_seconds)
     await record_loop_tick(ctx, "alerts")
     result: dict[str, Any] = to_builtins(summary)
     return result

@@ -20,6 +20,7 @@ import asyncpg
 
 from prodsentinel.auth.scopes import Principal, expand_scopes
 from prodsentinel.auth.services import hash_secret, split_key
+from prodsentinel.lib.unavailable import is_database_unavailable
 
 __all__ = ("KEY_LOOKUP_STATE_KEY", "CoalescingKeyLookup", "KeyLookup")
 
@@ -70,7 +71,7 @@ class CoalescingKeyLookup:
             while self._waiting:
                 batch, self._waiting = self._waiting, {}
                 try:
-                    rows = {row[0]: tuple(row) for row in await self._pool.fetch(_SQL, list(batch))}
+                    rows = await self._fetch(list(batch))
                 except Exception as exc:
                     for futures in batch.values():
                         for future in futures:
@@ -83,3 +84,17 @@ class CoalescingKeyLookup:
                             future.set_result(rows.get(prefix))
         finally:
             self._running = False
+
+    async def _fetch(self, prefixes: list[str]) -> dict[str, _Row]:
+        """The active keys of ``prefixes``; once more on a fresh connection if the first was dead.
+
+        A read, so repeating it is harmless; a database that is really away fails the retry too, and
+        ``lib.errors`` answers that 503 (``lib.unavailable``).
+        """
+        for attempt in (1, 2):
+            try:
+                return {row[0]: tuple(row) for row in await self._pool.fetch(_SQL, prefixes)}
+            except Exception as exc:
+                if attempt == 2 or not is_database_unavailable(exc):
+                    raise
+        raise AssertionError("unreachable")

@@ -1,17 +1,26 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Literal
 from uuid import UUID
+
+import msgspec
 
 from prodsentinel.lib.structs import Struct
 
 __all__ = ("ApiKeyCreate", "ApiKeyCreated", "ApiKeyOut", "ApiKeyPage")
 
 
+#: Declared so the published schema says what ``auth.scopes`` accepts (a generated client gets the enum).
+ScopeName = Literal["ingest", "read", "operate", "admin"]
+#: Key and project names: 1 to 100 characters, as ``auth.services`` requires.
+KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+
+
 class ApiKeyCreate(Struct):
-    name: str
-    scopes: list[str]
-    project: str | None = None
+    name: KeyName
+    scopes: Annotated[list[ScopeName], msgspec.Meta(min_length=1)]
+    project: KeyName | None = None
     """Optional; must name the caller's own project (keys of other projects: the CLI)."""
 
 

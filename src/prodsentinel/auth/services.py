@@ -118,7 +118,9 @@ class ApiKeyService(SQLAlchemyAsyncRepositoryService[ApiKey]):
                 f"project: an API key can only create keys in its own project ({caller.project_name!r}); "
                 "create keys for other projects with `prodsentinel keys create --project`."
             )
-        return await self.create_in_project(name=data.name, scopes=data.scopes, project=caller.project_name)
+        return await self.create_in_project(
+            name=data.name, scopes=list[str](data.scopes), project=caller.project_name
+        )
 
 
 async def create_key(session: AsyncSession, *, name: str, scopes: list[str], project: str) -> ApiKeyCreated:

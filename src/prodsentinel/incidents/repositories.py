@@ -138,6 +138,20 @@ class IncidentRepository(SQLAlchemyAsyncRepository[Incident]):
             update(Incident).where(Incident.id == incident_id).values(analysis=analysis, analysed_at=now)
         )
 
+    async def unanalysed_ids(self, severities: Sequence[str], *, limit: int) -> list[UUID]:
+        """Unresolved incidents of ``severities`` never analysed: their analysis job was lost."""
+        ids = await self.session.scalars(
+            select(Incident.id)
+            .where(
+                Incident.status != IncidentStatus.RESOLVED,
+                Incident.severity.in_(severities),
+                Incident.analysed_at.is_(None),
+            )
+            .order_by(Incident.id)
+            .limit(limit)
+        )
+        return list(ids)
+
 
 class AnomalyRepository(SQLAlchemyAsyncRepository[Anomaly]):
     """Anomaly rows (written by ``AnomalyQueries.detect``): window reads and pages."""

@@ -6,6 +6,7 @@
 - ``auto_resolve_incidents`` (cron, every minute): resolve quiet incidents.
 - ``detect_anomalies`` (cron, every minute): score active metric series.
 - ``analyse_incident``: root-cause analysis, job key ``analyse:<incident_id>``.
+- ``analyse_pending_incidents`` (cron, every minute): re-announces analyses whose enqueue was lost.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from prodsentinel.incidents.analysis import run_analysis
 from prodsentinel.incidents.anomaly_detection import run_anomaly_detection
 from prodsentinel.incidents.grouping import run_grouping
 from prodsentinel.incidents.services import run_auto_resolve
+from prodsentinel.incidents.transitions import run_pending_analyses
 from prodsentinel.lib.jobs import settings_of
 from prodsentinel.settings import Settings
 from prodsentinel.system.services import record_loop_tick
@@ -26,6 +28,7 @@ from prodsentinel.system.services import record_loop_tick
 __all__ = (
     "TASKS",
     "analyse_incident",
+    "analyse_pending_incidents",
     "auto_resolve_incidents",
     "cron_jobs",
     "detect_anomalies",
@@ -59,6 +62,10 @@ async def detect_anomalies(ctx: Any) -> dict[str, int]:
     return {"anomalies": len(result.anomalies), "transitions": len(result.transitions)}
 
 
+async def analyse_pending_incidents(ctx: Any) -> dict[str, int]:
+    return {"enqueued": await run_pending_analyses(ctx["session_maker"])}
+
+
 async def analyse_incident(ctx: Any, *, incident_id: str) -> dict[str, Any]:
     result = await run_analysis(ctx["session_maker"], UUID(incident_id), settings=settings_of(ctx))
     return {"incident_id": incident_id, "origin_service": result["origin_service"] if result else None}
@@ -73,4 +80,5 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
         CronJob(function=group_new_errors_cron, cron="* * * * * */10", timeout=120),
         CronJob(function=auto_resolve_incidents, cron="* * * * *", timeout=60),
         CronJob(function=detect_anomalies, cron="* * * * *", timeout=120),
+        CronJob(function=analyse_pending_incidents, cron="* * * * *", timeout=60),
     ]

@@ -23,17 +23,19 @@ from typing import Any, Literal
 from uuid import UUID
 
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.audit import services as audit_services
 from prodsentinel.audit.services import AuditEntry
 from prodsentinel.incidents.models import Incident
+from prodsentinel.incidents.repositories import IncidentRepository
 from prodsentinel.incidents.schemas import IncidentOut
 from prodsentinel.lib import jobs
 from prodsentinel.lib.after_commit import after_commit
+from prodsentinel.lib.database import session_scope
 from prodsentinel.lib.events import publish_after_commit
 from prodsentinel.lib.vocabulary import Severity, stream_type
-from prodsentinel.notifications.services import add_event
+from prodsentinel.notifications.outbox import add_event
 
 __all__ = (
     "ANALYSED_SEVERITIES",
@@ -48,6 +50,8 @@ __all__ = (
 SYSTEM_ACTOR = "system:scheduler"
 #: Only these get a root-cause analysis (SPEC §6).
 ANALYSED_SEVERITIES = frozenset({Severity.HIGH, Severity.CRITICAL})
+#: At most this many lost analyses are re-announced per run of ``analyse_pending_incidents``.
+PENDING_ANALYSES_LIMIT = 100
 ANALYSIS_TIMEOUT_SECONDS = 120
 
 TransitionKind = Literal["opened", "escalated", "resolved", "reopened"]
@@ -136,8 +140,8 @@ async def record_transitions(
 async def enqueue_analysis(incident_id: UUID) -> bool:
     """At most one queued or running analysis per incident: SAQ dedups on the job key.
 
-    Registered after commit by :func:`record_transitions`; a lost enqueue leaves the incident
-    unanalysed until its next escalation or reopening (analysis is advisory).
+    Registered after commit by :func:`record_transitions`; a lost enqueue (Redis down, a crash between
+    commit and enqueue) is found again by :func:`run_pending_analyses`.
     """
     return await jobs.enqueue(
         "analyse_incident",
@@ -145,3 +149,17 @@ async def enqueue_analysis(incident_id: UUID) -> bool:
         timeout=ANALYSIS_TIMEOUT_SECONDS,
         incident_id=str(incident_id),
     )
+
+
+async def run_pending_analyses(session_maker: async_sessionmaker[AsyncSession]) -> int:
+    """Re-announce analyses whose enqueue was lost; returns how many were enqueued.
+
+    Grouping, evaluation and dispatch re-find their work by high-water mark or due time; an analysis is
+    only announced by the transition that needs it, so this cron twin finds serious unresolved incidents
+    never analysed. The job key dedups against an analysis already queued or running.
+    """
+    async with session_scope(session_maker) as session:
+        ids = await IncidentRepository(session=session).unanalysed_ids(
+            sorted(ANALYSED_SEVERITIES), limit=PENDING_ANALYSES_LIMIT
+        )
+    return sum([await enqueue_analysis(incident_id) for incident_id in ids])

@@ -5,6 +5,12 @@ converts it leniently (two passes, ``"7"`` accepted as 7; STACK_FACTS §7). Here
 into a cached strict ``msgspec.json.Decoder`` for the item type, and every failure maps to the SPEC §3
 error body: 400 malformed, 413 too large / too many, 415 unsupported type or encoding, 422 invalid item
 (with the item index and the field path inside the item).
+
+Nesting: msgspec decodes recursively and raises ``RecursionError`` once a body nests deeper than the
+interpreter's recursion budget (about 950 levels, depending on the stack at the call). Such a body is
+refused whole as a 400, like any text the parser cannot take (RFC 8259 §9 lets a parser limit depth):
+msgspec cannot tell where in it the depth ran out, so neither can we. Depth that *does* decode is
+bounded per item where it is stored (``attributes``: ``ingest.services.MAX_ATTRIBUTE_DEPTH``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from prodsentinel.lib.errors import (
 )
 
 __all__ = (
+    "TOO_DEEP",
     "BodyFormat",
     "ItemError",
     "body_format",
@@ -48,6 +55,7 @@ _MSGSPEC_ERROR = re.compile(r"^(?P<message>.*) - at `(?P<path>\$[^`]*)`$", re.DO
 _MISSING_FIELD = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
 _INDEX_PREFIX = re.compile(r"^\$\[(?P<index>\d+)\]")
 _WHITESPACE = b" \t\r\n"
+TOO_DEEP = "The JSON body nests arrays and objects too deeply to be decoded; nothing was stored."
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +164,8 @@ def decode_items(body: bytes, fmt: BodyFormat, item_type: type[T], *, max_items:
         return _decode_json(body, item_type, max_items=max_items)
     except UnicodeDecodeError as exc:  # msgspec's answer to non-UTF-8 bytes inside a string
         raise not_utf8(exc) from None
+    except RecursionError:  # from the decode or from a re-parse on the error path (module docstring)
+        raise BadRequestError(TOO_DEEP) from None
 
 
 def _decode_json(body: bytes, item_type: type[T], *, max_items: int) -> list[T]:

@@ -17,7 +17,7 @@ from litestar.plugins import InitPluginProtocol
 
 from prodsentinel.auth.lookup import KEY_LOOKUP_STATE_KEY, CoalescingKeyLookup
 from prodsentinel.ingest.services import Ingestor
-from prodsentinel.lib.database import libpq_url
+from prodsentinel.lib.database import CONNECT_TIMEOUT_SECONDS, libpq_url
 from prodsentinel.settings import Settings
 
 __all__ = ("INGESTOR_STATE_KEY", "IngestPlugin")
@@ -52,6 +52,7 @@ class IngestPlugin(InitPluginProtocol):
             max_size=POOL_SIZE,
             server_settings={"application_name": "prodsentinel-ingest"},
             reset=_keep_session,
+            timeout=CONNECT_TIMEOUT_SECONDS,
         )
         ingestor = Ingestor(self._settings, pool)
         ingestor.start()

@@ -26,6 +26,7 @@ from prodsentinel.ingest.writer import PendingBudget, TableWriter, WriterClosedE
 from prodsentinel.lib import jobs
 from prodsentinel.lib.errors import ServiceUnavailableError
 from prodsentinel.lib.time import MIN_TIME
+from prodsentinel.lib.unavailable import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, is_database_unavailable
 from prodsentinel.lib.vocabulary import LEVELS, LOG_LEVEL_NAMES, SPAN_STATUSES
 from prodsentinel.settings import Settings
 from prodsentinel.signals.writes import LOGS, METRIC_POINTS, SPANS, SignalTable
@@ -33,6 +34,7 @@ from prodsentinel.system import metrics
 
 __all__ = (
     "GROUP_NEW_ERRORS_TASK",
+    "MAX_ATTRIBUTE_DEPTH",
     "METRIC_ID_NAMESPACE",
     "Ingestor",
     "derive_metric_id",
@@ -57,6 +59,12 @@ FUTURE_TOLERANCE = timedelta(hours=24)
 TOO_NEW = "Timestamp is more than 24 h in the future"
 TOO_OLD = "Timestamp is before 1970-01-01T00:00:00Z (the Unix epoch)"
 MAX_LISTED_ERRORS = 100
+#: Levels of objects/arrays an item's ``attributes`` may nest (the attributes object itself is level 1).
+#: Stored attributes are encoded again by every read (query answers, events): a value that only just
+#: decoded would fail to encode deeper in the stack and make every page holding it a 500. The bound keeps
+#: that far away; telemetry attributes are a few levels deep (backends commonly cap them near 20).
+MAX_ATTRIBUTE_DEPTH = 32
+TOO_DEEP = f"Nested deeper than {MAX_ATTRIBUTE_DEPTH} levels of objects and arrays"
 ERROR_LEVEL = LEVELS["ERROR"]
 ERROR_STATUS = SPAN_STATUSES["ERROR"]
 _LEVEL_NAMES = ", ".join(LOG_LEVEL_NAMES)
@@ -97,7 +105,32 @@ def _has_nul(*values: str | None) -> bool:
 
 
 def _attributes(value: dict[str, Any] | None) -> str | None:
-    return None if value is None else _json_encode(value).decode()
+    """The attributes as stored (JSON text); ``_TooDeepError`` when they nest beyond the limit.
+
+    ``str.count`` over the encoded text is a cheap, sound pre-filter: nesting ``n`` levels takes at least
+    ``n`` brackets, so the walk only runs for the rare attributes holding that many.
+    """
+    if value is None:
+        return None
+    try:
+        text = _json_encode(value).decode()
+    except RecursionError:  # decoded at the edge of the budget, too deep to encode a few frames further
+        raise _TooDeepError from None
+    if text.count("{") + text.count("[") > MAX_ATTRIBUTE_DEPTH and _deeper_than(value, MAX_ATTRIBUTE_DEPTH):
+        raise _TooDeepError
+    return text
+
+
+class _TooDeepError(Exception):
+    """Attributes nest deeper than ``MAX_ATTRIBUTE_DEPTH`` (an item error at ``$.attributes``)."""
+
+
+def _deeper_than(value: Any, budget: int) -> bool:
+    """Whether ``value`` (a dict or list) nests more than ``budget`` levels; recursion stops at the budget."""
+    if budget <= 0:
+        return True
+    children = value.values() if isinstance(value, dict) else value
+    return any(isinstance(child, dict | list) and _deeper_than(child, budget - 1) for child in children)
 
 
 def log_rows(project_id: UUID, items: list[LogIn], now: datetime, check_nul: bool) -> tuple[list[Row], bool]:
@@ -114,7 +147,11 @@ def log_rows(project_id: UUID, items: list[LogIn], now: datetime, check_nul: boo
         timestamp = _utc(item.timestamp)
         if not MIN_TIME <= timestamp <= limit:
             errors.add(index, "$.timestamp", _time_error(timestamp, limit))
-        attributes = _attributes(item.attributes)
+        try:
+            attributes = _attributes(item.attributes)
+        except _TooDeepError:
+            errors.add(index, "$.attributes", TOO_DEEP)
+            continue
         if check_nul:
             _check_nul_log(errors, index, item, attributes)
         has_errors = has_errors or level >= ERROR_LEVEL
@@ -163,7 +200,11 @@ def span_rows(
             errors.add(index, "$.end_time", _time_error(end, limit))
         if end < start:
             errors.add(index, "$.end_time", "end_time is before start_time")
-        attributes = _attributes(item.attributes)
+        try:
+            attributes = _attributes(item.attributes)
+        except _TooDeepError:
+            errors.add(index, "$.attributes", TOO_DEEP)
+            continue
         if check_nul:
             for name in ("trace_id", "span_id", "parent_span_id", "service_name", "name"):
                 if _has_nul(getattr(item, name)):
@@ -319,17 +360,8 @@ class Ingestor:
         """Decode, validate and durably store one request's batch; 202 counts once committed."""
         kind = KINDS[kind_name]
         fmt = body_format(content_type)
-        limit = self.settings.max_body_bytes
-        reserved = max(len(body), 1)
-        if not self.budget.try_acquire(reserved):
-            raise _overloaded()
+        payload, reserved = self.admit(body, content_encoding)
         try:
-            payload = decompress(body, content_encoding, limit=limit)
-            if len(payload) > len(body):  # account for what the inflated body really holds
-                extra = len(payload) - len(body)
-                if not self.budget.try_acquire(extra):
-                    raise _overloaded()
-                reserved += extra
             items = decode_items(payload, fmt, kind.item_type, max_items=self.settings.max_batch_items)
             now = datetime.now(UTC)
             rows, notify = kind.build_rows(project_id, items, now, _NUL_ESCAPE in payload)
@@ -340,20 +372,41 @@ class Ingestor:
         if not rows:
             self.budget.release(reserved)
             return IngestAccepted(accepted=0, duplicates=0)
-        try:
-            accepted, duplicates = await self.writers[kind_name].write(rows, reserved=reserved, notify=notify)
-        except WriterClosedError:
-            raise ServiceUnavailableError("The service is shutting down; retry.", retry_after=1) from None
-        except (
-            OSError,
-            asyncpg.PostgresConnectionError,
-            asyncpg.InterfaceError,
-            asyncpg.CannotConnectNowError,
-        ):
-            logger.warning("ingest_database_unavailable", kind=kind_name, exc_info=True)
-            raise ServiceUnavailableError("The database is unavailable; retry.", retry_after=2) from None
+        accepted, duplicates = await self.store(kind_name, rows, reserved=reserved, notify=notify)
         metrics.record_ingest(kind_name, accepted, duplicates)
         return IngestAccepted(accepted=accepted, duplicates=duplicates)
+
+    def admit(self, body: bytes, content_encoding: str) -> tuple[bytes, int]:
+        """Reserve the request's bytes in the budget (503 when full) and undo ``Content-Encoding``
+        (413 over the limit once inflated). Returns the payload and the bytes reserved, which the caller
+        hands to :meth:`store` or releases; on an error nothing stays reserved. Shared with OTLP ingest."""
+        reserved = max(len(body), 1)
+        if not self.budget.try_acquire(reserved):
+            raise _overloaded()
+        try:
+            payload = decompress(body, content_encoding, limit=self.settings.max_body_bytes)
+            if len(payload) > len(body):  # account for what the inflated body really holds
+                extra = len(payload) - len(body)
+                if not self.budget.try_acquire(extra):
+                    raise _overloaded()
+                reserved += extra
+        except BaseException:
+            self.budget.release(reserved)
+            raise
+        return payload, reserved
+
+    async def store(self, kind_name: str, rows: list[Row], *, reserved: int, notify: bool) -> tuple[int, int]:
+        """Write validated rows through the kind's group-commit writer; ``(accepted, duplicates)`` once
+        committed. The writer owns ``reserved`` from here on. Shared with OTLP ingest."""
+        try:
+            return await self.writers[kind_name].write(rows, reserved=reserved, notify=notify)
+        except WriterClosedError:
+            raise ServiceUnavailableError("The service is shutting down; retry.", retry_after=1) from None
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                raise
+            logger.warning("ingest_database_unavailable", kind=kind_name, error=repr(exc))
+            raise ServiceUnavailableError(DATABASE_UNAVAILABLE, retry_after=RETRY_AFTER_SECONDS) from None
 
 
 def _overloaded() -> ServiceUnavailableError:

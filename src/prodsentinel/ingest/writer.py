@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from prodsentinel.lib.unavailable import is_database_unavailable
 from prodsentinel.signals.writes import Key, SignalTable, write_rows
 
 __all__ = ("PendingBudget", "Submission", "TableWriter", "WriterClosedError")
@@ -147,10 +148,11 @@ class TableWriter:
 
     async def _flush(self, batch: list[Submission]) -> None:
         try:
-            counts = await self._write(batch)
+            counts = await self._write_retrying(batch)
         except Exception as exc:
-            if len(batch) == 1:
-                _fail(batch[0], exc)
+            if len(batch) == 1 or is_database_unavailable(exc):  # an outage fails every row alike
+                for submission in batch:
+                    _fail(submission, exc)
                 return
             # isolate the request whose rows the database refused: retry each on its own
             logger.warning("ingest_flush_failed_retrying_singly", table=self._table.name, error=repr(exc))
@@ -164,6 +166,21 @@ class TableWriter:
         for submission, result in zip(batch, counts, strict=True):
             if not submission.future.done():
                 submission.future.set_result(result)
+
+    async def _write_retrying(self, batch: list[Submission]) -> list[tuple[int, int]]:
+        """``_write``, once more on a fresh connection when the first one turned out dead.
+
+        After a database restart the pool may still hold connections the server dropped; the first
+        statement on one fails without having run. Rows of an attempt that did commit before its
+        connection broke are found again by the retry and counted as duplicates: stored once either way.
+        """
+        try:
+            return await self._write(batch)
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                raise
+            logger.info("ingest_write_retry_on_fresh_connection", table=self._table.name, error=repr(exc))
+        return await self._write(batch)
 
     async def _write(self, batch: list[Submission]) -> list[tuple[int, int]]:
         """One deduplicated, sorted write of every row of ``batch``; per-submission counts."""

@@ -34,6 +34,8 @@ __all__ = (
 SESSION_MAKER_STATE_KEY = "session_maker"
 MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
 VERSION_TABLE = "alembic_versions"
+#: Seconds to open one database connection (the ORM engine and the ingest pool) before giving up.
+CONNECT_TIMEOUT_SECONDS = 5
 
 
 def resolve_database_url(settings: Settings) -> str:
@@ -56,7 +58,16 @@ def alchemy_config(database_url: str, *, pool_size: int = 10) -> SQLAlchemyAsync
     config = SQLAlchemyAsyncConfig(
         connection_string=database_url,
         session_config=AsyncSessionConfig(expire_on_commit=False),
-        engine_config=EngineConfig(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False),
+        # Pre-ping: after a database restart the pool still holds connections the server dropped; the
+        # ping (one ``;`` round trip per checkout) finds them and reconnects instead of failing the
+        # request with "connection is closed". A bounded connect timeout turns an unreachable host into a
+        # prompt 503 (lib.unavailable) instead of a request hanging for asyncpg's default 60 s.
+        engine_config=EngineConfig(
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=True,
+            connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
+        ),
         alembic_config=AlembicAsyncConfig(
             script_location=str(MIGRATIONS_DIR),
             version_table_name=VERSION_TABLE,

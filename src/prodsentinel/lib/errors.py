@@ -19,6 +19,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy.exc import DBAPIError
 
 from prodsentinel.lib.observability import ensure_request_id
+from prodsentinel.lib.unavailable import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, is_database_unavailable
 
 __all__ = (
     "BadRequestError",
@@ -122,17 +123,24 @@ def not_utf8(exc: UnicodeDecodeError) -> BadRequestError:
 # "\u0000"). Every other character of a Python str decoded from UTF-8 is storable, so NUL is the cause.
 _UNSTORABLE_TEXT = frozenset({"22021", "22P05"})
 _NUL_DETAIL = "Text values must not contain NUL (\\u0000) characters."
-# Where Litestar decodes a request body for a ``data:`` parameter. msgspec raises UnicodeDecodeError
-# (not a DecodeError, so Litestar does not turn it into a 400) for non-UTF-8 bytes inside a string.
+# Where Litestar decodes a request body for a ``data:`` parameter. msgspec raises UnicodeDecodeError for
+# non-UTF-8 bytes inside a string, and RecursionError for a body nested deeper than the interpreter's
+# recursion budget (about 950 levels): neither is a DecodeError, so Litestar does not turn them into a 400.
 _BODY_DECODERS: frozenset[CodeType] = frozenset({Request.json.__code__, Request.msgpack.__code__})
+_TOO_DEEP_DETAIL = "The JSON body nests arrays and objects too deeply to be decoded."
 
 
 def _as_domain_error(exc: Exception) -> DomainError | None:
     """The client error (or repository outcome) behind an exception raised below the services."""
+    if is_database_unavailable(exc):  # an outage, not a bug: SPEC §4's 503 + Retry-After, never a 500
+        logger.warning("database_unavailable", error=repr(exc))
+        return ServiceUnavailableError(DATABASE_UNAVAILABLE, retry_after=RETRY_AFTER_SECONDS)
     if _sqlstate(exc) in _UNSTORABLE_TEXT:
         return BadRequestError(_NUL_DETAIL)
     if isinstance(exc, UnicodeDecodeError) and _raised_in(exc, _BODY_DECODERS):
         return not_utf8(exc)
+    if isinstance(exc, RecursionError) and _raised_in(exc, _BODY_DECODERS):
+        return BadRequestError(_TOO_DEEP_DETAIL)
     if isinstance(exc, repository.NotFoundError):
         return NotFoundError("The requested resource was not found.")
     if isinstance(exc, repository.DuplicateKeyError):

@@ -6,7 +6,7 @@ with "value out of range: overflow": ``avg(float8)`` also accumulates a sum of s
 returns Infinity when ``hi - lo`` does (opposite-sign values near +-1.8e308). The builders below keep
 float8 arithmetic, bit for bit, for ordinary values and only pay for numeric when needed. They serve
 the metric series API (``signals.repositories``), ``metric_threshold`` evaluation
-(``alerts.repositories``, one statement for every project) and anomaly scoring
+(``alerts.value_queries``, one statement for every project) and anomaly scoring
 (``incidents.repositories``). PostgreSQL computes each distinct aggregate call once, however often it
 appears in a statement.
 """

@@ -51,6 +51,9 @@ __all__ = (
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+#: What a cursor may hold: scalars only, so a nested array is refused at its first bracket instead of being
+#: decoded (a client-built cursor of thousands of ``[`` would otherwise exhaust the decoder's recursion).
+_CursorValue = str | int | float | bool | None
 
 _DATE_TIME = {"format": "date-time"}
 
@@ -128,7 +131,7 @@ def decode_cursor(cursor: str, types: Sequence[type]) -> tuple[Any, ...]:
     """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        values = msgspec.json.decode(raw, type=list[Any])
+        values = msgspec.json.decode(raw, type=list[_CursorValue])
         if len(values) != len(types):
             raise ValueError("wrong arity")
         return tuple(_convert(value, kind) for value, kind in zip(values, types, strict=True))

@@ -1,15 +1,19 @@
 """``/api/v1/notifications``: channels, the outbox, history, stats, trends, the attempt ledger, dispatch
 and replays. Reads need scope ``read``; changes, dispatch and replays need ``admin``. Every query is
-limited to the caller's project (another project's ids are 404)."""
+limited to the caller's project (another project's ids are 404).
+
+Controllers translate only: the services (``channels.ChannelService``, ``outbox.OutboxService``,
+``reports.ReportService``) are injected per request on the request's session; replays register the
+dispatcher's wake-up on that session themselves (``lib.after_commit``), so it runs once the request's
+transaction has committed."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from uuid import UUID
 
-from litestar import Controller, Response, Router, delete, get, patch, post
-from litestar.background_tasks import BackgroundTask
+from litestar import Controller, Router, delete, get, patch, post
 from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.params import Body
 from litestar.status_codes import HTTP_201_CREATED
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,8 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from prodsentinel.auth.guards import requires_scope
 from prodsentinel.auth.scopes import Principal, Scope
 from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY
-from prodsentinel.lib.pagination import DEFAULT_LIMIT
-from prodsentinel.notifications import services
+from prodsentinel.lib.pagination import DEFAULT_LIMIT, Cursor, Limit, Since, Until, time_range
+from prodsentinel.notifications.channels import ChannelService
+from prodsentinel.notifications.dispatcher import run_dispatch
+from prodsentinel.notifications.outbox import OutboxService
+from prodsentinel.notifications.reports import HEALTH_WINDOW, ReportService
 from prodsentinel.notifications.schemas import (
     AttemptOut,
     AttemptPage,
@@ -41,46 +48,57 @@ _ADMIN = [requires_scope(Scope.ADMIN)]
 _DISPATCH_BUDGET_SECONDS = 5.0
 
 
+async def provide_channel_service(db_session: AsyncSession) -> ChannelService:
+    return ChannelService(session=db_session)
+
+
+async def provide_outbox_service(db_session: AsyncSession) -> OutboxService:
+    return OutboxService(session=db_session)
+
+
+async def provide_report_service(db_session: AsyncSession) -> ReportService:
+    return ReportService(session=db_session)
+
+
 class ChannelController(Controller):
     """Webhook channels of the caller's project; secrets are write-only."""
 
     path = "/channels"
     tags = ["notifications"]
     guards = [requires_scope(Scope.READ)]
+    dependencies = {"channels": Provide(provide_channel_service)}
 
     @get("/", summary="List channels with delivery health (success rate, last success/failure, errors)")
     async def list_channels(
-        self, db_session: AsyncSession, principal: Principal, window: int = 86_400
+        self, channels: ChannelService, principal: Principal, window: int = HEALTH_WINDOW
     ) -> ChannelList:
         return ChannelList(
-            items=await services.list_channels(
-                db_session, project_id=principal.project_id, window_seconds=window
-            )
+            items=await channels.list_channels(project_id=principal.project_id, window_seconds=window)
         )
 
     @post("/", guards=_ADMIN, summary="Create a channel (admin)")
     async def create_channel(
-        self, db_session: AsyncSession, principal: Principal, data: ChannelCreate = Body()
+        self, channels: ChannelService, principal: Principal, data: ChannelCreate = Body()
     ) -> ChannelOut:
-        return await services.create_channel(db_session, project_id=principal.project_id, data=data)
+        return await channels.create_channel(project_id=principal.project_id, data=data)
 
     @get("/{channel_id:uuid}", summary="One channel with its delivery health")
     async def get_channel(
-        self, db_session: AsyncSession, principal: Principal, channel_id: UUID
+        self, channels: ChannelService, principal: Principal, channel_id: UUID
     ) -> ChannelOut:
-        return await services.get_channel(db_session, project_id=principal.project_id, channel_id=channel_id)
+        return await channels.get_channel(project_id=principal.project_id, channel_id=channel_id)
 
     @patch("/{channel_id:uuid}", guards=_ADMIN, summary="Change a channel (admin)")
     async def update_channel(
-        self, db_session: AsyncSession, principal: Principal, channel_id: UUID, data: ChannelUpdate = Body()
+        self, channels: ChannelService, principal: Principal, channel_id: UUID, data: ChannelUpdate = Body()
     ) -> ChannelOut:
-        return await services.update_channel(
-            db_session, project_id=principal.project_id, channel_id=channel_id, data=data
+        return await channels.update_channel(
+            project_id=principal.project_id, channel_id=channel_id, data=data
         )
 
     @delete("/{channel_id:uuid}", guards=_ADMIN, summary="Delete a channel and its outbox items (admin)")
-    async def delete_channel(self, db_session: AsyncSession, principal: Principal, channel_id: UUID) -> None:
-        await services.delete_channel(db_session, project_id=principal.project_id, channel_id=channel_id)
+    async def delete_channel(self, channels: ChannelService, principal: Principal, channel_id: UUID) -> None:
+        await channels.delete_channel(project_id=principal.project_id, channel_id=channel_id)
 
 
 class NotificationController(Controller):
@@ -89,33 +107,44 @@ class NotificationController(Controller):
     path = "/"
     tags = ["notifications"]
     guards = [requires_scope(Scope.READ)]
+    dependencies = {
+        "outbox": Provide(provide_outbox_service),
+        "reports": Provide(provide_report_service),
+    }
 
-    @get("/outbox", summary="Outbox items, newest first (filters: status, event_type, channel_id)")
+    @get(
+        "/outbox",
+        summary="Outbox items, newest first (filters: status, event_type, channel_id, since, until)",
+    )
     async def list_outbox(
         self,
-        db_session: AsyncSession,
+        reports: ReportService,
         principal: Principal,
         status: str | None = None,
         event_type: str | None = None,
         channel_id: UUID | None = None,
-        limit: int = DEFAULT_LIMIT,
-        cursor: str | None = None,
+        since: Since = None,
+        until: Until = None,
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
     ) -> OutboxPage:
-        return await services.list_outbox(
-            db_session,
+        start, end = time_range(since, until)
+        return await reports.list_outbox(
             project_id=principal.project_id,
             limit=limit,
             cursor=cursor,
             status=status,
             event_type=event_type,
             channel_id=channel_id,
+            since=start,
+            until=end,
         )
 
     @get("/outbox/{item_id:uuid}", summary="One outbox item")
     async def get_outbox_item(
-        self, db_session: AsyncSession, principal: Principal, item_id: UUID
+        self, reports: ReportService, principal: Principal, item_id: UUID
     ) -> OutboxItemOut:
-        return await services.get_outbox_item(db_session, project_id=principal.project_id, item_id=item_id)
+        return await reports.get_outbox_item(project_id=principal.project_id, item_id=item_id)
 
     @post(
         "/outbox/{item_id:uuid}/replay",
@@ -123,14 +152,8 @@ class NotificationController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Replay a delivered or dead item: new delivery_id, same event_id (admin)",
     )
-    async def replay(
-        self, db_session: AsyncSession, principal: Principal, item_id: UUID
-    ) -> Response[OutboxItemOut]:
-        item = await services.replay(db_session, project_id=principal.project_id, item_id=item_id)
-        # The background task runs after the response, i.e. after the autocommit of the request session.
-        return Response(
-            item, status_code=HTTP_201_CREATED, background=BackgroundTask(services.enqueue_dispatch)
-        )
+    async def replay(self, outbox: OutboxService, principal: Principal, item_id: UUID) -> OutboxItemOut:
+        return await outbox.replay(project_id=principal.project_id, item_id=item_id)
 
     @post(
         "/outbox/replay-dead",
@@ -140,69 +163,71 @@ class NotificationController(Controller):
     )
     async def replay_dead(
         self,
-        db_session: AsyncSession,
+        outbox: OutboxService,
         principal: Principal,
-        limit: int = DEFAULT_LIMIT,
+        limit: Limit = DEFAULT_LIMIT,
         channel_id: UUID | None = None,
-    ) -> Response[ReplayDeadOut]:
-        result = await services.replay_dead(
-            db_session, project_id=principal.project_id, limit=limit, channel_id=channel_id
-        )
-        return Response(result, status_code=200, background=BackgroundTask(services.enqueue_dispatch))
+    ) -> ReplayDeadOut:
+        return await outbox.replay_dead(project_id=principal.project_id, limit=limit, channel_id=channel_id)
 
-    @get("/history", summary="Finished deliveries (delivered and dead), most recent first")
+    @get("/history", summary="Finished deliveries (delivered and dead), most recently finished first")
     async def history(
         self,
-        db_session: AsyncSession,
+        reports: ReportService,
         principal: Principal,
         status: str | None = None,
         channel_id: UUID | None = None,
-        limit: int = DEFAULT_LIMIT,
-        cursor: str | None = None,
+        since: Since = None,
+        until: Until = None,
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
     ) -> OutboxPage:
-        return await services.history(
-            db_session,
+        start, end = time_range(since, until)
+        return await reports.history(
             project_id=principal.project_id,
             limit=limit,
             cursor=cursor,
             status=status,
             channel_id=channel_id,
+            since=start,
+            until=end,
         )
 
     @get("/stats", summary="Totals by status, success rate, latency p50/p95, pending count and age")
-    async def stats(self, db_session: AsyncSession, principal: Principal, window: int = 86_400) -> StatsOut:
-        return await services.stats(db_session, project_id=principal.project_id, window_seconds=window)
+    async def stats(
+        self, reports: ReportService, principal: Principal, window: int = HEALTH_WINDOW
+    ) -> StatsOut:
+        return await reports.stats(project_id=principal.project_id, window_seconds=window)
 
     @get("/trends", summary="Sent/retry/dead/replay counts per hour or day bucket (UTC)")
     async def trends(
         self,
-        db_session: AsyncSession,
+        reports: ReportService,
         principal: Principal,
         bucket: str = "hour",
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: Since = None,
+        until: Until = None,
     ) -> TrendsOut:
-        return await services.trends(
-            db_session, project_id=principal.project_id, bucket=bucket, since=since, until=until
-        )
+        start, end = time_range(since, until)
+        return await reports.trends(project_id=principal.project_id, bucket=bucket, since=start, until=end)
 
     @get("/attempts", summary="The delivery-attempt ledger, newest first")
     async def list_attempts(
         self,
-        db_session: AsyncSession,
+        reports: ReportService,
         principal: Principal,
         outbox_id: UUID | None = None,
         channel_id: UUID | None = None,
         event_id: UUID | None = None,
         outcome: str | None = None,
         error_code: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = DEFAULT_LIMIT,
-        cursor: str | None = None,
+        since: Since = None,
+        until: Until = None,
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
     ) -> AttemptPage:
-        return await services.list_attempts(
-            db_session,
+        start, end = time_range(since, until)
+        return await reports.list_attempts(
             project_id=principal.project_id,
             limit=limit,
             cursor=cursor,
@@ -211,20 +236,19 @@ class NotificationController(Controller):
             event_id=event_id,
             outcome=outcome,
             error_code=error_code,
-            since=since,
-            until=until,
+            since=start,
+            until=end,
         )
 
     @get("/attempts/{attempt_id:uuid}", summary="One delivery attempt")
-    async def get_attempt(
-        self, db_session: AsyncSession, principal: Principal, attempt_id: UUID
-    ) -> AttemptOut:
-        return await services.get_attempt(db_session, project_id=principal.project_id, attempt_id=attempt_id)
+    async def get_attempt(self, reports: ReportService, principal: Principal, attempt_id: UUID) -> AttemptOut:
+        return await reports.get_attempt(project_id=principal.project_id, attempt_id=attempt_id)
 
     @post("/dispatch", guards=_ADMIN, status_code=200, summary="Deliver the project's due items now (admin)")
     async def dispatch(self, state: State, principal: Principal) -> DispatchOut:
-        # Its own short transactions (claim committed before sending), not the request session.
-        return await services.dispatch_due(
+        # A background pass with its own short transactions (claim committed before sending), not the
+        # request session.
+        return await run_dispatch(
             state[SESSION_MAKER_STATE_KEY],
             state["settings"],
             project_id=principal.project_id,

@@ -15,7 +15,8 @@ from litestar.config.app import AppConfig
 from litestar.plugins import InitPluginProtocol
 
 from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY, session_scope
-from prodsentinel.notifications import delivery, services
+from prodsentinel.notifications import delivery
+from prodsentinel.notifications.channels import ChannelFileItem, ChannelService, parse_channels_file
 from prodsentinel.settings import Settings, SettingsError
 
 __all__ = ("NotificationsPlugin",)
@@ -26,12 +27,12 @@ logger = structlog.get_logger("prodsentinel.notifications")
 class NotificationsPlugin(InitPluginProtocol):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.channel_items: list[services.ChannelFileItem] = []
+        self.channel_items: list[ChannelFileItem] = []
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         if self.settings.channels_file is not None:
             try:
-                self.channel_items = services.parse_channels_file(self.settings.channels_file)
+                self.channel_items = parse_channels_file(self.settings.channels_file)
             except SettingsError as exc:
                 print(f"prodsentinel: {exc}", file=sys.stderr)
                 raise SystemExit(2) from None
@@ -43,7 +44,7 @@ class NotificationsPlugin(InitPluginProtocol):
         if not self.channel_items:
             return
         async with session_scope(app.state[SESSION_MAKER_STATE_KEY]) as session:
-            count = await services.load_channels_file(session, self.channel_items)
+            count = await ChannelService(session=session).load_file(self.channel_items)
         logger.info("channels_loaded", count=count, file=str(self.settings.channels_file))
 
     async def _close_client(self, app: Litestar) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
 
+from prodsentinel.lib import vocabulary
 from prodsentinel.lib.structs import Struct
 
 __all__ = (
@@ -20,39 +21,75 @@ __all__ = (
     "ChannelUpdate",
     "DispatchOut",
     "ErrorCodeCount",
+    "EventTypeName",
     "LatencyOut",
     "OutboxItemOut",
     "OutboxPage",
     "ReplayDeadOut",
+    "SeverityName",
     "StatsOut",
     "TrendBucket",
     "TrendsOut",
 )
 
 
+#: The channel fields' constraints, declared so the OpenAPI schema publishes them and Litestar answers
+#: the 422 (``lib.errors``: a JSON body of the wrong shape). What a schema cannot say (the URL's host
+#: decodes, IDNA included; ``secret`` and ``secret_env`` exclude each other) ``notifications.channels``
+#: checks in code.
+ChannelName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S", description="Unique in the project.")
+]
+#: Absolute http(s) URL with a host, no whitespace (any letter case in the scheme).
+WebhookUrl = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=2000,
+        pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+([/?#]\S*)?$",
+        extra_json_schema={"extra": {"format": "uri"}},
+    ),
+]
+#: Inline HMAC key; omit it (and ``secret_env``) for unsigned deliveries.
+Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+#: The name of an environment variable the sending worker reads at send time.
+SecretEnv = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+if TYPE_CHECKING:
+    SeverityName = str
+    EventTypeName = str
+else:
+    # Derived from lib.vocabulary, never restated: a new severity or event type reaches the schema by itself.
+    SeverityName = Literal[tuple(sev.value for sev in vocabulary.SEVERITIES)]
+    EventTypeName = Literal[vocabulary.EVENT_TYPES]
+
+#: A non-empty subset of the outbox event types (duplicates are dropped).
+EventTypes = Annotated[list[EventTypeName], msgspec.Meta(min_length=1)]
+
+
 class ChannelCreate(Struct):
     """A webhook channel. Give ``secret`` or ``secret_env`` (the name of an environment variable read
     by the sending worker at send time), not both; neither means unsigned deliveries."""
 
-    name: str
-    url: str
-    secret: str | None = None
-    secret_env: str | None = None
-    min_severity: str = "low"
+    name: ChannelName
+    url: WebhookUrl
+    secret: Secret | None = None
+    secret_env: SecretEnv | None = None
+    min_severity: SeverityName = "low"
     #: Outbox event names (ALERT_FIRING, ...); null or absent: all events.
-    event_types: list[str] | None = None
+    event_types: EventTypes | None = None
     enabled: bool = True
 
 
 class ChannelUpdate(Struct):
     """Partial update: absent fields are kept; ``secret``/``secret_env`` null removes it."""
 
-    name: str | msgspec.UnsetType = msgspec.UNSET
-    url: str | msgspec.UnsetType = msgspec.UNSET
-    secret: str | msgspec.UnsetType | None = msgspec.UNSET
-    secret_env: str | msgspec.UnsetType | None = msgspec.UNSET
-    min_severity: str | msgspec.UnsetType = msgspec.UNSET
-    event_types: list[str] | msgspec.UnsetType | None = msgspec.UNSET
+    name: ChannelName | msgspec.UnsetType = msgspec.UNSET
+    url: WebhookUrl | msgspec.UnsetType = msgspec.UNSET
+    secret: Secret | msgspec.UnsetType | None = msgspec.UNSET
+    secret_env: SecretEnv | msgspec.UnsetType | None = msgspec.UNSET
+    min_severity: SeverityName | msgspec.UnsetType = msgspec.UNSET
+    event_types: EventTypes | msgspec.UnsetType | None = msgspec.UNSET
     enabled: bool | msgspec.UnsetType = msgspec.UNSET
 
 
@@ -91,8 +128,8 @@ class ChannelOut(Struct):
     #: The last 4 characters of an inline secret (for secrets of 12+ characters), else ``****``.
     secret_hint: str | None
     secret_env: str | None
-    min_severity: str
-    event_types: list[str]
+    min_severity: SeverityName
+    event_types: list[EventTypeName]
     enabled: bool
     created_at: datetime
     updated_at: datetime
@@ -110,8 +147,8 @@ class OutboxItemOut(Struct):
     event_id: UUID
     delivery_id: UUID
     replayed_from_id: UUID | None
-    event_type: str
-    severity: str
+    event_type: EventTypeName
+    severity: SeverityName
     status: str
     attempts: int
     next_attempt_at: datetime

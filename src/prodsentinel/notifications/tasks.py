@@ -1,8 +1,9 @@
 """SAQ jobs of this domain. Each task opens no session of its own: the dispatcher needs two short
 transactions per batch (claim, then results) around the HTTP calls, so it takes the session maker.
 
-- ``dispatch_due``: enqueued by other domains after they commit outbox events
-  (``notifications.services.enqueue_dispatch()``); loops until nothing is due (bounded).
+- ``dispatch_due``: enqueued once a transaction that wrote outbox items has committed
+  (``notifications.outbox.enqueue_dispatch``, which every outbox write registers on its session); runs
+  ``dispatcher.run_dispatch``, which loops until nothing is due (bounded).
 - ``dispatch_due_cron``: the same every 2 seconds, the safety net for lost or deduplicated enqueues,
   retries whose delay has passed and claims of crashed workers. Its own name because PostgreSQL cron
   job keys (``cron:<qualname>``) are global.
@@ -16,7 +17,8 @@ import msgspec
 from litestar_saq import CronJob
 
 from prodsentinel.lib.jobs import settings_of
-from prodsentinel.notifications import services
+from prodsentinel.notifications.dispatcher import run_dispatch
+from prodsentinel.notifications.outbox import DISPATCH_JOB_TIMEOUT
 from prodsentinel.settings import Settings
 from prodsentinel.system.services import record_loop_tick
 
@@ -25,7 +27,7 @@ __all__ = ("TASKS", "cron_jobs", "dispatch_due", "dispatch_due_cron")
 
 async def dispatch_due(ctx: Any) -> dict[str, int]:
     """Deliver every due outbox item (all projects), batch after batch, for up to 30 s."""
-    result = await services.dispatch_due(ctx["session_maker"], settings_of(ctx))
+    result = await run_dispatch(ctx["session_maker"], settings_of(ctx))
     return msgspec.structs.asdict(result)
 
 
@@ -49,7 +51,7 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
         CronJob(
             function=dispatch_due_cron,
             cron="* * * * * */2",  # croniter: seconds are the 6th field
-            timeout=services.DISPATCH_JOB_TIMEOUT,
+            timeout=DISPATCH_JOB_TIMEOUT,
             unique=True,
         )
     ]

@@ -41,6 +41,11 @@ DEMO_PROJECT = "demo"
 )
 @click.option("--no-failure", is_flag=True, help="Healthy traffic only.")
 @click.option("--seed", default=None, type=int, help="Random seed (same seed, same telemetry shapes).")
+@click.option(
+    "--otlp",
+    is_flag=True,
+    help="Instrument the services with the OpenTelemetry SDK and export OTLP/HTTP to /v1/* (SPEC §11).",
+)
 def demo_command(
     ctx: click.Context,
     url: str | None,
@@ -50,6 +55,7 @@ def demo_command(
     failure_after: float | None,
     no_failure: bool,
     seed: int | None,
+    otlp: bool,
 ) -> None:
     if api_key is None:
         api_key = _create_demo_key(ctx)
@@ -61,7 +67,8 @@ def demo_command(
         failure_after = None
     elif failure_after is None:
         failure_after = duration / 3
-    click.echo(f"demo: sending {rate} traces/s for {duration:.0f}s to {url}")
+    how = "OTLP (OpenTelemetry SDK)" if otlp else "JSON ingest"
+    click.echo(f"demo: sending {rate} traces/s for {duration:.0f}s to {url} via {how}")
     report = asyncio.run(
         run_demo(
             url=url,
@@ -71,6 +78,7 @@ def demo_command(
             failure_after=failure_after,
             seed=seed,
             say=lambda line: click.echo(f"demo: {line}"),
+            otlp=otlp,
         )
     )
     _summary(report)

@@ -362,10 +362,19 @@ async def run_demo(
     settle: float = 20.0,
     say: Callable[[str], None] = print,
     transport: httpx.AsyncBaseTransport | None = None,
+    otlp: bool = False,
 ) -> DemoReport:
-    """Send ``rate`` traces per second for ``duration`` seconds; fail payments from ``failure_after`` on."""
+    """Send ``rate`` traces per second for ``duration`` seconds; fail payments from ``failure_after`` on.
+
+    ``otlp``: the services export through the real OpenTelemetry SDK over OTLP (``system.demo_otlp``)
+    instead of posting §4 JSON."""
     generator = TelemetryGenerator(seed)
     report = DemoReport()
+    sender = None
+    if otlp:
+        from prodsentinel.system.demo_otlp import OtlpDemoSender  # the SDK only when asked for
+
+        sender = OtlpDemoSender(url, api_key)
     headers = {"X-API-Key": api_key}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30, transport=transport) as client:
         await _create_policies(client, say, report)
@@ -378,11 +387,14 @@ async def run_demo(
                 say(f"t+{elapsed:.0f}s: payments database starts timing out")
                 announced = True
             batch = generator.tick(datetime.now(UTC), requests=rate, failing=failing)
-            await asyncio.gather(
-                _post(client, "/api/v1/ingest/logs", batch.logs, report),
-                _post(client, "/api/v1/ingest/traces", batch.spans, report),
-                _post(client, "/api/v1/ingest/metrics", batch.metrics, report),
-            )
+            if sender is not None:
+                await asyncio.to_thread(sender.send, batch)
+            else:
+                await asyncio.gather(
+                    _post(client, "/api/v1/ingest/logs", batch.logs, report),
+                    _post(client, "/api/v1/ingest/traces", batch.spans, report),
+                    _post(client, "/api/v1/ingest/metrics", batch.metrics, report),
+                )
             for kind in ("logs", "spans", "metrics"):
                 report.sent[kind] += len(getattr(batch, kind))
             if failing and elapsed - last_evaluate >= 5:
@@ -390,6 +402,8 @@ async def run_demo(
                 last_evaluate = elapsed
                 await _evaluate(client)
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started - elapsed)))
+        if sender is not None:
+            await asyncio.to_thread(sender.shutdown)  # flush the SDK's batch processors and metric reader
         say(
             f"sent {report.sent['logs']} logs, {report.sent['spans']} spans, {report.sent['metrics']} metric "
             f"points ({report.failed_posts} failed requests)"
