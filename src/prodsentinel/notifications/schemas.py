@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
 
-from prodsentinel.lib import vocabulary
 from prodsentinel.lib.structs import Struct
+from prodsentinel.lib.vocabulary import EventTypeName, SeverityName
 
 __all__ = (
     "AttemptOut",
@@ -21,12 +21,10 @@ __all__ = (
     "ChannelUpdate",
     "DispatchOut",
     "ErrorCodeCount",
-    "EventTypeName",
     "LatencyOut",
     "OutboxItemOut",
     "OutboxPage",
     "ReplayDeadOut",
-    "SeverityName",
     "StatsOut",
     "TrendBucket",
     "TrendsOut",
@@ -55,15 +53,6 @@ Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 #: The name of an environment variable the sending worker reads at send time.
 SecretEnv = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
-if TYPE_CHECKING:
-    SeverityName = str
-    EventTypeName = str
-else:
-    # Derived from lib.vocabulary, never restated: a new severity or event type reaches the schema by itself.
-    SeverityName = Literal[tuple(sev.value for sev in vocabulary.SEVERITIES)]
-    EventTypeName = Literal[vocabulary.EVENT_TYPES]
-
-#: A non-empty subset of the outbox event types (duplicates are dropped).
 EventTypes = Annotated[list[EventTypeName], msgspec.Meta(min_length=1)]
 
 
