@@ -6,7 +6,7 @@ Usage (a scratch database migrated to head; the script adds rows to it):
     uv run python bench/metrics_scrape.py 10000 100000 1000000
 
 For each target size it fills ``delivery_attempts`` (set-based, generate_series) up to that many rows,
-plus 1/10 as many outbox items and audit rows, then times ``fetch_stored_state`` (one SQL round trip)
+plus 1/10 as many outbox items and audit rows, then times ``StoredStateQueries.fetch`` (one SQL round trip)
 ten times and prints min / median / max in milliseconds.
 """
 
@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from prodsentinel.lib.database import resolve_database_url
 from prodsentinel.settings import get_settings
-from prodsentinel.system.repositories import fetch_stored_state
+from prodsentinel.system.state_queries import StoredStateQueries
 
 SETUP = """
 INSERT INTO projects (id, name, created_at, updated_at)
@@ -75,7 +75,7 @@ async def main(targets: list[int]) -> None:
         for _ in range(10):
             async with session_maker() as session:
                 started = time.perf_counter()
-                await fetch_stored_state(session)
+                await StoredStateQueries(session).fetch()
                 timings.append((time.perf_counter() - started) * 1000)
                 await session.rollback()
         print(

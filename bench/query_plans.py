@@ -27,7 +27,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from prodsentinel.auth.models import Project
 from prodsentinel.signals.models import LogRecord, MetricPoint, Span
-from prodsentinel.signals.repositories import LogQuery, MetricSeriesQuery, SignalRepository, SpanQuery
+from prodsentinel.signals.read_queries import LogQuery, MetricSeriesQuery, SignalReadQueries, SpanQuery
+from prodsentinel.signals.retention_queries import RetentionQueries
 
 PROJECTS = [uuid.UUID(int=0xB3AC4 * 16 + i) for i in range(5)]
 P = PROJECTS[2]
@@ -79,7 +80,7 @@ async def main(url: str) -> None:
     deep = (now - timedelta(hours=40), 10**12)
     try:
         async with session_maker() as session:
-            repo = SignalRepository(session)
+            repo = SignalReadQueries(session)
             cases: dict[str, Awaitable[Any]] = {
                 "logs: first page": repo.list_logs(LogQuery(project_id=P, limit=100)),
                 "logs: deep page": repo.list_logs(LogQuery(project_id=P, limit=100, after=deep)),
@@ -128,7 +129,7 @@ async def main(url: str) -> None:
                 print(f"== {name}")
                 await call
             print("== retention: one 5,000-row chunk of logs (rolled back)")
-            await repo.delete_expired("logs", now - timedelta(hours=12), 5_000)
+            await RetentionQueries(session).delete_expired("logs", now - timedelta(hours=12), 5_000)
             await session.rollback()
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", explain)

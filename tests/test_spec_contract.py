@@ -234,6 +234,7 @@ SINCE_UNTIL = [
     "/api/v1/logs",
     "/api/v1/spans",
     "/api/v1/anomalies",
+    "/api/v1/incidents",
     "/api/v1/alerts/history",
     "/api/v1/alerts/audit",
     "/api/v1/notifications/attempts",
@@ -289,9 +290,9 @@ async def test_out_of_range_times_are_400(
 
 # Endpoints whose cursor holds a time: (path, the cursor made from a time and an id of the right kind).
 TIME_CURSORS: list[tuple[str, Any]] = [
-    ("/api/v1/logs", lambda when: ["l", when, 1]),
-    ("/api/v1/spans", lambda when: ["s", when, 1]),
-    ("/api/v1/anomalies", lambda when: [when, ANY_ID]),
+    ("/api/v1/logs", lambda when: ["logs", when, 1]),
+    ("/api/v1/spans", lambda when: ["spans", when, 1]),
+    ("/api/v1/anomalies", lambda when: ["anomalies", when, ANY_ID]),
     ("/api/v1/alerts/history", lambda when: ["alerts", when, ANY_ID]),
     ("/api/v1/alerts/audit", lambda when: ["audit", when, ANY_ID]),
     ("/api/v1/alerts/silences", lambda when: ["silences", when, ANY_ID]),

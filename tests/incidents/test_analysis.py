@@ -12,7 +12,7 @@ from uuid import UUID, uuid4
 from saq import Queue, Worker
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.incidents import analysis, services, tasks
+from prodsentinel.incidents import analysis, grouping, tasks, transitions
 from prodsentinel.incidents.models import Anomaly, Incident
 from prodsentinel.lib import jobs
 from prodsentinel.notifications.signing import verify
@@ -118,7 +118,7 @@ class TestAnalyser:
         clock: datetime,
     ) -> None:
         await seed_checkout_failure(session_maker, project, clock)
-        await services.run_grouping(session_maker, now=clock)
+        await grouping.run_grouping(session_maker, now=clock)
         incident = await gateway_incident(session_maker, project)
         assert incident.severity == "high"  # medium, one level up: the trace fails in 3 services
         async with session_maker() as session:
@@ -194,7 +194,7 @@ class TestAnalyser:
                 log_row(project, service="api", message="stale read", ts=ms(clock, 5), trace_id="L1"),
             ],
         )
-        await services.run_grouping(session_maker, now=clock)
+        await grouping.run_grouping(session_maker, now=clock)
         [incident] = [i for i in await incidents_of(session_maker, project) if i.service_name == "api"]
         result = await analysis.run_analysis(session_maker, incident.id, settings=settings, now=clock)
         assert result is not None
@@ -215,7 +215,7 @@ class TestAnalysisDedup:
     ) -> None:
         await seed_checkout_failure(session_maker, project, clock, traces=1)
         jobs.bind_queue(None)  # group without announcing, so the 50 requests below are the only ones
-        await services.run_grouping(session_maker, now=clock)
+        await grouping.run_grouping(session_maker, now=clock)
         jobs.bind_queue(queue)
         incident = await gateway_incident(session_maker, project)
         runs: list[str] = []
@@ -240,7 +240,7 @@ class TestAnalysisDedup:
             )
             await asyncio.wait_for(worker.start(), timeout=30)
 
-        accepted = await asyncio.gather(*(services.enqueue_analysis(incident.id) for _ in range(50)))
+        accepted = await asyncio.gather(*(transitions.enqueue_analysis(incident.id) for _ in range(50)))
         assert sum(accepted) == 1
         await drain()
         assert runs == ["complete"]
@@ -249,7 +249,7 @@ class TestAnalysisDedup:
         assert stored.analysis["origin_service"] == "payments"
 
         await asyncio.sleep(1.1)  # SAQ re-queues a finished key only for a later schedule second
-        assert await services.enqueue_analysis(incident.id) is True
-        assert await services.enqueue_analysis(incident.id) is False
+        assert await transitions.enqueue_analysis(incident.id) is True
+        assert await transitions.enqueue_analysis(incident.id) is False
         await drain()
         assert runs == ["complete", "complete"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 import statistics
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
 import pytest
@@ -14,9 +14,8 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.incidents import services
+from prodsentinel.incidents.anomaly_detection import run_anomaly_detection
 from prodsentinel.incidents.models import Anomaly
-from prodsentinel.lib.database import session_scope
 from prodsentinel.signals.anomalies import DEFAULT_PARAMS, robust_zscores, sustained_flags
 from tests.conftest import KeyFactory
 from tests.incidents.conftest import incidents_of
@@ -27,10 +26,7 @@ SCORE_OFFSETS = [240, 180, 120, 60, 0]  # inside the 5-minute score window
 
 
 async def detect(session_maker: async_sessionmaker[AsyncSession], now: datetime) -> list[Anomaly]:
-    async with session_scope(session_maker) as session:
-        anomalies, transitions = await services.detect_anomalies(session, now=now)
-    await services.announce(transitions)
-    return anomalies
+    return (await run_anomaly_detection(session_maker, now=now)).anomalies
 
 
 async def stored(session_maker: async_sessionmaker[AsyncSession], project: UUID) -> list[Anomaly]:
@@ -173,6 +169,17 @@ class TestAnomalyApi:
         since = (clock - timedelta(seconds=90)).isoformat()
         recent = (await client.get("/api/v1/anomalies", params={"since": since}, headers=headers)).json()
         assert len(recent["items"]) == 4
+        # "+02:00" sent unencoded arrives as " 02:00": the offset still counts, as for /logs
+        local = (clock - timedelta(seconds=90)).astimezone(timezone(timedelta(hours=2))).isoformat()
+        assert local.endswith("+02:00")
+        unencoded = await client.get(f"/api/v1/anomalies?since={local}", headers=headers)
+        assert unencoded.status_code == 200, unencoded.text
+        assert [i["id"] for i in unencoded.json()["items"]] == [i["id"] for i in recent["items"]]
+        # until is exclusive, like every list endpoint's
+        newest = everything["items"][0]["ts"]
+        before = (await client.get("/api/v1/anomalies", params={"until": newest}, headers=headers)).json()
+        assert newest not in {i["ts"] for i in before["items"]}
+        assert len(before["items"]) == 4
 
         seen: list[str] = []
         cursor = None

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.incidents import services
+from prodsentinel.incidents import grouping
 from tests.conftest import KeyFactory
 from tests.incidents.seed import log_row, seed, span_row
 
@@ -29,7 +29,7 @@ class TestIncidentList:
         ]
         rows.append(log_row(project, service="db", message="disk corrupted", ts=clock, level="CRITICAL"))
         await seed(session_maker, "log", rows)
-        await services.run_grouping(session_maker, now=clock)
+        await grouping.run_grouping(session_maker, now=clock)
         headers = {"X-API-Key": await make_key("read")}
 
         seen: list[str] = []
@@ -88,6 +88,39 @@ class TestIncidentList:
         ingest_only = {"X-API-Key": await make_key("ingest")}
         assert (await client.get("/api/v1/incidents", headers=ingest_only)).status_code == 403
 
+    async def test_since_until_keep_incidents_active_in_the_range(
+        self,
+        client: AsyncTestClient[Litestar],
+        make_key: KeyFactory,
+        session_maker: async_sessionmaker[AsyncSession],
+        project: UUID,
+        clock: datetime,
+    ) -> None:
+        later = clock + timedelta(minutes=10)
+        await seed(
+            session_maker,
+            "log",
+            [
+                log_row(project, service="api", message="early failure", ts=clock),
+                log_row(project, service="api", message="late failure", ts=later),
+            ],
+        )
+        await grouping.run_grouping(session_maker, now=later)
+        headers = {"X-API-Key": await make_key("read")}
+        middle = (clock + timedelta(minutes=5)).astimezone(timezone(timedelta(hours=2))).isoformat()
+        assert middle.endswith("+02:00")
+
+        # "+02:00" sent unencoded arrives as " 02:00": the offset still counts, as for /logs
+        since = await client.get(f"/api/v1/incidents?since={middle}", headers=headers)
+        assert since.status_code == 200, since.text
+        assert [i["title"] for i in since.json()["items"]] == ["api: late failure"]
+        until = await client.get(f"/api/v1/incidents?until={middle}", headers=headers)
+        assert until.status_code == 200, until.text
+        assert [i["title"] for i in until.json()["items"]] == ["api: early failure"]
+        bad = await client.get("/api/v1/incidents", params={"since": "yesterday"}, headers=headers)
+        assert bad.status_code == 400
+        assert bad.json()["detail"].startswith("since must be an RFC 3339 timestamp")
+
     async def test_detail_has_sample_logs_and_spans(
         self,
         client: AsyncTestClient[Litestar],
@@ -124,7 +157,7 @@ class TestIncidentList:
                 )
             ],
         )
-        await services.run_grouping(session_maker, now=clock)
+        await grouping.run_grouping(session_maker, now=clock)
         headers = {"X-API-Key": await make_key("read")}
         [item] = (await client.get("/api/v1/incidents", headers=headers)).json()["items"]
         assert item["count"] == 9  # the span name has the same template: one incident

@@ -13,9 +13,9 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.audit.models import AuditEvent
-from prodsentinel.incidents import services, tasks
+from prodsentinel.incidents import grouping, tasks
+from prodsentinel.incidents.grouping_queries import SOURCES
 from prodsentinel.incidents.models import GroupingCursor, IncidentOccurrence
-from prodsentinel.incidents.repositories import SOURCES
 from prodsentinel.lib import jobs
 from prodsentinel.lib.database import session_scope
 from prodsentinel.notifications.models import OutboxItem
@@ -43,7 +43,7 @@ class TestFolding:
             for i in range(1000)
         ]
         await seed(session_maker, "log", rows)
-        await services.run_grouping(session_maker, now=clock)
+        await grouping.run_grouping(session_maker, now=clock)
 
         incidents = await incidents_of(session_maker, project)
         assert len(incidents) == 1
@@ -93,7 +93,7 @@ class TestFolding:
                 ),
             ],
         )
-        await services.run_grouping(session_maker, now=clock)
+        await grouping.run_grouping(session_maker, now=clock)
         incidents = await incidents_of(session_maker, project)
         by_title = {i.title: i for i in incidents}
         assert set(by_title) == {
@@ -116,7 +116,7 @@ class TestFolding:
             "log",
             [log_row(project, service="db", message="out of memory", ts=clock, level="CRITICAL")],
         )
-        await services.run_grouping(session_maker, now=clock)
+        await grouping.run_grouping(session_maker, now=clock)
         [incident] = await incidents_of(session_maker, project)
         assert incident.severity == "critical"
 
@@ -136,7 +136,7 @@ class TestEscalation:
                     for i in range(n)
                 ],
             )
-            await services.run_grouping(session_maker, now=clock)
+            await grouping.run_grouping(session_maker, now=clock)
 
         await burst(5, clock)
         [incident] = await incidents_of(session_maker, project)
@@ -193,7 +193,7 @@ class TestEscalation:
             "span",
             [span_row(project, service="payments", name="charge", trace_id="T1", span_id="p1", start=clock)],
         )
-        await services.run_grouping(session_maker, now=clock)
+        await grouping.run_grouping(session_maker, now=clock)
         severities = {i.service_name: i.severity for i in await incidents_of(session_maker, project)}
         assert severities == {"frontend": "high", "payments": "high", "lonely": "medium"}
 
@@ -201,7 +201,7 @@ class TestEscalation:
         self, session_maker: async_sessionmaker[AsyncSession], project: UUID, clock: datetime
     ) -> None:
         await seed(session_maker, "log", [log_row(project, service="s", message="boom", ts=clock)])
-        await services.run_grouping(session_maker, now=clock)
+        await grouping.run_grouping(session_maker, now=clock)
         async with session_maker() as session:
             items = list(await session.scalars(select(OutboxItem).where(OutboxItem.project_id == project)))
         assert items == []
@@ -219,26 +219,26 @@ class TestCrashSafety:
         )
         # A worker that dies before committing: everything of the batch rolls back together.
         async with session_maker() as session:
-            outcome = await services.group_batch(session, SOURCES["log"], now=clock)
+            outcome = await grouping.group_batch(session, SOURCES["log"], now=clock)
             assert outcome.signals >= 50
             await session.rollback()
         assert await incidents_of(session_maker, project) == []
 
-        await services.run_grouping(session_maker, now=clock)
-        await services.run_grouping(session_maker, now=clock)
+        await grouping.run_grouping(session_maker, now=clock)
+        await grouping.run_grouping(session_maker, now=clock)
         [incident] = await incidents_of(session_maker, project)
         assert incident.count == 50
 
         # The same batch seen again (e.g. the mark did not advance yet) is not counted twice.
         async with session_scope(session_maker) as session:
-            again = await services.group_batch(session, SOURCES["log"], now=clock)
+            again = await grouping.group_batch(session, SOURCES["log"], now=clock)
         assert again.signals == 0
         await seed(
             session_maker,
             "log",
             [log_row(project, service="w", message=f"job {i} failed", ts=clock) for i in range(7)],
         )
-        await services.run_grouping(session_maker, now=clock)
+        await grouping.run_grouping(session_maker, now=clock)
         [incident] = await incidents_of(session_maker, project)
         assert incident.count == 57
 
@@ -254,7 +254,7 @@ class TestCrashSafety:
             session_maker, "log", [log_row(project, service="fast", message="fast writer failed", ts=clock)]
         )
         for _ in range(3):  # several runs: checkpoints taken and (not) settled while A is open
-            await services.run_grouping(session_maker, now=clock)
+            await grouping.run_grouping(session_maker, now=clock)
         async with session_maker() as session:
             cursor = await session.scalar(select(GroupingCursor).where(GroupingCursor.source == "logs"))
             slow_id = await slow.scalar(
@@ -266,13 +266,13 @@ class TestCrashSafety:
         await slow.commit()
         await slow.close()
 
-        await services.run_grouping(session_maker, now=clock)
+        await grouping.run_grouping(session_maker, now=clock)
         services_seen = {i.service_name: i.count for i in await incidents_of(session_maker, project)}
         assert services_seen == {"fast": 1, "late": 1}
         # and eventually the mark passes both, with each signal recorded exactly once
         high_water = 0
         for _ in range(40):
-            await services.run_grouping(session_maker, now=clock)
+            await grouping.run_grouping(session_maker, now=clock)
             async with session_maker() as session:
                 high_water = (
                     await session.scalar(

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.audit.models import AuditEvent
-from prodsentinel.incidents import services
-from prodsentinel.lib.database import session_scope
+from prodsentinel.incidents import grouping, services
+from prodsentinel.incidents.transitions import Transition
 from prodsentinel.notifications.models import OutboxItem
 from tests.conftest import KeyFactory
 from tests.incidents.conftest import add_channel, incidents_of
@@ -36,11 +36,10 @@ class TestAutoResolveAndReopen:
     ) -> None:
         await add_channel(session_maker, project)
         await seed(session_maker, "log", [log_row(project, service="api", message="db timeout", ts=clock)])
-        await services.run_grouping(session_maker, now=clock)
+        await grouping.run_grouping(session_maker, now=clock)
 
-        async def auto_resolve(now: datetime) -> list[services.Transition]:
-            async with session_scope(session_maker) as session:
-                return await services.auto_resolve(session, quiet_minutes=30, now=now)
+        async def auto_resolve(now: datetime) -> list[Transition]:
+            return await services.run_auto_resolve(session_maker, quiet_minutes=30, now=now)
 
         # 29 minutes of quiet: still open
         assert [t for t in await auto_resolve(clock + timedelta(minutes=29)) if t.project_id == project] == []
@@ -57,7 +56,7 @@ class TestAutoResolveAndReopen:
         # regression
         later = clock + timedelta(minutes=40)
         await seed(session_maker, "log", [log_row(project, service="api", message="db timeout", ts=later)])
-        result = await services.run_grouping(session_maker, now=later)
+        result = await grouping.run_grouping(session_maker, now=later)
         assert [t.kind for t in result.transitions if t.project_id == project] == ["reopened"]
         [incident] = await incidents_of(session_maker, project)
         assert incident.status == "open"
@@ -82,7 +81,7 @@ class TestAckResolveApi:
     ) -> None:
         await add_channel(session_maker, project)
         await seed(session_maker, "log", [log_row(project, service="api", message="boom", ts=clock)])
-        await services.run_grouping(session_maker, now=clock)
+        await grouping.run_grouping(session_maker, now=clock)
         [incident] = await incidents_of(session_maker, project)
         operator = {"X-API-Key": await make_key("operate", name="oncall")}
         reader = {"X-API-Key": await make_key("read")}
@@ -134,7 +133,7 @@ class TestAckResolveApi:
         clock: datetime,
     ) -> None:
         await seed(session_maker, "log", [log_row(project, service="api", message="secret", ts=clock)])
-        await services.run_grouping(session_maker, now=clock)
+        await grouping.run_grouping(session_maker, now=clock)
         [incident] = await incidents_of(session_maker, project)
         stranger = {"X-API-Key": await make_key("admin", project=f"other-{uuid4().hex[:8]}")}
         for method, path in (

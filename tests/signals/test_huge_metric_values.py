@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.incidents.repositories import AnomalyRepository
+from prodsentinel.incidents.anomaly_queries import AnomalyQueries
 from prodsentinel.lib.database import session_scope
 from prodsentinel.signals.anomalies import DEFAULT_PARAMS, baseline, robust_zscores, sustained_flags
 from prodsentinel.signals.models import MetricPoint
@@ -46,7 +46,7 @@ async def test_mean_absolute_deviation_of_huge_values_scores_like_the_reference(
     assert reference.scale > 1e199  # the MeanAD fallback
 
     async with session_scope(session_maker) as session:
-        found = await AnomalyRepository(session=session).detect(now=CLOCK, params=DEFAULT_PARAMS)
+        found = await AnomalyQueries(session).detect(now=CLOCK, params=DEFAULT_PARAMS)
 
     mine = sorted((row for row in found if row.project_id == tenant.project_id), key=lambda row: row.ts)
     scores = robust_zscores(history, recent)

@@ -171,9 +171,9 @@ class TestLogValidation:
             ({"since": "2026-03-02T00:00:00Z", "until": "2026-03-01T00:00:00Z"}, "since must not be later"),
             ({"level": "LOUD"}, "level must be one of"),
             ({"cursor": "not-a-cursor"}, "cursor is not valid"),
-            ({"cursor": encode_cursor(["s", T0, 1])}, "cursor is not valid"),  # a span cursor
+            ({"cursor": encode_cursor(["spans", T0, 1])}, "cursor is not valid"),  # a span cursor
             ({"cursor": encode_cursor([1, 2, 3])}, "cursor is not valid"),
-            ({"cursor": encode_cursor(["l", "2026-03-01T12:00:00", 1])}, "cursor is not valid"),  # naive
+            ({"cursor": encode_cursor(["logs", "2026-03-01T12:00:00", 1])}, "cursor is not valid"),  # naive
         ],
     )
     async def test_bad_parameters_are_400_with_a_clear_message(

@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel import worker
 from prodsentinel.settings import Settings
-from prodsentinel.signals import services as signal_services
+from prodsentinel.signals import retention
 from prodsentinel.signals import tasks as signal_tasks
 from prodsentinel.signals.models import LogRecord, MetricPoint, Span
 from tests.signals.conftest import Tenant, TenantFactory
@@ -61,7 +61,7 @@ class TestPurgeExpiredSignals:
             retention_days_logs=14, retention_days_spans=5, retention_days_metrics=30
         )
 
-        report = await signal_services.purge_expired_signals(session_maker, config, now=NOW, chunk_size=3)
+        report = await retention.run_retention(session_maker, config, now=NOW, chunk_size=3)
 
         assert report.complete
         # at least this test's rows (other tests' rows are all fresh); the chunk loop ran past 3 each
@@ -73,7 +73,7 @@ class TestPurgeExpiredSignals:
             assert await count(session_maker, Span, project_id) == 3  # only fresh rows kept
             assert await count(session_maker, MetricPoint, project_id) == 14  # only the 40-day ones went
 
-        again = await signal_services.purge_expired_signals(session_maker, config, now=NOW, chunk_size=3)
+        again = await retention.run_retention(session_maker, config, now=NOW, chunk_size=3)
         assert again.complete
         assert again.deleted == {"logs": 0, "spans": 0, "metric_points": 0}
 
@@ -82,13 +82,13 @@ class TestPurgeExpiredSignals:
     ) -> None:
         await seed_ages(session_maker, tenant.project_id)
         config = settings.with_overrides(retention_days_logs=14)
-        first = await signal_services.purge_expired_signals(
+        first = await retention.run_retention(
             session_maker, config, now=NOW, chunk_size=2, time_budget_seconds=0
         )
         assert not first.complete
         assert first.deleted == {"logs": 2, "spans": 0, "metric_points": 0}  # one chunk, then out of time
         assert await count(session_maker, LogRecord, tenant.project_id) >= 12
-        second = await signal_services.purge_expired_signals(session_maker, config, now=NOW, chunk_size=2)
+        second = await retention.run_retention(session_maker, config, now=NOW, chunk_size=2)
         assert second.complete
         assert await count(session_maker, LogRecord, tenant.project_id) == 7
 
@@ -107,6 +107,6 @@ class TestPurgeExpiredSignals:
         [cron] = [c for c in worker.cron_jobs(Settings()) if c.function is signal_tasks.purge_expired_signals]
         assert cron.cron == "17 * * * *"
         assert cron.timeout is not None
-        assert cron.timeout > signal_services.PURGE_TIME_BUDGET_SECONDS
+        assert cron.timeout > retention.PURGE_TIME_BUDGET_SECONDS
         assert cron.unique
         assert signal_tasks.purge_expired_signals in worker.TASKS

@@ -24,7 +24,7 @@ from prodsentinel.lib.time import utcnow
 from prodsentinel.notifications.models import Channel, DeliveryAttempt, OutboxItem
 from prodsentinel.settings import Settings
 from prodsentinel.system.metrics import record_ingest
-from prodsentinel.system.services import record_tick
+from prodsentinel.system.services import SchedulerTickService
 from tests.conftest import KeyFactory, project_id_of
 from tests.system.servers import granian_server
 
@@ -245,7 +245,7 @@ class TestStoredState:
                                     attempt_number=number + 1, started_at=now, duration_ms=duration_ms,
                                     http_status=500 if outcome == "retry" else 200, outcome=outcome)
                 )  # fmt: skip
-            await record_tick(session, "dispatch")
+            await SchedulerTickService(session=session).record("dispatch")
         after = await scrape(client, read)
 
         old, new = _stored(before), _stored(after)
@@ -280,12 +280,12 @@ class TestStoredState:
     ) -> None:
         read = await make_key("read")
         async with session_scope(session_maker) as session:
-            await record_tick(session, "retention")
+            await SchedulerTickService(session=session).record("retention")
         first = value(
             await scrape(client, read), "prodsentinel_scheduler_last_tick_timestamp_seconds", loop="retention"
         )
         async with session_scope(session_maker) as session:
-            await record_tick(session, "retention")
+            await SchedulerTickService(session=session).record("retention")
         second = value(
             await scrape(client, read), "prodsentinel_scheduler_last_tick_timestamp_seconds", loop="retention"
         )

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
 
+from prodsentinel.alerts.evaluation import Operator
+from prodsentinel.alerts.matchers import MatchOp
+from prodsentinel.alerts.policies import AGGS, KINDS
 from prodsentinel.lib.structs import Struct
+from prodsentinel.lib.vocabulary import AlertSeverityName, SeverityName
+
+# The published enums are built from the tuples the service checks (alerts.policies), so the schema
+# and the code accept exactly the same values; type checkers see ``str``.
+if TYPE_CHECKING:
+    KindName = str
+    AggName = str
+else:
+    KindName = Literal[KINDS]
+    AggName = Literal[AGGS]
 
 __all__ = (
     "AlertOut",
@@ -32,11 +45,11 @@ class PolicyIn(Struct):
     the whole object at once so a missing field or an unknown kind is a 422 with one clear sentence."""
 
     name: str | None = None
-    kind: str | None = None
-    severity: str | None = None
+    kind: KindName | None = None
+    severity: AlertSeverityName | None = None
     for_seconds: int | None = None
     window_seconds: int | None = None
-    operator: str | None = None
+    operator: Operator | None = None
     threshold: float | None = None
     labels: dict[str, str] | None = None
     enabled: bool | None = None
@@ -44,20 +57,20 @@ class PolicyIn(Struct):
     level: str | None = None
     q: str | None = None
     metric: str | None = None
-    agg: str | None = None
+    agg: AggName | None = None
     match_labels: dict[str, str] | None = None
-    min_severity: str | None = None
+    min_severity: SeverityName | None = None
 
 
 class PolicyPatch(Struct):
     """A partial update: absent fields keep their value; ``null`` resets a field to its default."""
 
     name: str | msgspec.UnsetType | None = msgspec.UNSET
-    kind: str | msgspec.UnsetType | None = msgspec.UNSET
-    severity: str | msgspec.UnsetType | None = msgspec.UNSET
+    kind: KindName | msgspec.UnsetType | None = msgspec.UNSET
+    severity: AlertSeverityName | msgspec.UnsetType | None = msgspec.UNSET
     for_seconds: int | msgspec.UnsetType | None = msgspec.UNSET
     window_seconds: int | msgspec.UnsetType | None = msgspec.UNSET
-    operator: str | msgspec.UnsetType | None = msgspec.UNSET
+    operator: Operator | msgspec.UnsetType | None = msgspec.UNSET
     threshold: float | msgspec.UnsetType | None = msgspec.UNSET
     labels: dict[str, str] | msgspec.UnsetType | None = msgspec.UNSET
     enabled: bool | msgspec.UnsetType | None = msgspec.UNSET
@@ -65,9 +78,9 @@ class PolicyPatch(Struct):
     level: str | msgspec.UnsetType | None = msgspec.UNSET
     q: str | msgspec.UnsetType | None = msgspec.UNSET
     metric: str | msgspec.UnsetType | None = msgspec.UNSET
-    agg: str | msgspec.UnsetType | None = msgspec.UNSET
+    agg: AggName | msgspec.UnsetType | None = msgspec.UNSET
     match_labels: dict[str, str] | msgspec.UnsetType | None = msgspec.UNSET
-    min_severity: str | msgspec.UnsetType | None = msgspec.UNSET
+    min_severity: SeverityName | msgspec.UnsetType | None = msgspec.UNSET
 
     def given(self) -> dict[str, Any]:
         """The fields the client sent (``null`` included)."""
@@ -133,7 +146,7 @@ class AlertPage(Struct):
 
 class MatcherIn(Struct):
     name: Annotated[str, msgspec.Meta(min_length=1)]
-    op: str
+    op: MatchOp
     value: str
 
 

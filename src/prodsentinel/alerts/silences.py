@@ -17,7 +17,7 @@ import structlog
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from prodsentinel.alerts.matchers import Matcher, MatcherError, matches_all, parse_matchers
+from prodsentinel.alerts.matchers import Matcher, MatcherError, MatchOp, matches_all, parse_matchers
 from prodsentinel.alerts.models import Silence
 from prodsentinel.alerts.repositories import SilenceRepository
 from prodsentinel.alerts.schemas import MatcherIn, SilenceIn, SilenceOut, SilencePage
@@ -83,7 +83,7 @@ class ActiveSilences:
 def _silence_out(silence: Silence, now: datetime) -> SilenceOut:
     return SilenceOut(
         id=silence.id,
-        matchers=[MatcherIn(name=m["name"], op=m["op"], value=m["value"]) for m in silence.matchers],
+        matchers=[MatcherIn(name=m["name"], op=MatchOp(m["op"]), value=m["value"]) for m in silence.matchers],
         starts_at=silence.starts_at,
         ends_at=silence.ends_at,
         comment=silence.comment,

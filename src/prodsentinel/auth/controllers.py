@@ -7,7 +7,6 @@ from litestar.di import Provide
 from litestar.params import Body
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from prodsentinel.auth import services as auth_services
 from prodsentinel.auth.guards import requires_scope
 from prodsentinel.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, ApiKeyPage
 from prodsentinel.auth.scopes import Principal, Scope
@@ -16,7 +15,7 @@ from prodsentinel.auth.services import ApiKeyService
 __all__ = ("ApiKeyController",)
 
 
-async def provide_api_keys(db_session: AsyncSession) -> ApiKeyService:
+async def provide_api_key_service(db_session: AsyncSession) -> ApiKeyService:
     return ApiKeyService(session=db_session)
 
 
@@ -26,7 +25,7 @@ class ApiKeyController(Controller):
     path = "/api/v1/keys"
     tags = ["keys"]
     guards = [requires_scope(Scope.ADMIN)]
-    dependencies = {"api_keys": Provide(provide_api_keys)}
+    dependencies = {"api_keys": Provide(provide_api_key_service)}
 
     @get("/", summary="List the project's API keys (never the raw keys)")
     async def list_keys(self, api_keys: ApiKeyService, principal: Principal) -> ApiKeyPage:
@@ -34,9 +33,9 @@ class ApiKeyController(Controller):
 
     @post("/", summary="Create an API key; the raw key is in the answer, once")
     async def create_key(
-        self, db_session: AsyncSession, principal: Principal, data: ApiKeyCreate = Body()
+        self, api_keys: ApiKeyService, principal: Principal, data: ApiKeyCreate = Body()
     ) -> ApiKeyCreated:
-        return await auth_services.create_key_over_http(db_session, principal, data)
+        return await api_keys.create_for_caller(principal, data)
 
     @delete("/{key_id:uuid}", status_code=200, summary="Revoke an API key (effective for the next request)")
     async def revoke_key(self, api_keys: ApiKeyService, principal: Principal, key_id: UUID) -> ApiKeyOut:

@@ -16,7 +16,7 @@ from prodsentinel.auth.scopes import Principal, parse_scopes
 from prodsentinel.lib.errors import NotFoundError, ValidationError
 from prodsentinel.lib.time import utcnow
 
-__all__ = ("ApiKeyService", "ProjectService", "hash_secret", "split_key")
+__all__ = ("ApiKeyService", "ProjectService", "create_key", "hash_secret", "split_key")
 
 KEY_PREFIX = "ps"
 DEFAULT_PROJECT = "default"
@@ -102,25 +102,28 @@ class ApiKeyService(SQLAlchemyAsyncRepositoryService[ApiKey]):
         [out] = [item for item in await self.list_keys(key.project_id) if item.id == key.id]
         return out
 
+    async def create_in_project(self, *, name: str, scopes: list[str], project: str) -> ApiKeyCreated:
+        """Create a key in the project named ``project`` (created if needed): the CLI's way in."""
+        owner = await ProjectService(session=self.repository.session).get_or_create(project)
+        return await self.create_key(name=name, scopes=scopes, project=owner)
 
-async def create_key_over_http(session: AsyncSession, caller: Principal, data: ApiKeyCreate) -> ApiKeyCreated:
-    """A key in the caller's project: an admin key administers its own tenant only (SPEC §3).
+    async def create_for_caller(self, caller: Principal, data: ApiKeyCreate) -> ApiKeyCreated:
+        """A key in the caller's project: an admin key administers its own tenant only (SPEC §3).
 
-    A ``project`` naming another project is refused rather than ignored, so a client never believes it
-    created a key somewhere it did not.
-    """
-    if data.project is not None and data.project.strip() != caller.project_name:
-        raise ValidationError(
-            f"project: an API key can only create keys in its own project ({caller.project_name!r}); "
-            "create keys for other projects with `prodsentinel keys create --project`."
+        A ``project`` naming another project is refused rather than ignored, so a client never
+        believes it created a key somewhere it did not.
+        """
+        if data.project is not None and data.project.strip() != caller.project_name:
+            raise ValidationError(
+                f"project: an API key can only create keys in its own project ({caller.project_name!r}); "
+                "create keys for other projects with `prodsentinel keys create --project`."
+            )
+        return await self.create_in_project(
+            name=data.name, scopes=list[str](data.scopes), project=caller.project_name
         )
-    return await create_key(
-        session, name=data.name, scopes=list[str](data.scopes), project=caller.project_name
-    )
 
 
 async def create_key(session: AsyncSession, *, name: str, scopes: list[str], project: str) -> ApiKeyCreated:
-    """Create a key in ``project`` (created if needed): shared by the CLI and the HTTP endpoint."""
-    async with ProjectService.new(session=session) as projects, ApiKeyService.new(session=session) as keys:
-        owner = await projects.get_or_create(project)
-        return await keys.create_key(name=name, scopes=scopes, project=owner)
+    """``ApiKeyService.create_in_project`` on ``session``: the entry point of the CLI commands and the
+    test fixtures, which hold a unit of work rather than a request's injected service."""
+    return await ApiKeyService(session=session).create_in_project(name=name, scopes=scopes, project=project)

@@ -1,6 +1,6 @@
 """The built-in root-cause analyser and the optional external analyser webhook.
 
-It reads the stored telemetry around one incident (SQL in ``repositories``) and stores a structured,
+It reads the stored telemetry around one incident (SQL in ``analysis_queries``) and stores a structured,
 versioned result in ``incident.analysis``:
 
 - ``origin_service`` / ``origin_span``: the deepest ERROR span of the incident's sample traces (the
@@ -31,9 +31,11 @@ import structlog
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from prodsentinel.incidents.analysis_queries import AnalysisQueries
 from prodsentinel.incidents.models import Anomaly, Incident
 from prodsentinel.incidents.repositories import AnomalyRepository, IncidentRepository
-from prodsentinel.incidents.schemas import IncidentOut
+from prodsentinel.incidents.transitions import incident_out
+from prodsentinel.lib.after_commit import after_commit
 from prodsentinel.lib.database import session_scope
 from prodsentinel.lib.time import utcnow
 from prodsentinel.notifications.signing import delivery_headers
@@ -62,6 +64,7 @@ async def analyse(
     """Analyse one incident and store the result (the caller commits); ``None`` if it no longer exists."""
     now = now or utcnow()
     repo = IncidentRepository(session=session)
+    queries = AnalysisQueries(session)
     incident = await session.get(Incident, incident_id, populate_existing=True)
     if incident is None:
         return None
@@ -69,9 +72,9 @@ async def analyse(
     since, until = analysis_window(incident)
     result = build_analysis(
         incident,
-        deepest=await repo.deepest_error_spans(incident.project_id, traces),
-        errors=await repo.earliest_errors(incident.project_id, traces),
-        bursts=await repo.error_bursts(
+        deepest=await queries.deepest_error_spans(incident.project_id, traces),
+        errors=await queries.earliest_errors(incident.project_id, traces),
+        bursts=await queries.error_bursts(
             incident.project_id,
             exclude_service=incident.service_name,
             since=since,
@@ -230,17 +233,14 @@ async def run_analysis(
     settings: Settings,
     now: datetime | None = None,
 ) -> dict[str, Any] | None:
-    """The ``analyse_incident`` job: analyse and commit, then (outside the transaction) call the webhook."""
+    """The ``analyse_incident`` job: analyse in one unit of work; the external analyser webhook is
+    registered to run once the stored result has committed (``lib.after_commit``), outside the
+    transaction, so a slow receiver never holds the incident's row."""
     async with session_scope(session_maker) as session:
         result = await analyse(session, incident_id, now=now)
         incident = await session.get(Incident, incident_id) if result is not None else None
-        incident_body = (
-            msgspec.to_builtins(msgspec.convert(incident, IncidentOut, from_attributes=True))
-            if incident is not None
-            else None
-        )
-    if result is not None and incident_body is not None and settings.analysis_webhook_url:
-        await post_webhook(settings, incident_body, result)
+        if result is not None and incident is not None and settings.analysis_webhook_url:
+            after_commit(session, post_webhook, settings, msgspec.to_builtins(incident_out(incident)), result)
     return result
 
 

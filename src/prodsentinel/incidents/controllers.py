@@ -1,26 +1,39 @@
-"""/api/v1/incidents and /api/v1/anomalies: thin handlers over ``incidents.services``."""
+"""/api/v1/incidents and /api/v1/anomalies: thin handlers over ``IncidentService`` and ``AnomalyService``.
+
+A resolve's SSE event, outbox wake-up and the like are registered on the request's session by the
+service and run by the request boundary once the transaction commits (``lib.after_commit``).
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from litestar import Controller, Response, get, post
-from litestar.background_tasks import BackgroundTask
+from litestar import Controller, get, post
+from litestar.di import Provide
 from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prodsentinel.auth.guards import requires_scope
 from prodsentinel.auth.scopes import Principal, Scope
-from prodsentinel.incidents import services as incident_services
+from prodsentinel.incidents.models import INCIDENT_STATUSES
 from prodsentinel.incidents.schemas import AnomalyPage, IncidentDetail, IncidentOut, IncidentPage
-from prodsentinel.lib.pagination import DEFAULT_LIMIT
+from prodsentinel.incidents.services import AnomalyService, IncidentService
+from prodsentinel.lib.pagination import DEFAULT_LIMIT, Cursor, Limit, Since, Until
+from prodsentinel.lib.vocabulary import SEVERITIES
 
-__all__ = ("AnomalyController", "IncidentController")
+__all__ = ("AnomalyController", "IncidentController", "provide_anomaly_service", "provide_incident_service")
 
-Limit = Annotated[int, QueryParameter(description="Page size, 1..1000.")]
-Cursor = Annotated[str | None, QueryParameter(description="next_cursor of the previous page.")]
+_STATUS_CHOICES = "|".join(INCIDENT_STATUSES)
+_SEVERITY_CHOICES = "|".join(s.value for s in SEVERITIES)
+
+
+async def provide_incident_service(db_session: AsyncSession) -> IncidentService:
+    return IncidentService(session=db_session)
+
+
+async def provide_anomaly_service(db_session: AsyncSession) -> AnomalyService:
+    return AnomalyService(session=db_session)
 
 
 class IncidentController(Controller):
@@ -28,28 +41,40 @@ class IncidentController(Controller):
 
     path = "/api/v1/incidents"
     tags = ["incidents"]
+    dependencies = {"incidents": Provide(provide_incident_service)}
 
-    @get("/", guards=[requires_scope(Scope.READ)], summary="List incidents, newest first")
+    @get(
+        "/",
+        guards=[requires_scope(Scope.READ)],
+        summary="List incidents, newest first",
+        description=(
+            "Ordered by id (creation order) descending. since/until keep the incidents active in the "
+            "range: last seen at or after since, first seen before until."
+        ),
+    )
     async def list_incidents(
         self,
-        db_session: AsyncSession,
+        incidents: IncidentService,
         principal: Principal,
         status: Annotated[
-            str | None, QueryParameter(description="open|acknowledged|resolved, comma-separated.")
+            str | None, QueryParameter(description=f"{_STATUS_CHOICES}, comma-separated.")
         ] = None,
         severity: Annotated[
-            str | None, QueryParameter(description="low|medium|high|critical, comma-separated.")
+            str | None, QueryParameter(description=f"{_SEVERITY_CHOICES}, comma-separated.")
         ] = None,
         service: Annotated[str | None, QueryParameter(description="Exact service name.")] = None,
+        since: Since = None,
+        until: Until = None,
         limit: Limit = DEFAULT_LIMIT,
         cursor: Cursor = None,
     ) -> IncidentPage:
-        return await incident_services.list_incidents(
-            db_session,
+        return await incidents.list_incidents(
             principal.project_id,
             status=status,
             severity=severity,
             service=service,
+            since=since,
+            until=until,
             limit=limit,
             cursor=cursor,
         )
@@ -60,9 +85,9 @@ class IncidentController(Controller):
         summary="One incident with its analysis and a few sample logs and spans",
     )
     async def get_incident(
-        self, db_session: AsyncSession, principal: Principal, incident_id: UUID
+        self, incidents: IncidentService, principal: Principal, incident_id: UUID
     ) -> IncidentDetail:
-        return await incident_services.get_incident(db_session, principal.project_id, incident_id)
+        return await incidents.get_incident(principal.project_id, incident_id)
 
     @post(
         "/{incident_id:uuid}/ack",
@@ -71,10 +96,10 @@ class IncidentController(Controller):
         summary="Acknowledge an open incident (audited)",
     )
     async def acknowledge(
-        self, db_session: AsyncSession, principal: Principal, incident_id: UUID
+        self, incidents: IncidentService, principal: Principal, incident_id: UUID
     ) -> IncidentOut:
-        return await incident_services.acknowledge(
-            db_session, project_id=principal.project_id, incident_id=incident_id, actor=principal.actor
+        return await incidents.acknowledge(
+            project_id=principal.project_id, incident_id=incident_id, actor=principal.actor
         )
 
     @post(
@@ -84,14 +109,11 @@ class IncidentController(Controller):
         summary="Resolve an incident (audited; the next occurrence reopens it)",
     )
     async def resolve(
-        self, db_session: AsyncSession, principal: Principal, incident_id: UUID
-    ) -> Response[IncidentOut]:
-        incident, transitions = await incident_services.resolve(
-            db_session, project_id=principal.project_id, incident_id=incident_id, actor=principal.actor
+        self, incidents: IncidentService, principal: Principal, incident_id: UUID
+    ) -> IncidentOut:
+        return await incidents.resolve(
+            project_id=principal.project_id, incident_id=incident_id, actor=principal.actor
         )
-        # Background tasks run after the response is sent, i.e. after the autocommit: events and jobs
-        # announce only durable state.
-        return Response(incident, background=BackgroundTask(incident_services.announce, transitions))
 
 
 class AnomalyController(Controller):
@@ -100,21 +122,21 @@ class AnomalyController(Controller):
     path = "/api/v1/anomalies"
     tags = ["metrics"]
     guards = [requires_scope(Scope.READ)]
+    dependencies = {"anomalies": Provide(provide_anomaly_service)}
 
-    @get("/", summary="List metric anomalies, newest first")
+    @get("/", summary="List metric anomalies, newest first by (ts, id)")
     async def list_anomalies(
         self,
-        db_session: AsyncSession,
+        anomalies: AnomalyService,
         principal: Principal,
         metric: Annotated[str | None, QueryParameter(description="Metric name.")] = None,
         service: Annotated[str | None, QueryParameter(description="Service name.")] = None,
-        since: Annotated[datetime | None, QueryParameter(description="RFC 3339, inclusive.")] = None,
-        until: Annotated[datetime | None, QueryParameter(description="RFC 3339, inclusive.")] = None,
+        since: Since = None,
+        until: Until = None,
         limit: Limit = DEFAULT_LIMIT,
         cursor: Cursor = None,
     ) -> AnomalyPage:
-        return await incident_services.list_anomalies(
-            db_session,
+        return await anomalies.list_anomalies(
             principal.project_id,
             metric=metric,
             service=service,

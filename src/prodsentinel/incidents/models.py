@@ -28,13 +28,28 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from prodsentinel.lib.models import PlainBase
 
-__all__ = ("Anomaly", "GroupingCursor", "Incident", "IncidentOccurrence", "IncidentStatus")
+__all__ = (
+    "INCIDENT_STATUSES",
+    "Anomaly",
+    "GroupingCursor",
+    "Incident",
+    "IncidentOccurrence",
+    "IncidentStatus",
+)
 
 
 class IncidentStatus:
     OPEN = "open"
     ACKNOWLEDGED = "acknowledged"
     RESOLVED = "resolved"
+
+
+#: Every status, in lifecycle order (filters, error messages, the OpenAPI description).
+INCIDENT_STATUSES: tuple[str, ...] = (
+    IncidentStatus.OPEN,
+    IncidentStatus.ACKNOWLEDGED,
+    IncidentStatus.RESOLVED,
+)
 
 
 class Incident(UUIDv7AuditBase):

@@ -1,4 +1,4 @@
-"""SAQ jobs of this domain. Each task opens a session scope and calls one service function.
+"""SAQ jobs of this domain. Each task opens nothing itself: it calls one pass, which owns its unit of work.
 
 - ``group_new_errors``: enqueued by ingest after each commit holding errors (``key="group_new_errors"``,
   so at most one is queued); the cron ``group_new_errors_cron`` (every 10 s) is the fallback that
@@ -16,11 +16,14 @@ from uuid import UUID
 
 from litestar_saq import CronJob
 
-from prodsentinel.incidents import analysis
-from prodsentinel.incidents import services as incident_services
-from prodsentinel.lib.jobs import settings_of, task_session
+from prodsentinel.incidents.analysis import run_analysis
+from prodsentinel.incidents.anomaly_detection import run_anomaly_detection
+from prodsentinel.incidents.grouping import run_grouping
+from prodsentinel.incidents.services import run_auto_resolve
+from prodsentinel.incidents.transitions import run_pending_analyses
+from prodsentinel.lib.jobs import settings_of
 from prodsentinel.settings import Settings
-from prodsentinel.system.services import record_loop_tick, record_tick
+from prodsentinel.system.services import record_loop_tick
 
 __all__ = (
     "TASKS",
@@ -35,7 +38,7 @@ __all__ = (
 
 
 async def group_new_errors(ctx: Any) -> dict[str, int]:
-    result = await incident_services.run_grouping(ctx["session_maker"])
+    result = await run_grouping(ctx["session_maker"])
     return {"signals": result.signals, "batches": result.batches, "transitions": len(result.transitions)}
 
 
@@ -47,28 +50,24 @@ async def group_new_errors_cron(ctx: Any) -> dict[str, int]:
 
 
 async def auto_resolve_incidents(ctx: Any) -> dict[str, int]:
-    async with task_session(ctx) as session:
-        transitions = await incident_services.auto_resolve(
-            session, quiet_minutes=settings_of(ctx).incident_quiet_minutes
-        )
-    await incident_services.announce(transitions)
+    transitions = await run_auto_resolve(
+        ctx["session_maker"], quiet_minutes=settings_of(ctx).incident_quiet_minutes
+    )
     return {"resolved": len(transitions)}
 
 
 async def detect_anomalies(ctx: Any) -> dict[str, int]:
-    async with task_session(ctx) as session:
-        anomalies, transitions = await incident_services.detect_anomalies(session)
-        await record_tick(session, "anomalies")
-    await incident_services.announce(transitions)
-    return {"anomalies": len(anomalies), "transitions": len(transitions)}
+    result = await run_anomaly_detection(ctx["session_maker"])
+    await record_loop_tick(ctx, "anomalies")
+    return {"anomalies": len(result.anomalies), "transitions": len(result.transitions)}
 
 
 async def analyse_pending_incidents(ctx: Any) -> dict[str, int]:
-    return {"enqueued": await incident_services.enqueue_pending_analyses(ctx["session_maker"])}
+    return {"enqueued": await run_pending_analyses(ctx["session_maker"])}
 
 
 async def analyse_incident(ctx: Any, *, incident_id: str) -> dict[str, Any]:
-    result = await analysis.run_analysis(ctx["session_maker"], UUID(incident_id), settings=settings_of(ctx))
+    result = await run_analysis(ctx["session_maker"], UUID(incident_id), settings=settings_of(ctx))
     return {"incident_id": incident_id, "origin_service": result["origin_service"] if result else None}
 
 

@@ -15,7 +15,7 @@ comparing text.
 from __future__ import annotations
 
 import enum
-from typing import Final
+from typing import TYPE_CHECKING, Final, Literal
 
 __all__ = (
     "ALERT_SEVERITIES",
@@ -29,7 +29,10 @@ __all__ = (
     "SPAN_STATUS_NAMES",
     "STREAM_EVENT_TYPES",
     "WEBHOOK_SIGNINGS",
+    "AlertSeverityName",
+    "EventTypeName",
     "Severity",
+    "SeverityName",
     "max_severity",
     "parse_severity",
     "raise_one_level",
@@ -160,3 +163,15 @@ def stream_type(event_type: str) -> str:
 
 #: The live event types of the SSE stream (SPEC §6); the stream forwards any type.
 STREAM_EVENT_TYPES: Final[tuple[str, ...]] = tuple(stream_type(t) for t in EVENT_TYPES)
+
+
+# Wire types for msgspec schemas, built from the tuples above so the published enums can never drift
+# from the code. Type checkers see plain ``str`` (a Literal built at run time is opaque to them).
+if TYPE_CHECKING:
+    SeverityName = str
+    AlertSeverityName = str
+    EventTypeName = str
+else:
+    SeverityName = Literal[tuple(sev.value for sev in SEVERITIES)]
+    AlertSeverityName = Literal[tuple(sev.value for sev in ALERT_SEVERITIES)]
+    EventTypeName = Literal[EVENT_TYPES]

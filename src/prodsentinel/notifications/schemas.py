@@ -8,8 +8,10 @@ from uuid import UUID
 
 import msgspec
 
+from prodsentinel.alerts.matchers import MatchOp
 from prodsentinel.lib import vocabulary
 from prodsentinel.lib.structs import Struct
+from prodsentinel.lib.vocabulary import EventTypeName, SeverityName
 
 __all__ = (
     "AttemptOut",
@@ -22,13 +24,11 @@ __all__ = (
     "ChannelUpdate",
     "DispatchOut",
     "ErrorCodeCount",
-    "EventTypeName",
     "LatencyOut",
     "MatcherIn",
     "OutboxItemOut",
     "OutboxPage",
     "ReplayDeadOut",
-    "SeverityName",
     "StatsOut",
     "TrendBucket",
     "TrendsOut",
@@ -58,14 +58,10 @@ Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 SecretEnv = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 if TYPE_CHECKING:
-    SeverityName = str
-    EventTypeName = str
     ChannelKind = str
     SigningName = str
 else:
-    # Derived from lib.vocabulary, never restated: a new severity or event type reaches the schema by itself.
-    SeverityName = Literal[tuple(sev.value for sev in vocabulary.SEVERITIES)]
-    EventTypeName = Literal[vocabulary.EVENT_TYPES]
+    # Derived from lib.vocabulary, never restated.
     ChannelKind = Literal[vocabulary.CHANNEL_KINDS]
     SigningName = Literal[vocabulary.WEBHOOK_SIGNINGS]
 
@@ -82,7 +78,7 @@ class MatcherIn(Struct):
     a label the event lacks counts as the empty string."""
 
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    op: Literal["=", "!=", "=~", "!~"]
+    op: MatchOp
     value: Annotated[str, msgspec.Meta(max_length=1024)]
 
 

@@ -1,7 +1,7 @@
 """The query API (SPEC §5, scope read): thin controllers over ``SignalQueryService``.
 
-Time parameters are taken as strings and parsed by the service so that a bad value answers 400 with a
-sentence naming the parameter (Litestar's own datetime coercion would answer a generic message).
+List parameters are ``lib.pagination``'s (``Since``/``Until`` as strings parsed by the service, so a bad
+value answers 400 with a sentence naming the parameter, and an unencoded ``+02:00`` still parses).
 """
 
 from __future__ import annotations
@@ -15,44 +15,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from prodsentinel.auth.guards import requires_scope
 from prodsentinel.auth.scopes import Principal, Scope
-from prodsentinel.lib.pagination import DEFAULT_LIMIT
+from prodsentinel.lib.pagination import DEFAULT_LIMIT, Cursor, Limit, Since, Until
+from prodsentinel.lib.vocabulary import LOG_LEVEL_NAMES, SPAN_STATUSES
 from prodsentinel.signals.schemas import LogPage, MetricSeries, ServiceList, SpanPage, TraceView
 from prodsentinel.signals.services import SignalQueryService
 
 __all__ = ("LogController", "MetricController", "ServiceController", "SpanController")
 
-_DATE_TIME = {"format": "date-time"}
-
-Since = Annotated[
-    str | None,
-    QueryParameter(description="Inclusive lower bound, RFC 3339 (naive = UTC).", schema_extra=_DATE_TIME),
-]
-Until = Annotated[
-    str | None,
-    QueryParameter(description="Exclusive upper bound, RFC 3339 (naive = UTC).", schema_extra=_DATE_TIME),
-]
-Limit = Annotated[
-    int,
-    QueryParameter(
-        description="Page size, 1..1000 (anything else is a 400).",
-        # documented bounds only: the service checks them so the 400 says what was wrong
-        schema_extra={"minimum": 1, "maximum": 1000},
-    ),
-]
-Cursor = Annotated[
-    str | None,
-    QueryParameter(description="Opaque: the next_cursor of the previous page with the same filters."),
-]
 ServiceFilter = Annotated[str | None, QueryParameter(description="Exact service_name.")]
 
 
-async def provide_signal_queries(db_session: AsyncSession) -> SignalQueryService:
-    return SignalQueryService(db_session)
+async def provide_signal_query_service(db_session: AsyncSession) -> SignalQueryService:
+    return SignalQueryService(session=db_session)
 
 
 class _ReadController(Controller):
     guards = [requires_scope(Scope.READ)]
-    dependencies = {"queries": Provide(provide_signal_queries)}
+    dependencies = {"queries": Provide(provide_signal_query_service)}
 
 
 class LogController(_ReadController):
@@ -74,7 +53,7 @@ class LogController(_ReadController):
         service: ServiceFilter = None,
         level: Annotated[
             str | None,
-            QueryParameter(description="Minimum level: DEBUG, INFO, WARN (WARNING), ERROR, CRITICAL."),
+            QueryParameter(description=f"Minimum level: {', '.join(LOG_LEVEL_NAMES)} (case-insensitive)."),
         ] = None,
         trace_id: Annotated[str | None, QueryParameter(description="Exact trace_id.")] = None,
         q: Annotated[
@@ -113,7 +92,9 @@ class SpanController(_ReadController):
         principal: Principal,
         service: ServiceFilter = None,
         name: Annotated[str | None, QueryParameter(description="Exact span name.")] = None,
-        status: Annotated[str | None, QueryParameter(description="UNSET, OK or ERROR.")] = None,
+        status: Annotated[
+            str | None, QueryParameter(description=f"One of {', '.join(SPAN_STATUSES)}.")
+        ] = None,
         min_duration_ms: Annotated[
             float | None, QueryParameter(description="Only spans lasting at least this long.")
         ] = None,

@@ -2,7 +2,8 @@
 
 These tables are written set-based by the ingest path (never one ORM object per signal) and are only
 ever deleted from by retention. ``(project_id, signal_id)`` is unique: a re-sent signal is stored once.
-The ORM classes exist for Alembic and for typed reads; inserts go through ``signals.repositories``.
+The ORM classes exist for Alembic and for typed reads; inserts go through ``signals.writes``, reads
+through ``signals.read_queries``.
 """
 
 from __future__ import annotations

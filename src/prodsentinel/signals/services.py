@@ -1,37 +1,35 @@
-"""Query rules of the signal API (SPEC §5) and retention.
+"""Query rules of the signal API (SPEC §5): ``SignalQueryService`` and its parameter parsers.
 
-Parsing and validation of query parameters (times, levels, labels, limits, cursors) live here so every
-caller gets the same 400s; the SQL lives in ``signals.repositories``. ``SignalQueryService`` is not an
-advanced-alchemy service subclass because it reads three tables with hand-written SQL (keyset pages,
-``date_bin`` buckets, ``percentile_cont``) that AA's generic CRUD service does not express.
+Parsing and validation of query parameters (levels, span statuses, labels, steps, windows) live here,
+times, limits and cursors in ``lib.pagination``, so every caller gets the same 400s; the SQL lives in
+``signals.read_queries``. Retention is its own pass (``signals.retention``).
 """
 
 from __future__ import annotations
 
 import math
-import re
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-import msgspec
-import structlog
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from prodsentinel.lib.database import session_scope
 from prodsentinel.lib.errors import BadRequestError, NotFoundError
-from prodsentinel.lib.pagination import check_limit, decode_cursor, encode_cursor
-from prodsentinel.lib.time import as_utc, utcnow
-from prodsentinel.lib.vocabulary import LEVEL_NAMES, LEVELS, SPAN_STATUS_NAMES, SPAN_STATUSES
-from prodsentinel.settings import Settings
-from prodsentinel.signals.repositories import (
+from prodsentinel.lib.pagination import DEFAULT_LIMIT, Keyset, time_range
+from prodsentinel.lib.time import utcnow
+from prodsentinel.lib.vocabulary import (
+    LEVEL_NAMES,
+    LEVELS,
+    LOG_LEVEL_NAMES,
+    SPAN_STATUS_NAMES,
+    SPAN_STATUSES,
+)
+from prodsentinel.signals.read_queries import (
     AGGREGATES,
     LogQuery,
     MetricSeriesQuery,
-    SignalRepository,
+    SignalReadQueries,
     SpanQuery,
 )
 from prodsentinel.signals.schemas import (
@@ -49,22 +47,20 @@ from prodsentinel.signals.schemas import (
 
 __all__ = (
     "DEFAULT_SERIES_RANGE",
+    "LOG_KEYSET",
     "MAX_SERIES_BUCKETS",
     "MAX_SERVICE_WINDOW",
-    "PURGE_CHUNK_SIZE",
+    "SPAN_KEYSET",
     "TRACE_MAX_LOGS",
     "TRACE_MAX_SPANS",
-    "PurgeReport",
     "SignalQueryService",
     "build_trace_tree",
+    "log_item",
     "parse_labels",
     "parse_level",
     "parse_span_status",
-    "parse_time",
-    "purge_expired_signals",
+    "span_item",
 )
-
-logger = structlog.get_logger("prodsentinel.signals")
 
 #: A trace answer holds at most this many spans / logs (the earliest ones); larger traces are cut.
 TRACE_MAX_SPANS = 10_000
@@ -76,46 +72,13 @@ MAX_SERIES_BUCKETS = 10_000
 MAX_STEP = 31 * 86_400
 #: ``/services?window=`` is 1 s .. 90 days.
 MAX_SERVICE_WINDOW = 90 * 86_400
-#: Retention deletes at most this many rows per statement (and transaction).
-PURGE_CHUNK_SIZE = 5_000
-#: One retention run stops after this long; the next run carries on.
-PURGE_TIME_BUDGET_SECONDS = 600.0
 
-_LOG_CURSOR = "l"
-_SPAN_CURSOR = "s"
-# "+02:00" sent unencoded in a query string arrives as " 02:00": put the plus back.
-_SPACE_OFFSET = re.compile(r"^(.+\d) (\d{2}:?\d{2})$")
+#: Logs page newest first by (timestamp, id), spans by (start_time, id).
+LOG_KEYSET: Keyset[Any] = Keyset("logs", (datetime, int), lambda row: (row.timestamp, row.id))
+SPAN_KEYSET: Keyset[Any] = Keyset("spans", (datetime, int), lambda row: (row.start_time, row.id))
 
 
 # -- parameter parsing ------------------------------------------------------------------------------
-
-
-def parse_time(name: str, raw: str | None) -> datetime | None:
-    """An RFC 3339 timestamp (naive = UTC) or None; anything else is a 400 naming the parameter.
-
-    The result is in UTC and in the supported range (``lib.time``, 1970 .. 9999): outside it is a 400
-    too, so the range arithmetic below never overflows.
-    """
-    if raw is None or raw.strip() == "":
-        return None
-    value = raw.strip()
-    match = _SPACE_OFFSET.match(value)
-    if match:
-        value = f"{match.group(1)}+{match.group(2)}"
-    try:
-        parsed = msgspec.convert(value, datetime)
-    except msgspec.ValidationError:
-        raise BadRequestError(
-            f"{name} must be an RFC 3339 timestamp such as 2026-01-31T12:00:00Z, got {raw!r}."
-        ) from None
-    return as_utc(parsed, name)
-
-
-def _time_range(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
-    start, end = parse_time("since", since), parse_time("until", until)
-    if start is not None and end is not None and start > end:
-        raise BadRequestError("since must not be later than until.")
-    return start, end
 
 
 def parse_level(raw: str | None) -> int | None:
@@ -124,7 +87,7 @@ def parse_level(raw: str | None) -> int | None:
         return None
     level = LEVELS.get(raw.strip().upper())
     if level is None:
-        raise BadRequestError(f"level must be one of DEBUG, INFO, WARN, ERROR, CRITICAL; got {raw!r}.")
+        raise BadRequestError(f"level must be one of {', '.join(LOG_LEVEL_NAMES)}; got {raw!r}.")
     return level
 
 
@@ -133,7 +96,7 @@ def parse_span_status(raw: str | None) -> int | None:
         return None
     status = SPAN_STATUSES.get(raw.strip().upper())
     if status is None:
-        raise BadRequestError(f"status must be one of UNSET, OK, ERROR; got {raw!r}.")
+        raise BadRequestError(f"status must be one of {', '.join(SPAN_STATUSES)}; got {raw!r}.")
     return status
 
 
@@ -151,15 +114,6 @@ def parse_labels(raw: str | None) -> dict[str, str] | None:
             raise BadRequestError(f"labels names {key!r} twice with different values.")
         labels[key] = value
     return labels
-
-
-def _after(cursor: str | None, kind: str) -> tuple[datetime, int] | None:
-    if cursor is None or cursor == "":
-        return None
-    tag, ts, row_id = decode_cursor(cursor, (str, datetime, int))
-    if tag != kind or ts.tzinfo is None:
-        raise BadRequestError("cursor is not valid; use next_cursor from a previous page.")
-    return ts, row_id
 
 
 # -- row mapping ------------------------------------------------------------------------------------
@@ -246,10 +200,17 @@ def build_trace_tree(nodes: Sequence[SpanNode]) -> list[SpanNode]:
 
 
 class SignalQueryService:
-    """The read side of SPEC §5 for one project at a time (every method takes the caller's project)."""
+    """The read side of SPEC §5 for one project at a time (every method takes the caller's project).
 
-    def __init__(self, session: AsyncSession) -> None:
-        self.repository = SignalRepository(session)
+    Built and injected like the advanced-alchemy services (``SignalQueryService(session=...)``, one per
+    request through Litestar DI), but a plain class: AA's service is CRUD over one model through one
+    repository, while these are reads across three hand-written-SQL tables (``SignalReadQueries``:
+    keyset pages, ``date_bin`` buckets, ``percentile_cont``, a trace joining spans and logs) with
+    nothing to create, update or delete.
+    """
+
+    def __init__(self, *, session: AsyncSession) -> None:
+        self.queries = SignalReadQueries(session)
 
     async def list_logs(
         self,
@@ -261,24 +222,22 @@ class SignalQueryService:
         q: str | None = None,
         since: str | None = None,
         until: str | None = None,
-        limit: int = 100,
+        limit: int = DEFAULT_LIMIT,
         cursor: str | None = None,
     ) -> LogPage:
-        start, end = _time_range(since, until)
+        start, end = time_range(since, until)
         query = LogQuery(
             project_id=project_id,
-            limit=check_limit(limit),
+            limit=LOG_KEYSET.fetch_size(limit),
             service=service or None,
             min_level=parse_level(level),
             trace_id=trace_id or None,
             q=q or None,
             since=start,
             until=end,
-            after=_after(cursor, _LOG_CURSOR),
+            after=LOG_KEYSET.after(cursor),
         )
-        rows = await self.repository.list_logs(query)
-        page, more = rows[: query.limit], len(rows) > query.limit
-        next_cursor = encode_cursor([_LOG_CURSOR, page[-1].timestamp, page[-1].id]) if more else None
+        page, next_cursor = LOG_KEYSET.page(await self.queries.list_logs(query), limit)
         return LogPage(items=[log_item(row) for row in page], next_cursor=next_cursor)
 
     async def list_spans(
@@ -291,35 +250,33 @@ class SignalQueryService:
         min_duration_ms: float | None = None,
         since: str | None = None,
         until: str | None = None,
-        limit: int = 100,
+        limit: int = DEFAULT_LIMIT,
         cursor: str | None = None,
     ) -> SpanPage:
-        start, end = _time_range(since, until)
+        start, end = time_range(since, until)
         if min_duration_ms is not None and not (math.isfinite(min_duration_ms) and min_duration_ms >= 0):
             raise BadRequestError("min_duration_ms must be a finite number >= 0.")
         query = SpanQuery(
             project_id=project_id,
-            limit=check_limit(limit),
+            limit=SPAN_KEYSET.fetch_size(limit),
             service=service or None,
             name=name or None,
             status=parse_span_status(status),
             min_duration_ms=min_duration_ms,
             since=start,
             until=end,
-            after=_after(cursor, _SPAN_CURSOR),
+            after=SPAN_KEYSET.after(cursor),
         )
-        rows = await self.repository.list_spans(query)
-        page, more = rows[: query.limit], len(rows) > query.limit
-        next_cursor = encode_cursor([_SPAN_CURSOR, page[-1].start_time, page[-1].id]) if more else None
+        page, next_cursor = SPAN_KEYSET.page(await self.queries.list_spans(query), limit)
         return SpanPage(items=[span_item(row) for row in page], next_cursor=next_cursor)
 
     async def get_trace(self, project_id: UUID, trace_id: str) -> TraceView:
         """The trace as a tree; NotFoundError when the project has no span and no log with this id."""
-        summary = await self.repository.trace_summary(project_id, trace_id)
+        summary = await self.queries.trace_summary(project_id, trace_id)
         if summary.span_count == 0 and summary.log_count == 0:
             raise NotFoundError(f"Trace {trace_id!r} not found.")
-        span_rows = await self.repository.trace_spans(project_id, trace_id, TRACE_MAX_SPANS)
-        log_rows = await self.repository.trace_logs(project_id, trace_id, TRACE_MAX_LOGS)
+        span_rows = await self.queries.trace_spans(project_id, trace_id, TRACE_MAX_SPANS)
+        log_rows = await self.queries.trace_logs(project_id, trace_id, TRACE_MAX_LOGS)
         nodes = [SpanNode(**_span_fields(row), children=[]) for row in span_rows]
         return TraceView(
             trace_id=trace_id,
@@ -349,9 +306,9 @@ class SignalQueryService:
             raise BadRequestError(f"agg must be one of {', '.join(sorted(AGGREGATES))}; got {agg!r}.")
         if not 1 <= step <= MAX_STEP:
             raise BadRequestError(f"step must be between 1 and {MAX_STEP} seconds, got {step}.")
-        start, end = _time_range(since, until)
+        start, end = time_range(since, until)
         end = end or utcnow()
-        start = start or end - DEFAULT_SERIES_RANGE  # end >= MIN_TIME (parse_time): cannot underflow
+        start = start or end - DEFAULT_SERIES_RANGE  # end >= MIN_TIME (lib.pagination): cannot underflow
         if start > end:
             raise BadRequestError("since must not be later than until.")
         if (end - start).total_seconds() / step > MAX_SERIES_BUCKETS:
@@ -369,7 +326,7 @@ class SignalQueryService:
             service=service or None,
             labels=parse_labels(labels),
         )
-        rows = await self.repository.metric_series(query)
+        rows = await self.queries.metric_series(query)
         return MetricSeries(
             name=name,
             service=query.service,
@@ -383,7 +340,7 @@ class SignalQueryService:
     async def list_services(self, project_id: UUID, *, window: int = 3600) -> ServiceList:
         if not 1 <= window <= MAX_SERVICE_WINDOW:
             raise BadRequestError(f"window must be between 1 and {MAX_SERVICE_WINDOW} seconds, got {window}.")
-        rows = await self.repository.service_stats(project_id, utcnow() - timedelta(seconds=window))
+        rows = await self.queries.service_stats(project_id, utcnow() - timedelta(seconds=window))
         items = []
         for service_name, last_seen, logs, spans, metrics, errors in rows:
             events = int(logs) + int(spans)
@@ -398,57 +355,3 @@ class SignalQueryService:
                 )
             )
         return ServiceList(items=items)
-
-
-# -- retention --------------------------------------------------------------------------------------
-
-RETENTION_TABLES = ("logs", "spans", "metric_points")
-
-
-@dataclass(slots=True)
-class PurgeReport:
-    """Rows deleted per table; ``complete`` is False when the time budget ran out first."""
-
-    deleted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RETENTION_TABLES, 0))
-    complete: bool = True
-
-
-def retention_cutoffs(settings: Settings, now: datetime) -> dict[str, datetime]:
-    return {
-        "logs": now - timedelta(days=settings.retention_days_logs),
-        "spans": now - timedelta(days=settings.retention_days_spans),
-        "metric_points": now - timedelta(days=settings.retention_days_metrics),
-    }
-
-
-async def purge_expired_signals(
-    session_maker: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    *,
-    now: datetime | None = None,
-    chunk_size: int = PURGE_CHUNK_SIZE,
-    time_budget_seconds: float = PURGE_TIME_BUDGET_SECONDS,
-) -> PurgeReport:
-    """Delete signals older than their retention (the only DELETE path of the signal tables).
-
-    Unlike other services this one owns its transactions: each chunk of at most ``chunk_size`` rows
-    is its own short transaction, so a purge of millions of rows never holds locks or builds one
-    huge WAL record set, and concurrent ingest and queries are never blocked for long. It is
-    idempotent: a killed run leaves the remaining expired rows to the next one.
-    """
-    cutoffs = retention_cutoffs(settings, now or utcnow())
-    report = PurgeReport()
-    deadline = time.monotonic() + time_budget_seconds
-    for table, cutoff in cutoffs.items():
-        while True:
-            async with session_scope(session_maker) as session:
-                deleted = await SignalRepository(session).delete_expired(table, cutoff, chunk_size)
-            report.deleted[table] += deleted
-            if deleted < chunk_size:
-                break
-            if time.monotonic() > deadline:
-                report.complete = False
-                logger.info("retention_budget_exhausted", deleted=report.deleted)  # the next run carries on
-                return report
-    logger.info("retention_purged", deleted=report.deleted)
-    return report

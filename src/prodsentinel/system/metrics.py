@@ -36,7 +36,7 @@ from prodsentinel.auth.scopes import Scope
 from prodsentinel.lib import vocabulary
 from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY, session_scope
 from prodsentinel.settings import Settings
-from prodsentinel.system.repositories import LATENCY_BUCKETS_SECONDS, StoredState, fetch_stored_state
+from prodsentinel.system.state_queries import LATENCY_BUCKETS_SECONDS, StoredState, StoredStateQueries
 
 __all__ = (
     "INGESTED_SIGNALS",
@@ -280,7 +280,7 @@ async def render_metrics(session_maker: async_sessionmaker[AsyncSession]) -> byt
     state: StoredState | None
     try:
         async with session_scope(session_maker) as session:
-            state = await fetch_stored_state(session)
+            state = await StoredStateQueries(session).fetch()
     except Exception:
         logger.warning("metrics_stored_state_failed", exc_info=True)
         state = None

@@ -4,26 +4,21 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from advanced_alchemy.base import orm_registry
 from advanced_alchemy.types import DateTimeUTC
 from sqlalchemy import String, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
+
+from prodsentinel.lib.models import PlainBase
 
 __all__ = ("SchedulerTick",)
 
 
-class _Base(DeclarativeBase):
-    """A plain declarative base on advanced-alchemy's registry: this table's key is the loop name."""
-
-    registry = orm_registry
-
-
-class SchedulerTick(_Base):
+class SchedulerTick(PlainBase):
     """One row per scheduler loop (alerts, dispatch, anomalies, incidents, retention).
 
-    Written by each cron run through ``system.services.record_tick`` and read at scrape time as
-    ``prodsentinel_scheduler_last_tick_timestamp_seconds{loop}``. The time is the database's ``now()``, so
-    ticks from workers on different hosts compare on one clock.
+    Written by each cron run through ``system.services.SchedulerTickService.record`` and read at scrape
+    time as ``prodsentinel_scheduler_last_tick_timestamp_seconds{loop}``. The time is the database's
+    ``now()``, so ticks from workers on different hosts compare on one clock.
     """
 
     __tablename__ = "scheduler_ticks"

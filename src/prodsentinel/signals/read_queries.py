@@ -1,12 +1,12 @@
 """Read SQL of the signal tables: keyset pages, trace lookups, bucketed metric aggregates, service stats.
 
-Hand-written SQLAlchemy Core rather than advanced-alchemy's generic repository: AA offers limit/offset
-pagination and simple filters, while these reads need keyset row comparisons, ``date_bin`` buckets,
-``percentile_cont`` and multi-table aggregates, all computed by PostgreSQL. Every statement filters by
-``project_id`` first, so each one is served by a ``(project_id, ...)`` index (see docs/query.md).
+A plain query class (``SignalReadQueries``) rather than advanced-alchemy repositories: the reads span
+three tables (a trace joins spans and logs, service stats merge all three) and need keyset row
+comparisons, ``date_bin`` buckets, ``percentile_cont`` and multi-table aggregates, all computed by
+PostgreSQL. Every statement filters by ``project_id`` first, so each one is served by a
+``(project_id, ...)`` index (see docs/query.md).
 
-Write SQL (ingest) lives in ``signals.writes``; retention's DELETE lives here because it is the only
-delete path of these append-only tables.
+Write SQL (ingest) lives in ``signals.writes``, retention's DELETE in ``signals.retention_queries``.
 """
 
 from __future__ import annotations
@@ -22,13 +22,10 @@ from sqlalchemy import (
     ColumnElement,
     Double,
     and_,
-    any_,
-    delete,
     func,
     literal,
     literal_column,
     select,
-    true,
     tuple_,
     union,
     union_all,
@@ -36,20 +33,22 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from prodsentinel.auth.models import Project
 from prodsentinel.lib import float_sql
+from prodsentinel.lib.vocabulary import LEVELS, SPAN_STATUSES
 from prodsentinel.signals.models import LogRecord, MetricPoint, Span
 
 __all__ = (
     "EPOCH",
     "LogQuery",
     "MetricSeriesQuery",
-    "SignalRepository",
+    "SignalReadQueries",
     "SpanQuery",
     "TraceSummary",
 )
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ERROR_LEVEL = LEVELS["ERROR"]
+_ERROR_STATUS = SPAN_STATUSES["ERROR"]
 
 #: The metric value column, as SQL text for the overflow-free aggregates of ``lib.float_sql``.
 _VALUE_SQL = "metric_points.value"
@@ -128,6 +127,7 @@ SPAN_COLUMNS = (
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogQuery:
     project_id: UUID
+    #: rows to fetch: the page size + 1 (``Keyset.fetch_size``), the extra row says "more"
     limit: int
     service: str | None = None
     min_level: int | None = None
@@ -136,12 +136,13 @@ class LogQuery:
     since: datetime | None = None
     until: datetime | None = None
     #: the ``(timestamp, id)`` of the last row of the previous page
-    after: tuple[datetime, int] | None = None
+    after: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SpanQuery:
     project_id: UUID
+    #: rows to fetch: the page size + 1 (``Keyset.fetch_size``)
     limit: int
     service: str | None = None
     name: str | None = None
@@ -150,7 +151,7 @@ class SpanQuery:
     since: datetime | None = None
     until: datetime | None = None
     #: the ``(start_time, id)`` of the last row of the previous page
-    after: tuple[datetime, int] | None = None
+    after: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,8 +175,8 @@ class TraceSummary:
     error_span_ids: list[str]
 
 
-class SignalRepository:
-    """Reads (and the retention delete) of logs, spans and metric points; one session, no commits."""
+class SignalReadQueries:
+    """Reads of logs, spans and metric points on one session (never writes, never commits)."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -183,7 +184,7 @@ class SignalRepository:
     # -- logs ---------------------------------------------------------------------------------------
 
     async def list_logs(self, query: LogQuery) -> Sequence[Any]:
-        """Up to ``limit + 1`` rows newest first by ``(timestamp, id)``: the extra row says "more".
+        """Up to ``query.limit`` rows newest first by ``(timestamp, id)``.
 
         The keyset condition ``(timestamp, id) < (:ts, :id)`` is a btree range on
         ``ix_logs_project_ts (project_id, timestamp, id)`` scanned backwards, so a page costs
@@ -209,14 +210,14 @@ class SignalRepository:
             select(*LOG_COLUMNS)
             .where(*conditions)
             .order_by(LogRecord.timestamp.desc(), LogRecord.id.desc())
-            .limit(query.limit + 1)
+            .limit(query.limit)
         )
         return (await self.session.execute(statement)).all()
 
     # -- spans and traces ---------------------------------------------------------------------------
 
     async def list_spans(self, query: SpanQuery) -> Sequence[Any]:
-        """Up to ``limit + 1`` spans newest first by ``(start_time, id)`` (see :meth:`list_logs`)."""
+        """Up to ``query.limit`` spans newest first by ``(start_time, id)`` (see :meth:`list_logs`)."""
         conditions: list[ColumnElement[bool]] = [Span.project_id == query.project_id]
         if query.service is not None:
             conditions.append(Span.service_name == query.service)
@@ -236,7 +237,7 @@ class SignalRepository:
             select(*SPAN_COLUMNS)
             .where(*conditions)
             .order_by(Span.start_time.desc(), Span.id.desc())
-            .limit(query.limit + 1)
+            .limit(query.limit)
         )
         return (await self.session.execute(statement)).all()
 
@@ -259,7 +260,7 @@ class SignalRepository:
             ).label("duration_ms"),
             func.coalesce(
                 func.array_agg(aggregate_order_by(Span.span_id, Span.start_time, Span.span_id)).filter(
-                    Span.status == 2
+                    Span.status == _ERROR_STATUS
                 ),
                 literal_column("ARRAY[]::text[]"),
             ).label("error_span_ids"),
@@ -366,7 +367,7 @@ class SignalRepository:
                 func.count().label("logs"),
                 zero.label("spans"),
                 zero.label("metrics"),
-                func.count().filter(LogRecord.level >= 40).label("errors"),
+                func.count().filter(LogRecord.level >= _ERROR_LEVEL).label("errors"),
             )
             .where(LogRecord.project_id == project_id, LogRecord.timestamp >= since)
             .group_by(LogRecord.service_name)
@@ -378,7 +379,7 @@ class SignalRepository:
                 zero,
                 func.count(),
                 zero,
-                func.count().filter(Span.status == 2),
+                func.count().filter(Span.status == _ERROR_STATUS),
             )
             .where(Span.project_id == project_id, Span.start_time >= since)
             .group_by(Span.service_name)
@@ -409,28 +410,3 @@ class SignalRepository:
             .order_by(merged.c.service_name)
         )
         return (await self.session.execute(statement)).all()
-
-    # -- retention ----------------------------------------------------------------------------------
-
-    async def delete_expired(self, table: str, cutoff: datetime, chunk_size: int) -> int:
-        """Delete at most ``chunk_size`` rows of ``table`` older than ``cutoff``; returns the count.
-
-        The doomed ids are found per project through the existing ``(project_id, time)`` indexes (a
-        LATERAL range scan per project), so retention needs no extra index that ingest would have
-        to maintain. Rows of a project that no longer exists are not reached (projects are never
-        deleted today).
-        """
-        model: Any = {"logs": LogRecord, "spans": Span, "metric_points": MetricPoint}[table]
-        time_column = model.start_time if model is Span else model.timestamp
-        per_project = (
-            select(model.id)
-            .where(model.project_id == Project.id, time_column < cutoff)
-            .limit(chunk_size)
-            .lateral()
-        )
-        doomed = select(per_project.c.id).select_from(Project).join(per_project, true()).limit(chunk_size)
-        # ``id = ANY(ARRAY(subquery))`` makes the ids an InitPlan probed through the primary key; the
-        # ``IN (subquery)`` form planned a sequential scan of the whole table and a hash semi-join.
-        statement = delete(model).where(model.id == any_(func.array(doomed.scalar_subquery())))
-        result = await self.session.execute(statement)
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
