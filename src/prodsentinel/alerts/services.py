@@ -39,7 +39,7 @@ from prodsentinel.lib.pagination import Keyset, time_range
 from prodsentinel.lib.time import utcnow
 from prodsentinel.lib.vocabulary import ALERT_SEVERITIES
 
-__all__ = ("ALERT_HISTORY_KEYSET", "AlertService", "PolicyService", "check_regex_in_database")
+__all__ = ("ALERT_HISTORY_KEYSET", "STATES", "AlertService", "PolicyService", "check_regex_in_database")
 
 ACTIVE_STATES = (AlertState.PENDING.value, AlertState.FIRING.value)
 STATES = tuple(state.value for state in AlertState)
