@@ -40,7 +40,7 @@ from prodsentinel.lib.time import utcnow
 from prodsentinel.lib.vocabulary import ALERT_SEVERITIES
 from prodsentinel.notifications import outbox as notification_outbox
 
-__all__ = ("ALERT_HISTORY_KEYSET", "AlertService", "PolicyService", "check_regex_in_database")
+__all__ = ("ALERT_HISTORY_KEYSET", "STATES", "AlertService", "PolicyService", "check_regex_in_database")
 
 ACTIVE_STATES = (AlertState.PENDING.value, AlertState.FIRING.value)
 STATES = tuple(state.value for state in AlertState)
