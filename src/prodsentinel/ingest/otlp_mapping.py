@@ -24,7 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from uuid import UUID
 
 import msgspec
-from asyncpg.pgproto.pgproto import UUID as _FastUUID
+from asyncpg.pgproto import pgproto
 
 from prodsentinel.ingest.schemas import LogIn, MetricIn, SpanIn
 from prodsentinel.lib.vocabulary import LEVELS, SPAN_STATUS_NAMES
@@ -81,6 +81,10 @@ class Codec(Protocol):
 
     def attributes(self, key_values: Iterable[Any]) -> dict[str, Any]:
         """A list of ``KeyValue`` as a dict (a later key wins), values as :meth:`any_value`."""
+        ...
+
+    def span_attributes(self, span: Any) -> dict[str, Any]:
+        """A span's own attributes, as :meth:`attributes` (the codec knows how its spans hold them)."""
         ...
 
     def metric_data(self, metric: Any) -> tuple[str | None, Any]:
@@ -184,7 +188,7 @@ def _signal_id(namespace_hash: Any, identity: bytes) -> UUID:
     hasher = namespace_hash.copy()
     hasher.update(identity)
     clear, set_bits = _VERSION_5
-    made: UUID = _FastUUID(((int.from_bytes(hasher.digest()[:16]) & clear) | set_bits).to_bytes(16))
+    made: UUID = pgproto.UUID(((int.from_bytes(hasher.digest()[:16]) & clear) | set_bits).to_bytes(16))
     return made
 
 
@@ -259,7 +263,9 @@ def map_spans(codec: Codec, request: Any) -> MappedSpans:
                         status=status,
                         attributes=attributes,
                     )
-                    logs = exception_logs(codec, span, (trace_id, span_id, service, start), resource_json, base)
+                    logs = exception_logs(
+                        codec, span, (trace_id, span_id, service, start), resource_json, base
+                    )
                 except ValueError as exc:  # InvalidItemError, or a malformed 64-bit integer string
                     out.rejections.add(f"span {index} ({span.name!r})", str(exc))
                     continue
@@ -295,7 +301,7 @@ def span_fields(codec: Codec, span: Any, base: dict[str, Any]) -> SpanFields:
     start_nanos, end_nanos = _nanos(span.start_time_unix_nano), _nanos(span.end_time_unix_nano)
     if end_nanos < start_nanos:  # checked on the nanoseconds: both may fall in the same microsecond
         raise InvalidItemError("end_time_unix_nano is before start_time_unix_nano")
-    attributes = {**base, **codec.attributes(span.attributes)}
+    attributes = {**base, **codec.span_attributes(span)}
     kind = SPAN_KINDS.get(span.kind)
     if kind is not None:
         attributes["span.kind"] = kind
@@ -318,12 +324,18 @@ def exception_logs(
     if not events:
         return []
     return [
-        _exception_log(codec, event, owner, resource_json, base) for event in events if event.name == "exception"
+        _exception_log(codec, event, owner, resource_json, base)
+        for event in events
+        if event.name == "exception"
     ]
 
 
 def _exception_log(
-    codec: Codec, event: Any, owner: tuple[str, str, str, datetime], resource_json: bytes, base: dict[str, Any]
+    codec: Codec,
+    event: Any,
+    owner: tuple[str, str, str, datetime],
+    resource_json: bytes,
+    base: dict[str, Any],
 ) -> LogIn:
     """A span's ``exception`` event as an ERROR log: ``<exception.type>: <exception.message>``
     (at the event's time, or the span's start when the event has none)."""

@@ -102,7 +102,9 @@ def span_rows(codec: Codec, request: Any, project_id: UUID, now: datetime) -> Sp
                     start = unix_time(start_nanos, "start_time_unix_nano")
                     end = unix_time(end_nanos, "end_time_unix_nano")
                     text = _stored_attributes(service, name, start, end, attributes, limit)
-                    logs = exception_logs(codec, span, (trace_id, span_id, service, start), resource_json, base)
+                    logs = exception_logs(
+                        codec, span, (trace_id, span_id, service, start), resource_json, base
+                    )
                 except _RuleError as exc:
                     rejections.add(f"span {name!r} (trace_id {trace_id}, span_id {span_id})", str(exc))
                     continue
