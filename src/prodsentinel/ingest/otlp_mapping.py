@@ -247,9 +247,7 @@ def map_spans(codec: Codec, request: Any) -> MappedSpans:
                 index = out.total
                 out.total += 1
                 try:
-                    trace_id, span_id, parent, start_nanos, end_nanos, status, attributes = span_fields(
-                        codec, span, base
-                    )
+                    trace_id, span_id, parent, start_nanos, end_nanos, status, own = span_fields(codec, span)
                     start = unix_time(start_nanos, "start_time_unix_nano")
                     item = SpanIn(
                         signal_id=span_signal_id(trace_id, span_id),
@@ -261,7 +259,7 @@ def map_spans(codec: Codec, request: Any) -> MappedSpans:
                         start_time=start,
                         end_time=unix_time(end_nanos, "end_time_unix_nano"),
                         status=status,
-                        attributes=attributes,
+                        attributes={**base, **own},
                     )
                     logs = exception_logs(
                         codec, span, (trace_id, span_id, service, start), resource_json, base
@@ -280,10 +278,10 @@ def map_spans(codec: Codec, request: Any) -> MappedSpans:
 SpanFields = tuple[str, str, str | None, int, int, str, dict[str, Any]]
 
 
-def span_fields(codec: Codec, span: Any, base: dict[str, Any]) -> SpanFields:
+def span_fields(codec: Codec, span: Any) -> SpanFields:
     """SPEC §11's rules on one span: ``(trace_id, span_id, parent_span_id, start_nanos, end_nanos, status,
-    attributes)``, the attributes ``base`` (resource + scope) overlaid by the span's own, ``span.kind``
-    and ``otel.status_description``. ``InvalidItemError`` (a ``ValueError``) names what is wrong."""
+    own attributes)``, the span's attributes plus ``span.kind`` and ``otel.status_description`` (the
+    resource's and scope's go under them). ``InvalidItemError`` (a ``ValueError``) names what is wrong."""
     trace_id = _ident(codec, span.trace_id, 32, "trace_id")
     span_id = _ident(codec, span.span_id, 16, "span_id")
     if not trace_id or trace_id == _ZERO_TRACE:
@@ -301,7 +299,7 @@ def span_fields(codec: Codec, span: Any, base: dict[str, Any]) -> SpanFields:
     start_nanos, end_nanos = _nanos(span.start_time_unix_nano), _nanos(span.end_time_unix_nano)
     if end_nanos < start_nanos:  # checked on the nanoseconds: both may fall in the same microsecond
         raise InvalidItemError("end_time_unix_nano is before start_time_unix_nano")
-    attributes = {**base, **codec.span_attributes(span)}
+    attributes = codec.span_attributes(span)
     kind = SPAN_KINDS.get(span.kind)
     if kind is not None:
         attributes["span.kind"] = kind
