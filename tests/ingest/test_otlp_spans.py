@@ -185,3 +185,10 @@ def test_otlp_json_spans_take_the_same_path() -> None:
     (row,) = rows_of(body).rows
     assert [r[:11] for r in from_json] == [row[:11]]
     assert json.loads(from_json[0][11]) == json.loads(row[11])
+
+
+def test_undecodable_attributes_of_an_otherwise_invalid_span_are_still_a_400() -> None:
+    body = request(span(0, trace_id=b"\x00" * 16, attributes=[kv("k", text("v"))]))
+    bad = body.replace(b"\n\x01k", b"\n\x01\xff")
+    with pytest.raises(BadRequestError):
+        rows_of(bad)

@@ -281,7 +281,11 @@ SpanFields = tuple[str, str, str | None, int, int, str, dict[str, Any]]
 def span_fields(codec: Codec, span: Any) -> SpanFields:
     """SPEC §11's rules on one span: ``(trace_id, span_id, parent_span_id, start_nanos, end_nanos, status,
     own attributes)``, the span's attributes plus ``span.kind`` and ``otel.status_description`` (the
-    resource's and scope's go under them). ``InvalidItemError`` (a ``ValueError``) names what is wrong."""
+    resource's and scope's go under them). ``InvalidItemError`` (a ``ValueError``) names what is wrong.
+
+    The attributes are read first: the protobuf codec of ingest parses them here (``otlp_decoding``),
+    and a body the official classes cannot decode must stay a 400 whatever else the span holds."""
+    attributes = codec.span_attributes(span)
     trace_id = _ident(codec, span.trace_id, 32, "trace_id")
     span_id = _ident(codec, span.span_id, 16, "span_id")
     if not trace_id or trace_id == _ZERO_TRACE:
@@ -299,7 +303,6 @@ def span_fields(codec: Codec, span: Any) -> SpanFields:
     start_nanos, end_nanos = _nanos(span.start_time_unix_nano), _nanos(span.end_time_unix_nano)
     if end_nanos < start_nanos:  # checked on the nanoseconds: both may fall in the same microsecond
         raise InvalidItemError("end_time_unix_nano is before start_time_unix_nano")
-    attributes = codec.span_attributes(span)
     kind = SPAN_KINDS.get(span.kind)
     if kind is not None:
         attributes["span.kind"] = kind
