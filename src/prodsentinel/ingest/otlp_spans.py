@@ -92,11 +92,12 @@ def span_rows(codec: Codec, request: Any, project_id: UUID, now: datetime) -> Sp
             base = scope_base(codec, resource, scope_spans.scope)
             base_text, scope_problem = _scope_attributes(base, service)
             for span in scope_spans.spans:
+                position = index  # the span's place in the export, as rejections name it
                 index += 1
                 try:
                     trace_id, span_id, parent, start_nanos, end_nanos, status, own = span_fields(codec, span)
                 except ValueError as exc:  # InvalidItemError, or a malformed 64-bit integer string
-                    rejections.add(f"span {index - 1} ({span.name!r})", str(exc))
+                    rejections.add(f"span {position} ({span.name!r})", str(exc))
                     continue
                 name = span.name
                 try:
@@ -112,7 +113,7 @@ def span_rows(codec: Codec, request: Any, project_id: UUID, now: datetime) -> Sp
                     rejections.add(f"span {name!r} (trace_id {trace_id}, span_id {span_id})", str(exc))
                     continue
                 except ValueError as exc:  # the mapping's rules (a time out of range, an event's time)
-                    rejections.add(f"span {index - 1} ({name!r})", str(exc))
+                    rejections.add(f"span {position} ({name!r})", str(exc))
                     continue
                 code = statuses[status]
                 rows.append(
@@ -131,12 +132,12 @@ def span_rows(codec: Codec, request: Any, project_id: UUID, now: datetime) -> Sp
                         text,
                     )
                 )
-                owners.append(index - 1)
+                owners.append(position)
                 if code == _ERROR:
                     out.notify = True
                 if logs:
                     out.logs.extend(logs)
-                    out.log_owners.extend([index - 1] * len(logs))
+                    out.log_owners.extend([position] * len(logs))
     out.total = index
     return out
 
