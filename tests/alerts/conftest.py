@@ -1,4 +1,4 @@
-"""Fixtures of the alerting tests: a tenant (project + keys) and set-based signal seeding.
+"""Fixtures of the alerting tests: set-based signal seeding and an evaluation pass at a fixed clock.
 
 Signals are seeded with SQLAlchemy core multi-row inserts straight into the signal tables (the ingest
 endpoint is another domain's work); incidents and anomalies are inserted as rows the same way.
@@ -7,7 +7,6 @@ endpoint is another domain's work); incidents and anomalies are inserted as rows
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -22,32 +21,9 @@ from prodsentinel.incidents.models import Anomaly, Incident
 from prodsentinel.lib.database import session_scope
 from prodsentinel.notifications.models import Channel
 from prodsentinel.signals.models import LEVELS, SPAN_STATUSES, LogRecord, MetricPoint, Span
-from tests.conftest import KeyFactory, project_id_of
+from tests.conftest import Tenant
 
 INTERVAL = 30
-
-
-@dataclass
-class Tenant:
-    project_id: UUID
-    admin: dict[str, str]
-    operate: dict[str, str]
-    read: dict[str, str]
-
-
-@pytest.fixture
-async def tenant(
-    make_key: KeyFactory, session_maker: async_sessionmaker[AsyncSession], project_name: str
-) -> Tenant:
-    admin = await make_key("admin", name="admin-key")
-    operate = await make_key("operate", name="operator-key")
-    read = await make_key("read", name="reader-key")
-    return Tenant(
-        project_id=await project_id_of(session_maker, project_name),
-        admin={"X-API-Key": admin},
-        operate={"X-API-Key": operate},
-        read={"X-API-Key": read},
-    )
 
 
 class Seeder:

@@ -26,7 +26,8 @@ from prodsentinel.lib.database import libpq_url
 from prodsentinel.lib.time import utcnow
 from prodsentinel.notifications import tasks as notification_tasks
 from prodsentinel.settings import Settings
-from tests.alerts.conftest import Seeder, Tenant, evaluate_at
+from tests.alerts.conftest import Seeder, evaluate_at
+from tests.conftest import Tenant
 from tests.receivers import Receiver
 from tests.system.servers import granian_server
 

@@ -15,7 +15,7 @@ from prodsentinel.incidents.anomaly_queries import AnomalyQueries
 from prodsentinel.lib.database import session_scope
 from prodsentinel.signals.anomalies import DEFAULT_PARAMS, baseline, robust_zscores, sustained_flags
 from prodsentinel.signals.models import MetricPoint
-from tests.signals.conftest import Tenant
+from tests.conftest import Tenant
 from tests.signals.seed import insert_rows, metric_row
 
 CLOCK = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
