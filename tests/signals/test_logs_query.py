@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from prodsentinel.lib.pagination import encode_cursor
 from prodsentinel.signals.models import LogRecord
 from tests.conftest import Tenant
-from tests.signals.seed import insert_rows, log_row
+from tests.factories import insert_rows, log_row
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ALL = ["disk full", "Connection REFUSED", "slow query 100% cpu", "User 42 logged in", "debug noise"]

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.signals.models import MetricPoint
 from tests.conftest import Tenant
-from tests.signals.seed import insert_rows, metric_row
+from tests.factories import insert_rows, metric_row
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SINCE = "2026-03-01T12:00:00Z"

@@ -12,7 +12,7 @@ from prodsentinel.signals import retention
 from prodsentinel.signals import tasks as signal_tasks
 from prodsentinel.signals.models import LogRecord, MetricPoint, Span
 from tests.conftest import Tenant, TenantFactory
-from tests.signals.seed import insert_rows, log_row, metric_row, span_row
+from tests.factories import insert_rows, log_row, metric_row, span_row
 
 SessionMaker = async_sessionmaker[AsyncSession]
 # A "now" far in the future of every other test's rows would purge them too: keep the clock real and

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.signals.models import LogRecord, MetricPoint, Span
 from tests.conftest import Tenant
-from tests.signals.seed import insert_rows, log_row, metric_row, span_row
+from tests.factories import insert_rows, log_row, metric_row, span_row
 
 Client = AsyncTestClient[Litestar]
 

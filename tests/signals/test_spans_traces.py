@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.signals.models import LogRecord, Span
 from tests.conftest import Tenant
-from tests.signals.seed import insert_rows, log_row, span_row
+from tests.factories import insert_rows, log_row, span_row
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 Client = AsyncTestClient[Litestar]
