@@ -24,8 +24,13 @@ async def test_workers_run_ticks_the_dispatch_loop_and_stops_on_sigterm(
     request: pytest.FixtureRequest,
     session_maker: async_sessionmaker[AsyncSession],
 ) -> None:
-    async with session_maker() as session:
+    async with session_maker() as session, session.begin():
         started = await session.scalar(select(func.now()))
+        # SAQ's PostgreSQL cron keys (cron:<qualname>) are global across queues (STACK_FACTS §3): a cron
+        # left queued by an earlier test's server (no worker runs between tests) would keep this worker
+        # from ever scheduling its dispatch cron.
+        if await session.scalar(text("SELECT to_regclass('saq_jobs') IS NOT NULL")):
+            await session.execute(text("DELETE FROM saq_jobs WHERE key LIKE 'cron:%'"))
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("PRODSENTINEL_", "REDIS_URL"))}
     queue_name = f"workers-cli-{uuid.uuid4().hex[:8]}"
     env = {
@@ -61,7 +66,7 @@ async def test_workers_run_ticks_the_dispatch_loop_and_stops_on_sigterm(
             os.killpg(worker.pid, signal.SIGKILL)
             output, _ = await worker.communicate()
         print(output.decode())  # shown when the test fails
-        if queue == "postgres":  # its crons' keys are global across queues (STACK_FACTS §3): leave none
+        if queue == "postgres":  # and leave none of its own behind
             async with session_maker() as session, session.begin():
                 await session.execute(
                     text("DELETE FROM saq_jobs WHERE queue = :queue AND key LIKE 'cron:%'"),
