@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from prodsentinel.audit.models import AuditEvent
 from prodsentinel.lib.time import utcnow
 from prodsentinel.notifications.models import OutboxItem
-from tests.alerts.conftest import Seeder, Tenant, evaluate_at
+from tests.alerts.conftest import Seeder, evaluate_at
 from tests.alerts.test_evaluate import create_policy
-from tests.conftest import KeyFactory
+from tests.conftest import Tenant
 
 SILENCES = "/api/v1/alerts/silences"
 # != and !~ match the empty string, so (as in Alertmanager) a silence needs one more matcher.
@@ -287,11 +287,11 @@ class TestSilences:
         assert (summary.notified, await outbox_count(session_maker, tenant)) == (0, 0)
 
     async def test_scopes_and_isolation(
-        self, client: AsyncTestClient[Litestar], tenant: Tenant, make_key: KeyFactory, project_name: str
+        self, client: AsyncTestClient[Litestar], tenant: Tenant, other_tenant: Tenant
     ) -> None:
         body = {"matchers": [{"name": "service", "op": "=", "value": "api"}], "ends_at": in_an_hour()}
         assert (await client.post(SILENCES, json=body, headers=tenant.read)).status_code == 403
-        theirs = {"X-API-Key": await make_key("operate", project=f"{project_name}-x")}
+        theirs = other_tenant.operate
         other = (await client.post(SILENCES, json=body, headers=theirs)).json()
         assert (
             await client.post(f"{SILENCES}/{other['id']}/expire", headers=tenant.operate)
@@ -417,8 +417,7 @@ class TestAlertsApi:
         tenant: Tenant,
         seed: Seeder,
         session_maker: async_sessionmaker[AsyncSession],
-        make_key: KeyFactory,
-        project_name: str,
+        other_tenant: Tenant,
     ) -> None:
         alert = await fire(client, tenant, seed, session_maker, labels={"team": "core"})
         for name in (
@@ -437,7 +436,7 @@ class TestAlertsApi:
         ):
             assert name in alert
         assert alert["labels"] == {"team": "core", "alertname": "policy-incident", "severity": "high"}
-        theirs = {"X-API-Key": await make_key("admin", project=f"{project_name}-iso")}
+        theirs = other_tenant.admin
         assert (await client.get(f"/api/v1/alerts/{alert['id']}", headers=theirs)).status_code == 404
         assert (await client.post(f"/api/v1/alerts/{alert['id']}/ack", headers=theirs)).status_code == 404
         assert (await client.get("/api/v1/alerts/active", headers=theirs)).json()["items"] == []
