@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from uuid import UUID
 
-__all__ = ("Principal", "Scope", "expand_scopes", "parse_scopes")
+__all__ = ("ROLES", "ROLE_SCOPES", "Principal", "Scope", "expand_scopes", "parse_scopes")
 
 
 class Scope(StrEnum):
@@ -22,6 +22,11 @@ _IMPLIES: dict[Scope, frozenset[Scope]] = {
     Scope.READ: frozenset({Scope.READ}),
     Scope.INGEST: frozenset({Scope.INGEST}),
 }
+
+
+#: A person's role in a project and the API-key scope it stands for (SPEC §15).
+ROLE_SCOPES: dict[str, Scope] = {"viewer": Scope.READ, "operator": Scope.OPERATE, "admin": Scope.ADMIN}
+ROLES = tuple(ROLE_SCOPES)
 
 
 def expand_scopes(granted: list[str] | tuple[str, ...] | frozenset[str]) -> frozenset[Scope]:
@@ -46,17 +51,25 @@ def parse_scopes(raw: str | list[str]) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The authenticated caller: one API key of one project."""
+    """The authenticated caller in one project: an API key, or a person's session.
+
+    For a session ``key_id`` is the session's id and ``user_email`` is set: rate limiting and the
+    audit trail then name the person, not a key.
+    """
 
     key_id: UUID
     key_name: str
     project_id: UUID
     project_name: str
     scopes: frozenset[Scope]
+    user_email: str | None = None
+    user_id: UUID | None = None
 
     @property
     def actor(self) -> str:
         """How this caller appears in audit rows."""
+        if self.user_email is not None:
+            return f"user:{self.user_email}"
         return f"key:{self.key_name}:{self.key_id}"
 
     def has(self, scope: Scope) -> bool:

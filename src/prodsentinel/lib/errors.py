@@ -28,6 +28,8 @@ __all__ = (
     "NotFoundError",
     "PayloadTooLargeError",
     "ServiceUnavailableError",
+    "TooManyRequestsError",
+    "UnauthorizedError",
     "UnsupportedMediaTypeError",
     "ValidationError",
     "exception_to_response",
@@ -74,6 +76,19 @@ class UnsupportedMediaTypeError(DomainError):
 
 class BadRequestError(DomainError):
     status_code = 400
+
+
+class UnauthorizedError(DomainError):
+    status_code = 401
+
+
+class TooManyRequestsError(DomainError):
+    """A limit was hit: the client may retry after ``Retry-After`` seconds."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
 class ServiceUnavailableError(DomainError):
