@@ -194,6 +194,15 @@ class ChannelFactory(_RowFactory):
     min_severity = "low"
     event_types = None
     enabled = True
+    kind = "webhook"
+    signing = "prodsentinel"
+    slack_channel = None
+    email_to = None
+    matchers = None
+    disabled_reason = None
+    disabled_at = None
+    reenabled_at = None
+    throttled_until = None
     created_at = Use(lambda: datetime.now(UTC))
     updated_at = Use(lambda: datetime.now(UTC))
 

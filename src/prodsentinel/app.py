@@ -16,9 +16,11 @@ from prodsentinel.alerts.controllers import alerts_router
 from prodsentinel.alerts.policy_file import load_policies_file
 from prodsentinel.auth.cli import KeysCLIPlugin
 from prodsentinel.auth.controllers import ApiKeyController
-from prodsentinel.auth.guards import PUBLIC_PATHS, auth_middleware, provide_principal
+from prodsentinel.auth.guards import PUBLIC_PATHS, provide_principal
 from prodsentinel.auth.models import ApiKey
 from prodsentinel.auth.scopes import Principal
+from prodsentinel.auth.sessions import JWT_AUTH_STATE_KEY, jwt_auth_config
+from prodsentinel.auth.user_controllers import SessionController, UserController
 from prodsentinel.incidents.controllers import AnomalyController, IncidentController
 from prodsentinel.ingest.controllers import IngestController
 from prodsentinel.ingest.otlp_controllers import OtlpController
@@ -55,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     redis = plugins.redis_client(settings)
     saq = plugins.saq_plugin(settings, database_url)
     system = SystemPlugin(settings, database_url, redis)
+    jwt_auth = jwt_auth_config(settings)
 
     async def on_startup(app: Litestar) -> None:
         if settings.run_auto_migrate:
@@ -76,6 +79,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             HealthController,
             ApiKeyController,
+            SessionController,
+            UserController,
             IngestController,
             OtlpController,
             LogController,
@@ -101,7 +106,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         middleware=[
             RequestContextMiddleware(),
-            auth_middleware,
+            jwt_auth.middleware,  # API key, session token or cookie (auth.sessions)
             plugins.rate_limit_config(settings).middleware,
         ],
         dependencies={"principal": Provide(provide_principal)},
@@ -118,6 +123,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "alchemy_config": db_config,
                 SESSION_MAKER_STATE_KEY: db_config.create_session_maker(),
                 "redis": redis,
+                JWT_AUTH_STATE_KEY: jwt_auth,
             }
         ),
         debug=settings.debug,

@@ -120,10 +120,10 @@ def stores(redis: Redis | None) -> dict[str, Store]:
 
 
 def _rate_limit_identity(request: Request[Any, Any, Any]) -> str:
-    """Per API key (SPEC §2); unauthenticated requests fall back to the client address."""
+    """Per API key (SPEC §2) or person; unauthenticated requests fall back to the client address."""
     principal = request.scope.get("user")
     if isinstance(principal, Principal):
-        return f"key:{principal.key_id}"
+        return f"user:{principal.user_id}" if principal.user_id else f"key:{principal.key_id}"
     return get_remote_address(request)
 
 
@@ -142,15 +142,30 @@ def openapi_config() -> OpenAPIConfig:
     return OpenAPIConfig(
         title="ProdSentinel",
         version=__version__,
-        description="Telemetry ingest, incidents and alerting. Authenticate with `X-API-Key` or a bearer.",
+        description=(
+            "Telemetry ingest, incidents and alerting. Authenticate with an API key (`X-API-Key` or "
+            "`Authorization: Bearer ps_…`), or as a person: `POST /api/v1/auth/login` answers a bearer token "
+            "(`Authorization: Bearer <access_token>`) and sets the `prodsentinel_session` cookie; changes "
+            "authenticated by the cookie also send `X-CSRF-Token: <csrf_token>`."
+        ),
         path="/schema",
         tags=TAGS,
         components=Components(
             security_schemes={
                 "ApiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
-                "Bearer": SecurityScheme(type="http", scheme="bearer"),
+                "Bearer": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    description="An API key (ps_…) or the access_token of POST /api/v1/auth/login.",
+                ),
+                "SessionCookie": SecurityScheme(
+                    type="apiKey",
+                    name="prodsentinel_session",
+                    security_scheme_in="cookie",
+                    description="Set by POST /api/v1/auth/login; changes also need the X-CSRF-Token header.",
+                ),
             }
         ),
-        security=[{"ApiKey": []}, {"Bearer": []}],
+        security=[{"ApiKey": []}, {"Bearer": []}, {"SessionCookie": []}],
         render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
     )

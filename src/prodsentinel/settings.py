@@ -111,6 +111,21 @@ def _parse_url(raw: str) -> str:
     return value
 
 
+def _parse_jwt_secret(raw: str) -> str:
+    value = raw.strip()
+    if len(value) < 32:
+        raise ValueError("expected at least 32 characters (e.g. the output of: openssl rand -base64 48)")
+    return value
+
+
+def _parse_origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ValueError(f"{origin!r} is not an origin like https://app.example.com (comma-separated)")
+    return origins
+
+
 def parse_rate_limit(raw: str) -> tuple[Literal["second", "minute", "hour", "day"], int]:
     """Parse ``"600/minute"`` into the ``(unit, count)`` pair Litestar's rate limiter takes."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(second|minute|hour|day)\s*", raw)
@@ -183,6 +198,14 @@ class Settings:
     queue_name: str = field(default="prodsentinel", metadata=_env("PRODSENTINEL_QUEUE_NAME"))
     worker_concurrency: int = field(default=10, metadata=_env("PRODSENTINEL_WORKER_CONCURRENCY"))
     sse_keepalive_seconds: float = field(default=15.0, metadata=_env("PRODSENTINEL_SSE_KEEPALIVE_SECONDS"))
+    #: Never shown. Unset: a random secret is generated once and kept in the database (every instance
+    #: shares it); set, it must be at least 32 characters.
+    jwt_secret: str | None = field(default=None, repr=False, metadata=_env("PRODSENTINEL_JWT_SECRET"))
+    session_hours: int = field(default=12, metadata=_env("PRODSENTINEL_SESSION_HOURS"))
+    cookie_secure: bool = field(default=False, metadata=_env("PRODSENTINEL_COOKIE_SECURE"))
+    cors_origins: tuple[str, ...] = field(default=(), metadata=_env("PRODSENTINEL_CORS_ORIGINS"))
+    login_limit_email: str = field(default="5/minute", metadata=_env("PRODSENTINEL_LOGIN_LIMIT_EMAIL"))
+    login_limit_address: str = field(default="20/minute", metadata=_env("PRODSENTINEL_LOGIN_LIMIT_ADDRESS"))
 
     def __post_init__(self) -> None:
         if (
@@ -275,6 +298,12 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "queue_name": lambda raw: raw.strip() or "prodsentinel",
     "worker_concurrency": _parse_positive_int,
     "sse_keepalive_seconds": _parse_positive_float,
+    "jwt_secret": _parse_jwt_secret,
+    "session_hours": _parse_positive_int,
+    "cookie_secure": _parse_bool,
+    "cors_origins": _parse_origins,
+    "login_limit_email": lambda raw: (parse_rate_limit(raw), raw.strip())[1],
+    "login_limit_address": lambda raw: (parse_rate_limit(raw), raw.strip())[1],
 }
 
 

@@ -1,7 +1,9 @@
-"""API-key authentication (Litestar's authentication middleware) and per-scope guards.
+"""Credentials of a request and the per-scope guards.
 
-Missing or invalid key -> 401; a valid key without the scope -> 403 (SPEC §3). The key is looked up on
-every request, so a revocation is effective for the very next request on every instance.
+Missing or invalid credentials -> 401; a valid key or session without the scope -> 403 (SPEC §3, §15).
+The authentication middleware itself (API key, session token or cookie) is in ``auth.sessions``; keys
+and sessions are looked up on every request, so a revocation or logout is effective for the very next
+request on every instance.
 """
 
 from __future__ import annotations
@@ -13,17 +15,23 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult, DefineMiddleware
 from litestar.types import Guard
 
-from prodsentinel.auth.lookup import KEY_LOOKUP_STATE_KEY, KeyLookup
 from prodsentinel.auth.scopes import Principal, Scope
+from prodsentinel.auth.services import KEY_PREFIX
 
 __all__ = (
-    "auth_middleware",
+    "MISSING_CREDENTIALS",
+    "PUBLIC_PATHS",
     "authorized_principal",
+    "extract_key",
     "provide_principal",
     "requires_scope",
+    "unauthorized",
+)
+
+MISSING_CREDENTIALS = (
+    "Missing API key or session: send X-API-Key, Authorization: Bearer <key or token>, or the session cookie."
 )
 
 PUBLIC_PATHS = ["^/health", "^/schema", "^/saq/static"]
@@ -38,12 +46,13 @@ MONITOR_CHALLENGE = {
 
 
 def extract_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The request's API key, if it sends one; a bearer that is not ``ps_…`` is a session token."""
     key = connection.headers.get("x-api-key")
     if key:
         return key
     authorization = connection.headers.get("authorization", "")
     scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
+    if scheme.lower() == "bearer" and credentials.strip().startswith(f"{KEY_PREFIX}_"):
         return credentials.strip()
     if scheme.lower() == "basic" and connection.scope["path"].startswith(MONITOR_PREFIX):
         return _basic_password(credentials.strip())
@@ -58,35 +67,19 @@ def _basic_password(credentials: str) -> str | None:
     return decoded.partition(":")[2] or None
 
 
-def _unauthorized(connection: ASGIConnection[Any, Any, Any, Any], detail: str) -> NotAuthorizedException:
+def unauthorized(connection: ASGIConnection[Any, Any, Any, Any], detail: str) -> NotAuthorizedException:
     on_monitor = connection.scope["path"].startswith(MONITOR_PREFIX)
     return NotAuthorizedException(detail, headers=MONITOR_CHALLENGE if on_monitor else None)
-
-
-class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
-    async def authenticate_request(
-        self, connection: ASGIConnection[Any, Any, Any, Any]
-    ) -> AuthenticationResult:
-        raw_key = extract_key(connection)
-        if raw_key is None:
-            raise _unauthorized(connection, "Missing API key: send X-API-Key or Authorization: Bearer <key>.")
-        # The coalesced raw-asyncpg lookup (auth.lookup), registered at start on the ingest pool.
-        lookup: KeyLookup = connection.app.state[KEY_LOOKUP_STATE_KEY]
-        principal = await lookup(raw_key)
-        if principal is None:
-            raise _unauthorized(connection, "Invalid or revoked API key.")
-        return AuthenticationResult(user=principal, auth=principal)
-
-
-auth_middleware = DefineMiddleware(ApiKeyAuthenticationMiddleware, exclude=PUBLIC_PATHS)
 
 
 def authorized_principal(connection: ASGIConnection[Any, Any, Any, Any], scope: Scope) -> Principal:
     """The caller if its key's effective scopes include ``scope``; else 401 (no key) or 403."""
     principal = connection.scope.get("user")
     if not isinstance(principal, Principal):
-        raise NotAuthorizedException("Missing API key: send X-API-Key or Authorization: Bearer <key>.")
+        raise NotAuthorizedException(MISSING_CREDENTIALS)
     if not principal.has(scope):
+        if principal.user_email is not None:
+            raise PermissionDeniedException(f"Your role in this project lacks the '{scope.value}' scope.")
         raise PermissionDeniedException(f"This API key lacks the '{scope.value}' scope.")
     return principal
 
@@ -109,5 +102,5 @@ async def provide_principal(request: ASGIConnection[Any, Any, Any, Any]) -> Prin
     """DI provider: the authenticated caller (``principal: Principal`` in a handler)."""
     principal = request.scope.get("user")
     if not isinstance(principal, Principal):
-        raise NotAuthorizedException("Missing API key: send X-API-Key or Authorization: Bearer <key>.")
+        raise NotAuthorizedException(MISSING_CREDENTIALS)
     return principal

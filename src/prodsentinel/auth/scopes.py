@@ -64,6 +64,7 @@ class Principal:
     scopes: frozenset[Scope]
     user_email: str | None = None
     user_id: UUID | None = None
+    role: str | None = None
 
     @property
     def actor(self) -> str:

@@ -51,7 +51,8 @@ class MeOut(Struct):
     """The user's email, or the API key's name."""
     project: str
     scopes: list[str]
-    role: RoleName | None = None
+    role: str | None = None
+    """The person's role in the project (viewer, operator or admin); null for an API key."""
 
 
 class MembershipOut(Struct):

@@ -15,7 +15,12 @@ from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.plugins import InitPluginProtocol
 
-from prodsentinel.auth.lookup import KEY_LOOKUP_STATE_KEY, CoalescingKeyLookup
+from prodsentinel.auth.lookup import (
+    KEY_LOOKUP_STATE_KEY,
+    SESSION_LOOKUP_STATE_KEY,
+    CoalescingKeyLookup,
+    CoalescingSessionLookup,
+)
 from prodsentinel.ingest.services import Ingestor
 from prodsentinel.lib.database import CONNECT_TIMEOUT_SECONDS, libpq_url
 from prodsentinel.settings import Settings
@@ -58,6 +63,7 @@ class IngestPlugin(InitPluginProtocol):
         ingestor.start()
         app.state[INGESTOR_STATE_KEY] = ingestor
         app.state[KEY_LOOKUP_STATE_KEY] = CoalescingKeyLookup(pool)
+        app.state[SESSION_LOOKUP_STATE_KEY] = CoalescingSessionLookup(pool)
         # Move everything allocated so far (the app, its routes, OpenAPI models, SQLAlchemy metadata: a few
         # hundred thousand long-lived objects) out of the collector's reach: without it every full
         # collection walks them all under load, pauses that showed in the ingest p99. Undone on shutdown,
@@ -71,6 +77,7 @@ class IngestPlugin(InitPluginProtocol):
         if ingestor is None:
             return
         app.state.pop(KEY_LOOKUP_STATE_KEY, None)
+        app.state.pop(SESSION_LOOKUP_STATE_KEY, None)
         await ingestor.stop()
         await ingestor.pool.close()
         del app.state[INGESTOR_STATE_KEY]
