@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         on_shutdown=[on_shutdown],
         stores=plugins.stores(redis),
         openapi_config=plugins.openapi_config(),
+        cors_config=plugins.cors_config(settings),
         state=State(
             {
                 "settings": settings,

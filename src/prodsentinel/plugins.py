@@ -7,6 +7,7 @@ from typing import Any
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig, SQLAlchemyPlugin
 from litestar import Request
 from litestar.config.app import AppConfig
+from litestar.config.cors import CORSConfig
 from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
@@ -21,6 +22,7 @@ from litestar_saq import SAQPlugin
 from redis.asyncio import Redis
 
 from prodsentinel import __version__
+from prodsentinel.auth.login_limits import LOGIN_STORE
 from prodsentinel.auth.scopes import Principal
 from prodsentinel.lib.observability import structlog_config
 from prodsentinel.lib.stores import FallbackStore
@@ -29,6 +31,7 @@ from prodsentinel.worker import saq_config
 
 __all__ = (
     "SeparateWorkerHooksPlugin",
+    "cors_config",
     "granian_plugin",
     "openapi_config",
     "rate_limit_config",
@@ -112,11 +115,14 @@ def stores(redis: Redis | None) -> dict[str, Store]:
 
     While Redis is unreachable the counters fall back to this process's memory (``lib.stores``):
     queries, acks and admin calls keep working with per-instance limits instead of failing.
+    The failed-login counters (``auth.login_limits``) live beside them, in the ``login`` store.
     """
     if redis is None:
-        return {"rate_limit": MemoryStore()}
-    redis_store = RedisStore(redis, namespace="prodsentinel:rate_limit")
-    return {"rate_limit": FallbackStore(redis_store, MemoryStore(), name="rate_limit")}
+        return {"rate_limit": MemoryStore(), LOGIN_STORE: MemoryStore()}
+    return {
+        name: FallbackStore(RedisStore(redis, namespace=f"prodsentinel:{name}"), MemoryStore(), name=name)
+        for name in ("rate_limit", LOGIN_STORE)
+    }
 
 
 def _rate_limit_identity(request: Request[Any, Any, Any]) -> str:
@@ -135,6 +141,20 @@ def rate_limit_config(settings: Settings) -> RateLimitConfig:
         exclude_opt_key="no_rate_limit",
         identifier_for_request=_rate_limit_identity,
         store="rate_limit",
+    )
+
+
+def cors_config(settings: Settings) -> CORSConfig | None:
+    """Browsers on ``PRODSENTINEL_CORS_ORIGINS`` may call the API with the session cookie (credentials)."""
+    if not settings.cors_origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(settings.cors_origins),
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-CSRF-Token", "X-Request-ID"],
+        expose_headers=["Retry-After", "X-Request-ID"],
+        max_age=600,
     )
 
 

@@ -121,7 +121,9 @@ def _parse_jwt_secret(raw: str) -> str:
 def _parse_origins(raw: str) -> tuple[str, ...]:
     origins = tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
     for origin in origins:
-        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+        if origin == "*":
+            raise ValueError("list the frontend origins: a session cookie cannot be sent to '*'")
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
             raise ValueError(f"{origin!r} is not an origin like https://app.example.com (comma-separated)")
     return origins
 

@@ -12,6 +12,7 @@ from litestar.params import Body
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prodsentinel.auth.guards import requires_scope
+from prodsentinel.auth.login_limits import LOGIN_STORE, LoginLimiter
 from prodsentinel.auth.scopes import Principal, Scope
 from prodsentinel.auth.sessions import login_response, logout_response
 from prodsentinel.auth.user_schemas import (
@@ -25,13 +26,22 @@ from prodsentinel.auth.user_schemas import (
 from prodsentinel.auth.users import UserService
 from prodsentinel.lib.errors import ValidationError
 from prodsentinel.lib.structs import Struct
-from prodsentinel.settings import Settings
+from prodsentinel.settings import Settings, parse_rate_limit
 
 __all__ = ("SessionController", "UserController")
 
 
 async def provide_user_service(db_session: AsyncSession) -> UserService:
     return UserService(session=db_session)
+
+
+async def provide_login_limiter(request: Request[Any, Any, Any]) -> LoginLimiter:
+    settings: Settings = request.app.state["settings"]
+    return LoginLimiter(
+        request.app.stores.get(LOGIN_STORE),
+        per_email=parse_rate_limit(settings.login_limit_email),
+        per_address=parse_rate_limit(settings.login_limit_address),
+    )
 
 
 class LoggedOut(Struct):
@@ -43,7 +53,7 @@ class SessionController(Controller):
 
     path = "/api/v1/auth"
     tags = ["auth"]
-    dependencies = {"users": Provide(provide_user_service)}
+    dependencies = {"users": Provide(provide_user_service), "limiter": Provide(provide_login_limiter)}
 
     @post(
         "/login",
@@ -53,7 +63,11 @@ class SessionController(Controller):
         security=[{}],
     )
     async def login(
-        self, request: Request[Any, Any, Any], users: UserService, data: LoginIn = Body()
+        self,
+        request: Request[Any, Any, Any],
+        users: UserService,
+        limiter: LoginLimiter,
+        data: LoginIn = Body(),
     ) -> Response[LoginOut]:
         settings: Settings = request.app.state["settings"]
         sign_in = await users.sign_in(
@@ -61,6 +75,8 @@ class SessionController(Controller):
             password=data.password,
             project=data.project,
             lifetime=timedelta(hours=settings.session_hours),
+            limiter=limiter,
+            address=request.client.host if request.client else "",
         )
         return await login_response(request.app, sign_in)
 

@@ -15,6 +15,7 @@ from uuid import UUID
 
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 
+from prodsentinel.auth.login_limits import LoginLimiter
 from prodsentinel.auth.models import Project, User
 from prodsentinel.auth.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_nothing, verify_password
 from prodsentinel.auth.repositories import ProjectRepository
@@ -156,8 +157,36 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
 
     # --- sessions ---
 
-    async def sign_in(self, *, email: str, password: str, project: str | None, lifetime: timedelta) -> SignIn:
-        """Check the password and open a session in ``project`` (default: the first membership)."""
+    async def sign_in(
+        self,
+        *,
+        email: str,
+        password: str,
+        project: str | None,
+        lifetime: timedelta,
+        limiter: LoginLimiter | None = None,
+        address: str = "",
+    ) -> SignIn:
+        """Check the password and open a session in ``project`` (default: the first membership).
+
+        With a ``limiter``, a limited email or address is refused first (429) and a failure counts.
+        """
+        if limiter is None:
+            return await self._sign_in(email=email, password=password, project=project, lifetime=lifetime)
+        await limiter.check(email, address)
+        try:
+            signed_in = await self._sign_in(
+                email=email, password=password, project=project, lifetime=lifetime
+            )
+        except UnauthorizedError:
+            await limiter.failed(email, address)
+            raise
+        await limiter.succeeded(email, address)
+        return signed_in
+
+    async def _sign_in(
+        self, *, email: str, password: str, project: str | None, lifetime: timedelta
+    ) -> SignIn:
         try:
             email = normalize_email(email)
         except ValidationError:
