@@ -22,11 +22,13 @@ import hmac
 import secrets
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from litestar import Litestar, Response
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
+from litestar.enums import ScopeType
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.middleware import AuthenticationResult
 from litestar.security.jwt import JWTCookieAuth, JWTCookieAuthenticationMiddleware, Token
@@ -140,9 +142,16 @@ class CredentialsAuthenticationMiddleware(JWTCookieAuthenticationMiddleware):
 
 
 def _check_csrf(connection: ASGIConnection[Any, Any, Any, Any], token: Token) -> None:
-    """Cookie-authenticated changes must echo the token's CSRF value in ``X-CSRF-Token`` (403 if not)."""
+    """Cookie-authenticated changes must echo the token's CSRF value in ``X-CSRF-Token`` (403 if not).
+
+    A WebSocket cannot send that header; a cookie-authenticated one must come from this host or an
+    origin of ``PRODSENTINEL_CORS_ORIGINS`` instead (another site's page could open it otherwise).
+    """
+    if connection.scope["type"] == ScopeType.WEBSOCKET:
+        _check_origin(connection)
+        return
     method = connection.scope.get("method")
-    if method is None or method in _SAFE_METHODS:  # a WebSocket has no method and changes nothing
+    if method is None or method in _SAFE_METHODS:
         return
     expected = str(token.extras.get("csrf", ""))
     sent = connection.headers.get(CSRF_HEADER.lower(), "")
@@ -151,6 +160,22 @@ def _check_csrf(connection: ASGIConnection[Any, Any, Any, Any], token: Token) ->
             f"Missing or wrong {CSRF_HEADER} header: a change authenticated by the session cookie must send "
             "the csrf_token that login returned."
         )
+
+
+def _check_origin(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    origin = connection.headers.get("origin")
+    if not origin:
+        return  # not a browser
+    settings: Settings = connection.app.state["settings"]
+    if (
+        urlsplit(origin).netloc == connection.headers.get("host")
+        or origin.rstrip("/") in settings.cors_origins
+    ):
+        return
+    raise PermissionDeniedException(
+        f"A WebSocket from {origin} authenticated by the session cookie: list the origin in "
+        "PRODSENTINEL_CORS_ORIGINS."
+    )
 
 
 async def login_response(app: Litestar, sign_in: SignIn) -> Response[LoginOut]:

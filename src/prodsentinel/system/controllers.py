@@ -7,8 +7,9 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import anyio
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Request, Response, WebSocket, get, websocket
 from litestar.channels import ChannelsPlugin
+from litestar.exceptions import WebSocketDisconnect
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
@@ -72,7 +73,10 @@ class HealthController(Controller):
 
 
 class EventStreamController(Controller):
-    """``GET /api/v1/events/stream``: Server-Sent Events of the key's project (scope read)."""
+    """``/api/v1/events/stream`` (Server-Sent Events) and ``/ws`` (WebSocket): the project's events.
+
+    Scope read; an API key, a session token or the session cookie (``auth.sessions``).
+    """
 
     path = "/api/v1/events"
     tags = ["events"]
@@ -98,6 +102,42 @@ class EventStreamController(Controller):
             _event_stream(channels, events.channel_for(principal.project_id), keepalive),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+    @websocket("/ws")
+    async def event_socket(self, socket: WebSocket[Any, Any, Any], channels: ChannelsPlugin) -> None:
+        """The SSE events over a WebSocket: one JSON text message ``{"type", "data"}`` per event.
+
+        The first message, ``{"type": "connected", "data": {"project": …}}``, says the subscription is in
+        place (so a client knows from when on it misses nothing). Messages from the client are ignored;
+        its close ends the subscription.
+        """
+        principal: Principal = socket.user
+        channel = events.channel_for(principal.project_id)
+        await socket.accept()
+        subscriber = await channels.subscribe([channel])
+        try:
+            await socket.send_json({"type": "connected", "data": {"project": principal.project_name}})
+            async with anyio.create_task_group() as group:
+                group.start_soon(_forward, subscriber.iter_events(), socket)
+                try:
+                    while True:
+                        await socket.receive_data(mode="text")
+                except WebSocketDisconnect:
+                    pass
+                group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await channels.unsubscribe(subscriber, [channel])
+
+
+async def _forward(payloads: AsyncGenerator[bytes, None], socket: WebSocket[Any, Any, Any]) -> None:
+    """Send each of our events as it was published (already ``{"type", "data"}`` JSON)."""
+    async for payload in payloads:
+        try:
+            events.decode_event(payload)
+        except Exception:
+            continue  # not one of ours; never break the socket for it
+        await socket.send_data(payload.decode(), mode="text")
 
 
 async def _event_stream(
