@@ -25,6 +25,7 @@ from prodsentinel import __version__
 from prodsentinel.auth.login_limits import LOGIN_STORE
 from prodsentinel.auth.scopes import Principal
 from prodsentinel.lib.observability import structlog_config
+from prodsentinel.lib.operation_ids import operation_id
 from prodsentinel.lib.stores import FallbackStore
 from prodsentinel.settings import Settings
 from prodsentinel.worker import saq_config
@@ -188,4 +189,5 @@ def openapi_config() -> OpenAPIConfig:
         ),
         security=[{"ApiKey": []}, {"Bearer": []}, {"SessionCookie": []}],
         render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        operation_id_creator=operation_id,
     )
