@@ -191,9 +191,18 @@ class ChannelFactory(_RowFactory):
     url = "http://127.0.0.1:9/hook"
     secret = None
     secret_env = None
+    kind = "webhook"
+    signing = "prodsentinel"
+    slack_channel = None
+    email_to = None
+    matchers = None
     min_severity = "low"
     event_types = None
     enabled = True
+    disabled_reason = None
+    disabled_at = None
+    reenabled_at = None
+    throttled_until = None
     created_at = Use(lambda: datetime.now(UTC))
     updated_at = Use(lambda: datetime.now(UTC))
 
