@@ -163,7 +163,7 @@ class TestEscalation:
             audit = list(
                 await session.scalars(
                     select(AuditEvent.action)
-                    .where(AuditEvent.project_id == project)
+                    .where(AuditEvent.project_id == project, AuditEvent.subject_type == "incident")
                     .order_by(AuditEvent.at, AuditEvent.id)  # every pass ran at now=clock: `at` ties
                 )
             )

@@ -108,7 +108,7 @@ class TestAckResolveApi:
             audit = list(
                 await session.execute(
                     select(AuditEvent.action, AuditEvent.actor, AuditEvent.subject_id)
-                    .where(AuditEvent.project_id == project)
+                    .where(AuditEvent.project_id == project, AuditEvent.subject_type == "incident")
                     .order_by(AuditEvent.at, AuditEvent.id)
                 )
             )
