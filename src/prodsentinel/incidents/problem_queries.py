@@ -268,10 +268,10 @@ class ProblemQueries:
                                 ELSE 'dependency' END AS kind,
                            a.trace_id, a.signal_id
                     FROM u a JOIN u b ON b.project_id = a.project_id AND b.incident_id <> a.incident_id
-                     AND b.key = a.key
-                     AND ((a.key LIKE '{SERVICE_PREFIX}%' AND b.trace_id = a.trace_id) OR (
-                          a.key LIKE '{DEPENDENCY_PREFIX}%'
-                          AND abs(extract(epoch FROM a.first_ts - b.first_ts)) <= :window))
+                     AND ((a.key LIKE '{SERVICE_PREFIX}%' AND b.key LIKE '{SERVICE_PREFIX}%'
+                           AND b.trace_id = a.trace_id)
+                       OR (a.key LIKE '{DEPENDENCY_PREFIX}%' AND b.key = a.key
+                           AND abs(extract(epoch FROM a.first_ts - b.first_ts)) <= :window))
                 ),
                 merged AS (
                     SELECT bi.id AS incident_id, p.id AS problem_id
@@ -283,6 +283,16 @@ class ProblemQueries:
                     JOIN incidents mi ON mi.project_id = r2.project_id AND mi.fingerprint = r2.fingerprint
                     JOIN problems p ON p.project_id = mi.project_id AND p.id = mi.problem_id
                     WHERE bi.id = ANY(:unassigned) AND {_OPEN}
+                ),
+                merged_pairs AS (
+                    SELECT a.id AS incident_id, b.id AS other
+                    FROM incidents a
+                    JOIN problem_merge_rules r
+                      ON r.project_id = a.project_id AND r.fingerprint = a.fingerprint
+                    JOIN problem_merge_rules r2 ON r2.project_id = r.project_id AND r2.group_id = r.group_id
+                                               AND r2.fingerprint <> r.fingerprint
+                    JOIN incidents b ON b.project_id = r2.project_id AND b.fingerprint = r2.fingerprint
+                    WHERE a.id = ANY(:unassigned) AND b.id = ANY(:unassigned)
                 )
                 SELECT incident_id, problem_id, NULL::uuid AS other, kind,
                        count(DISTINCT trace_id) AS weight,
@@ -295,6 +305,9 @@ class ProblemQueries:
                 UNION ALL
                 SELECT DISTINCT incident_id, problem_id, NULL::uuid, 'merge', 1000000, '{{}}'::uuid[]
                 FROM merged
+                UNION ALL
+                SELECT DISTINCT incident_id, NULL::uuid, other, 'merge', 1000000, '{{}}'::uuid[]
+                FROM merged_pairs
                 """
             ),
             {"unassigned": list(unassigned), "window": window_seconds},

@@ -218,10 +218,19 @@ class ProblemTransition:
     def wants_analysis(self) -> bool:
         return self.kind != "resolved" and Severity(self.problem.severity) in ANALYSED_SEVERITIES
 
-    def payload(self) -> dict[str, Any]:
+    def live_payload(self) -> dict[str, Any]:
+        """The SSE event: the problem without its evidence (a NOTIFY payload stays under 8 kB; clients
+        read the rest through the API)."""
+        problem = msgspec.to_builtins(self.problem)
+        problem.pop("evidence", None)
+        problem.pop("analysis", None)
+        problem["incident_ids"] = problem["incident_ids"][:50]
+        return {**self.payload(problem), "incident_count": len(self.problem.incident_ids)}
+
+    def payload(self, problem: dict[str, Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "project_id": str(self.project_id),
-            "problem": msgspec.to_builtins(self.problem),
+            "problem": msgspec.to_builtins(self.problem) if problem is None else problem,
         }
         if self.previous_severity is not None:
             body["previous_severity"] = self.previous_severity
@@ -245,7 +254,9 @@ async def record_problem_transitions(
             severity=transition.problem.severity,
             payload=payload,
         )
-        publish_after_commit(session, stream_type(transition.event_type), transition.project_id, payload)
+        publish_after_commit(
+            session, stream_type(transition.event_type), transition.project_id, transition.live_payload()
+        )
         if transition.wants_analysis:
             after_commit(session, enqueue_problem_analysis, transition.project_id, transition.problem.id)
         details: dict[str, Any] = {"severity": transition.problem.severity, "event_id": str(event_id)}
