@@ -100,8 +100,7 @@ def schema_upgrades() -> None:
     sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_problem_trace_keys_project_id_projects'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('project_id', 'problem_id', 'key', 'trace_id', name=op.f('pk_problem_trace_keys'))
     )
-    op.create_index('ix_problem_trace_keys_key', 'problem_trace_keys', ['project_id', 'key'], unique=False)
-    op.create_index('ix_problem_trace_keys_trace', 'problem_trace_keys', ['project_id', 'trace_id'], unique=False)
+    op.create_index('ix_problem_trace_keys_trace', 'problem_trace_keys', ['project_id', 'trace_id'], unique=False, postgresql_where=sa.text("key = '*'"))
     op.create_table('problems',
     sa.Column('project_id', sa.GUID(length=16), nullable=False),
     sa.Column('id', sa.UUID(), nullable=False),
@@ -137,8 +136,7 @@ def schema_downgrades() -> None:
     op.drop_column('incidents', 'problem_id')
     op.drop_index('ix_problems_project_open_window', table_name='problems', postgresql_where=sa.text("status <> 'resolved'"))
     op.drop_table('problems')
-    op.drop_index('ix_problem_trace_keys_trace', table_name='problem_trace_keys')
-    op.drop_index('ix_problem_trace_keys_key', table_name='problem_trace_keys')
+    op.drop_index('ix_problem_trace_keys_trace', table_name='problem_trace_keys', postgresql_where=sa.text("key = '*'"))
     op.drop_table('problem_trace_keys')
     op.drop_table('problem_merge_rules')
     op.drop_index('ix_problem_members_incident', table_name='problem_members')

@@ -118,6 +118,7 @@ async def run_grouping(
     max_batches: int = GROUP_MAX_BATCHES,
     rules: SeverityRules = DEFAULT_RULES,
     problem_window_seconds: int = DEFAULT_WINDOW_SECONDS,
+    correlate: bool = True,
 ) -> GroupingResult:
     """Fold every new error signal into incidents: one transaction per batch (see the module docstring).
 
@@ -126,7 +127,9 @@ async def run_grouping(
     """
     result = GroupingResult()
     started = time.monotonic()
-    for source in SOURCES.values():
+    # Spans first: failing client spans carry the dependencies (problems.py), so a cascade's problem
+    # opens knowing its root dependency instead of learning it one batch later.
+    for source in (SOURCES["span"], SOURCES["log"]):
         for _ in range(max_batches):
             async with session_scope(session_maker) as session:
                 outcome = await group_batch(
@@ -136,6 +139,7 @@ async def run_grouping(
                     now=now,
                     rules=rules,
                     problem_window_seconds=problem_window_seconds,
+                    correlate=correlate,
                 )
             result.signals += outcome.signals
             result.batches += 1
@@ -154,8 +158,11 @@ async def group_batch(
     now: datetime | None = None,
     rules: SeverityRules = DEFAULT_RULES,
     problem_window_seconds: int = DEFAULT_WINDOW_SECONDS,
+    correlate: bool = True,
 ) -> BatchOutcome:
     """Group the next batch of ``source``'s new error rows (the caller commits).
+
+    ``correlate=False`` skips the correlation into problems (only the benchmark's baseline does).
 
     High-water mark (see ``GroupingCursor``): rows are scanned from ``high_water_id`` and deduplicated
     by ``incident_occurrences``; the mark itself only moves to a checkpoint whose possibly in-flight
@@ -200,8 +207,18 @@ async def group_batch(
         now=now,
         rules=rules,
     )
-    problem_transitions = await correlate_batch(
-        session, source, ids, now=now, window_seconds=problem_window_seconds
+    problem_transitions = (
+        await correlate_batch(
+            session,
+            source,
+            ids,
+            fingerprints,
+            [(f.project_id, f.fingerprint, f.first_seen, f.last_seen) for f in folds],
+            now=now,
+            window_seconds=problem_window_seconds,
+        )
+        if correlate
+        else []
     )
 
     high_water = max(cursor.high_water_id, min(bound, max(ids)) if full else bound)

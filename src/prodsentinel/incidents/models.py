@@ -231,7 +231,8 @@ class ProblemMember(PlainBase):
 
 class ProblemTraceKey(PlainBase):
     """One failing trace of a problem per key: ``service:<name>`` for every service with an error in the
-    trace, ``dependency:<dep>`` for every dependency a failing client span called.
+    trace, ``dependency:<dep>`` for every dependency a failing client span called, and the marker ``*``
+    (one row per trace of the problem).
 
     The correlation pass joins new incidents by these rows (same trace, or same dependency key), and the
     root is the key present in the most traces (``first_ts``: earliest error time of that key in the
@@ -240,8 +241,9 @@ class ProblemTraceKey(PlainBase):
 
     __tablename__ = "problem_trace_keys"
     __table_args__ = (
-        Index("ix_problem_trace_keys_trace", "project_id", "trace_id"),
-        Index("ix_problem_trace_keys_key", "project_id", "key"),
+        # Trace joins look up the one marker row per (problem, trace) (``key = '*'``); dependency joins
+        # go by primary key per open problem, so no index on ``key`` is needed (fewer writes).
+        Index("ix_problem_trace_keys_trace", "project_id", "trace_id", postgresql_where=text("key = '*'")),
     )
 
     project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)

@@ -30,6 +30,8 @@ __all__ = ("DEPENDENCY_SQL", "BatchIncident", "Edge", "ProblemQueries", "RootRow
 _ERROR_STATUS = SPAN_STATUSES["ERROR"]
 DEPENDENCY_PREFIX = "dependency:"
 SERVICE_PREFIX = "service:"
+#: The key of the one row per (problem, trace) that trace joins look up.
+TRACE_MARKER = "*"
 #: At most this many signal ids back one evidence item.
 EVIDENCE_SIGNALS = 10
 #: Spans whose depth is walked to pick the root span (the earliest traces of the root key).
@@ -57,6 +59,105 @@ END
 """
 
 _OPEN = "p.status <> 'resolved' AND p.merged_into IS NULL"
+
+#: The edges of the unassigned incidents of a batch (see ``ProblemQueries.edges``).
+EDGES_SQL = f"""
+    WITH u AS MATERIALIZED (
+        SELECT k.* FROM problem_batch_keys k
+        WHERE k.incident_id = ANY(:unassigned) AND k.key LIKE '{SERVICE_PREFIX}%'
+    ),
+    -- Dependencies per incident, not per trace: pairing them trace by trace is quadratic.
+    d AS MATERIALIZED (
+        SELECT k.project_id, k.incident_id, k.fingerprint, k.key,
+               min(k.first_ts) AS first_ts, max(k.first_ts) AS last_ts,
+               count(DISTINCT k.trace_id) AS traces,
+               (array_agg(DISTINCT k.signal_id))[1:{EVIDENCE_SIGNALS}] AS signal_ids
+        FROM problem_batch_keys k
+        WHERE k.incident_id = ANY(:unassigned) AND k.key LIKE '{DEPENDENCY_PREFIX}%'
+        GROUP BY k.project_id, k.incident_id, k.fingerprint, k.key
+    ),
+    by_trace AS (
+        SELECT u.project_id, u.incident_id, u.fingerprint, t.problem_id,
+               count(DISTINCT u.trace_id) AS weight, min(u.first_ts) AS first_ts,
+               (array_agg(DISTINCT u.signal_id))[1:{EVIDENCE_SIGNALS}] AS signal_ids
+        FROM u JOIN problem_trace_keys t ON t.project_id = u.project_id AND t.trace_id = u.trace_id
+                                     AND t.key = '{TRACE_MARKER}'
+        GROUP BY u.project_id, u.incident_id, u.fingerprint, t.problem_id
+    ),
+    by_dependency AS (
+        SELECT d.project_id, d.incident_id, d.fingerprint, p.id AS problem_id,
+               sum(d.traces) AS weight, min(d.first_ts) AS first_ts,
+               (array_agg(s.id))[1:{EVIDENCE_SIGNALS}] AS signal_ids
+        FROM d
+        JOIN problems p ON p.project_id = d.project_id AND {_OPEN}
+        CROSS JOIN LATERAL unnest(d.signal_ids) AS s(id)
+        WHERE EXISTS (
+            SELECT 1 FROM problem_trace_keys t
+            WHERE t.project_id = d.project_id AND t.problem_id = p.id AND t.key = d.key)
+        GROUP BY d.project_id, d.incident_id, d.fingerprint, p.id
+    ),
+    to_open AS (
+        SELECT c.incident_id, c.problem_id, c.kind, c.weight, c.signal_ids FROM (
+            SELECT *, 'trace' AS kind FROM by_trace
+            UNION ALL
+            SELECT *, 'dependency' FROM by_dependency
+        ) c
+        JOIN problems p ON p.project_id = c.project_id AND p.id = c.problem_id
+        WHERE {_OPEN} AND c.first_ts <= p.window_until
+          AND NOT EXISTS (
+              SELECT 1 FROM problem_detach_rules r
+              WHERE r.project_id = c.project_id AND r.fingerprint = c.fingerprint
+                AND r.problem_id = p.id)
+    ),
+    -- Two hash-joinable statements (an OR in one join condition plans as a nested loop).
+    to_incident AS (
+        SELECT a.incident_id, b.incident_id AS other, 'trace' AS kind,
+               count(DISTINCT a.trace_id) AS weight,
+               (array_agg(DISTINCT a.signal_id))[1:{EVIDENCE_SIGNALS}] AS signal_ids
+        FROM u a JOIN u b ON b.project_id = a.project_id AND b.trace_id = a.trace_id
+                         AND b.incident_id <> a.incident_id
+        GROUP BY a.incident_id, b.incident_id
+        UNION ALL
+        SELECT a.incident_id, b.incident_id, 'dependency', sum(a.traces),
+               (array_agg(s.id))[1:{EVIDENCE_SIGNALS}]
+        FROM d a JOIN d b ON b.project_id = a.project_id AND b.key = a.key
+                         AND b.incident_id <> a.incident_id
+        CROSS JOIN LATERAL unnest(a.signal_ids) AS s(id)
+        WHERE a.first_ts <= b.last_ts + make_interval(secs => :window)
+          AND b.first_ts <= a.last_ts + make_interval(secs => :window)
+        GROUP BY a.incident_id, b.incident_id
+    ),
+    merged AS (
+        SELECT bi.id AS incident_id, p.id AS problem_id
+        FROM incidents bi
+        JOIN problem_merge_rules r
+          ON r.project_id = bi.project_id AND r.fingerprint = bi.fingerprint
+        JOIN problem_merge_rules r2 ON r2.project_id = r.project_id AND r2.group_id = r.group_id
+                                   AND r2.fingerprint <> r.fingerprint
+        JOIN incidents mi ON mi.project_id = r2.project_id AND mi.fingerprint = r2.fingerprint
+        JOIN problems p ON p.project_id = mi.project_id AND p.id = mi.problem_id
+        WHERE bi.id = ANY(:unassigned) AND {_OPEN}
+    ),
+    merged_pairs AS (
+        SELECT a.id AS incident_id, b.id AS other
+        FROM incidents a
+        JOIN problem_merge_rules r
+          ON r.project_id = a.project_id AND r.fingerprint = a.fingerprint
+        JOIN problem_merge_rules r2 ON r2.project_id = r.project_id AND r2.group_id = r.group_id
+                                   AND r2.fingerprint <> r.fingerprint
+        JOIN incidents b ON b.project_id = r2.project_id AND b.fingerprint = r2.fingerprint
+        WHERE a.id = ANY(:unassigned) AND b.id = ANY(:unassigned)
+    )
+    SELECT incident_id, problem_id, NULL::uuid AS other, kind, weight, signal_ids FROM to_open
+    UNION ALL
+    SELECT incident_id, NULL, other, kind, weight, signal_ids FROM to_incident
+    UNION ALL
+    SELECT DISTINCT incident_id, problem_id, NULL::uuid, 'merge', 1000000, '{{}}'::uuid[]
+    FROM merged
+    UNION ALL
+    SELECT DISTINCT incident_id, NULL::uuid, other, 'merge', 1000000, '{{}}'::uuid[]
+    FROM merged_pairs
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,25 +205,33 @@ class ProblemQueries:
 
     # -- the batch ------------------------------------------------------------------------------------
 
-    async def batch_incidents(self, source: SignalSource, ids: Sequence[int]) -> list[BatchIncident]:
-        """The incidents of a batch's occurrences; ``problem_id`` only when that problem is still open."""
-        ts = "s.end_time" if source.name == "span" else "s.timestamp"
+    async def batch_incidents(
+        self, folds: Sequence[tuple[UUID, str, datetime, datetime]]
+    ) -> list[BatchIncident]:
+        """The incidents a batch folded into (``(project_id, fingerprint, first_seen, last_seen)`` of
+        the batch's occurrences), with their open problem if any and a few of the batch's signal ids
+        (from the batch keys: call after :meth:`fill_batch_keys`)."""
+        if not folds:
+            return []
         rows = await self.session.execute(
             text(
                 f"""
-                SELECT i.id, i.project_id, i.fingerprint,
+                SELECT i.id, i.project_id, i.fingerprint, f.first_ts, f.last_ts,
                        CASE WHEN p.id IS NOT NULL AND {_OPEN} THEN p.id END AS problem_id,
-                       min({ts}) AS first_ts, max({ts}) AS last_ts,
-                       (array_agg(s.signal_id ORDER BY {ts}))[1:{EVIDENCE_SIGNALS}] AS signal_ids
-                FROM incident_occurrences o
-                JOIN {source.table} s ON s.id = o.signal_pk
-                JOIN incidents i ON i.project_id = o.project_id AND i.fingerprint = o.fingerprint
+                       ARRAY(SELECT DISTINCT k.signal_id FROM problem_batch_keys k
+                             WHERE k.incident_id = i.id LIMIT {EVIDENCE_SIGNALS}) AS signal_ids
+                FROM unnest(CAST(:pids AS uuid[]), CAST(:fps AS text[]), CAST(:firsts AS timestamptz[]),
+                            CAST(:lasts AS timestamptz[])) AS f(pid, fp, first_ts, last_ts)
+                JOIN incidents i ON i.project_id = f.pid AND i.fingerprint = f.fp
                 LEFT JOIN problems p ON p.project_id = i.project_id AND p.id = i.problem_id
-                WHERE o.source = :source AND o.signal_pk = ANY(:ids)
-                GROUP BY i.id, p.project_id, p.id
                 """
             ),
-            {"source": source.name, "ids": list(ids)},
+            {
+                "pids": [f[0] for f in folds],
+                "fps": [f[1] for f in folds],
+                "firsts": [f[2] for f in folds],
+                "lasts": [f[3] for f in folds],
+            },
         )
         return [
             BatchIncident(
@@ -137,12 +246,15 @@ class ProblemQueries:
             for r in rows
         ]
 
-    async def fill_batch_keys(self, source: SignalSource, ids: Sequence[int]) -> None:
+    async def fill_batch_keys(
+        self, source: SignalSource, ids: Sequence[int], fingerprints: Sequence[str]
+    ) -> None:
         """The batch's trace keys, per (incident, key, trace), into the transaction's temporary table.
 
-        Service keys come from the occurrences themselves; dependency keys from the failing client spans
-        of the same trace and service (looked up once per distinct (trace, service) of the batch).
-        ``first_ts`` is the error time (a span's end: callers end after their callees).
+        Service keys come from every occurrence, dependency keys from the failing client spans among
+        them (every ERROR span is an occurrence, so each failing client span is read exactly once, in
+        its own batch, instead of re-reading whole traces). ``first_ts`` is the error time (a span's
+        end: callers end after their callees).
         """
         await self.session.execute(
             text(
@@ -154,73 +266,80 @@ class ProblemQueries:
                 """
             )
         )
-        await self.session.execute(text("TRUNCATE problem_batch_keys"))
+        # Empty here: ``ON COMMIT DELETE ROWS`` and one fill per transaction.
         if source.name == "span":
             own = "s.end_time AS ts, s.id AS span_pk, s.signal_id"
+            keys = f"('{SERVICE_PREFIX}' || s.service_name), ('{DEPENDENCY_PREFIX}' || ({DEPENDENCY_SQL}))"
         else:
             own = "s.timestamp AS ts, NULL::bigint AS span_pk, s.signal_id"
+            keys = f"('{SERVICE_PREFIX}' || s.service_name)"
         await self.session.execute(
             text(
                 f"""
                 INSERT INTO problem_batch_keys
-                WITH occ AS MATERIALIZED (
-                    SELECT o.project_id, o.trace_id, o.service_name, i.id AS incident_id, i.fingerprint, {own}
-                    FROM incident_occurrences o
-                    JOIN {source.table} s ON s.id = o.signal_pk
-                    JOIN incidents i ON i.project_id = o.project_id AND i.fingerprint = o.fingerprint
-                    WHERE o.source = :source AND o.signal_pk = ANY(:ids) AND o.trace_id IS NOT NULL
-                ),
-                pairs AS MATERIALIZED (
-                    SELECT DISTINCT project_id, trace_id, service_name FROM occ
-                ),
-                deps AS MATERIALIZED (
-                    SELECT pr.project_id, pr.trace_id, pr.service_name, d.dep, min(sp.end_time) AS ts,
-                           min(sp.id) AS span_pk
-                    FROM pairs pr
-                    JOIN spans sp ON sp.project_id = pr.project_id AND sp.trace_id = pr.trace_id
-                    CROSS JOIN LATERAL (SELECT sp.attributes AS a) attrs
-                    CROSS JOIN LATERAL (SELECT {DEPENDENCY_SQL} AS dep) d
-                    WHERE sp.service_name = pr.service_name AND sp.status + 0 = {_ERROR_STATUS}
-                      AND sp.attributes IS NOT NULL AND d.dep IS NOT NULL
-                    GROUP BY pr.project_id, pr.trace_id, pr.service_name, d.dep
-                )
-                SELECT occ.project_id, occ.incident_id, occ.fingerprint,
-                       '{SERVICE_PREFIX}' || occ.service_name,
-                       occ.trace_id, min(occ.ts), min(occ.span_pk), min(occ.signal_id::text)::uuid
-                FROM occ GROUP BY 1, 2, 3, 4, 5
-                UNION ALL
-                SELECT occ.project_id, occ.incident_id, occ.fingerprint, '{DEPENDENCY_PREFIX}' || deps.dep,
-                       occ.trace_id, min(deps.ts), min(deps.span_pk), min(occ.signal_id::text)::uuid
-                FROM occ JOIN deps ON deps.project_id = occ.project_id AND deps.trace_id = occ.trace_id
-                                  AND deps.service_name = occ.service_name
-                GROUP BY 1, 2, 3, 4, 5
+                SELECT s.project_id, i.id, i.fingerprint, kk.key, s.trace_id,
+                       min(x.ts), min(x.span_pk), min(x.signal_id::text)::uuid
+                FROM unnest(CAST(:ids AS bigint[]), CAST(:fps AS text[])) AS b(id, fp)
+                JOIN {source.table} s ON s.id = b.id
+                CROSS JOIN LATERAL (SELECT {own}) x
+                CROSS JOIN LATERAL (SELECT s.attributes) attrs(a)
+                CROSS JOIN LATERAL (VALUES {keys}) kk(key)
+                JOIN incidents i ON i.project_id = s.project_id AND i.fingerprint = b.fp
+                WHERE s.trace_id IS NOT NULL AND kk.key IS NOT NULL
+                GROUP BY s.project_id, i.id, i.fingerprint, kk.key, s.trace_id
                 """
             ),
-            {"source": source.name, "ids": list(ids)},
+            {"ids": list(ids), "fps": list(fingerprints)},
         )
+        # Statistics for the statements that read it: a never-analysed temporary table is estimated
+        # at one row, and the self-joins of ``edges`` were planned as nested loops (seconds a batch).
+        await self.session.execute(text("ANALYZE problem_batch_keys"))
 
-    async def store_keys(self, incident_ids: Sequence[UUID]) -> None:
-        """Add the batch keys of ``incident_ids`` to the problems they are now in (earliest time wins)."""
+    async def store_keys(self, incident_ids: Sequence[UUID]) -> set[UUID]:
+        """Add the batch keys of ``incident_ids`` to the problems they are now in (earliest time wins);
+        returns the problems whose keys changed (only their root can have moved)."""
         if not incident_ids:
-            return
-        await self.session.execute(
+            return set()
+        rows = await self.session.scalars(
             text(
                 f"""
-                INSERT INTO problem_trace_keys AS t (project_id, problem_id, key, trace_id, first_ts, span_pk)
-                SELECT k.project_id, i.problem_id, k.key, k.trace_id, min(k.first_ts), min(k.span_pk)
-                FROM problem_batch_keys k
-                JOIN incidents i ON i.id = k.incident_id
-                JOIN problems p ON p.project_id = i.project_id AND p.id = i.problem_id
-                WHERE {_OPEN} AND k.incident_id = ANY(:incidents)
-                GROUP BY 1, 2, 3, 4
-                ON CONFLICT (project_id, problem_id, key, trace_id) DO UPDATE SET
-                    first_ts = least(t.first_ts, excluded.first_ts),
-                    span_pk = coalesce(t.span_pk, excluded.span_pk)
-                WHERE excluded.first_ts < t.first_ts OR (t.span_pk IS NULL AND excluded.span_pk IS NOT NULL)
+                WITH k AS MATERIALIZED (
+                    SELECT k.project_id, i.problem_id, k.key, k.trace_id, k.first_ts, k.span_pk
+                    FROM problem_batch_keys k
+                    JOIN incidents i ON i.id = k.incident_id
+                    JOIN problems p ON p.project_id = i.project_id AND p.id = i.problem_id
+                    WHERE {_OPEN} AND k.incident_id = ANY(:incidents)
+                ),
+                r AS (
+                    SELECT project_id, problem_id, key, trace_id, min(first_ts) AS first_ts,
+                           min(span_pk) AS span_pk
+                    FROM k GROUP BY 1, 2, 3, 4
+                    UNION ALL
+                    SELECT project_id, problem_id, '{TRACE_MARKER}', trace_id, min(first_ts), NULL
+                    FROM k WHERE key LIKE '{SERVICE_PREFIX}%' GROUP BY 1, 2, 4
+                ),
+                ins AS (
+                    INSERT INTO problem_trace_keys AS t
+                        (project_id, problem_id, key, trace_id, first_ts, span_pk)
+                    -- Rows that would change nothing are left out before the upsert: a conflicting row
+                    -- is locked (written) even when nothing about it changes.
+                    SELECT r.* FROM r
+                    WHERE NOT EXISTS (
+                        SELECT 1 FROM problem_trace_keys x
+                        WHERE x.project_id = r.project_id AND x.problem_id = r.problem_id
+                          AND x.key = r.key AND x.trace_id = r.trace_id AND x.first_ts <= r.first_ts
+                          AND (x.span_pk IS NOT NULL OR r.span_pk IS NULL))
+                    ON CONFLICT (project_id, problem_id, key, trace_id) DO UPDATE SET
+                        first_ts = least(t.first_ts, excluded.first_ts),
+                        span_pk = coalesce(t.span_pk, excluded.span_pk)
+                    RETURNING t.problem_id
+                )
+                SELECT DISTINCT problem_id FROM ins
                 """
             ),
             {"incidents": list(incident_ids)},
         )
+        return set(rows)
 
     async def edges(self, unassigned: Sequence[UUID], *, window_seconds: int) -> list[Edge]:
         """Why each unassigned incident belongs with an open problem or another unassigned incident.
@@ -236,80 +355,7 @@ class ProblemQueries:
         if not unassigned:
             return []
         rows = await self.session.execute(
-            text(
-                f"""
-                WITH u AS MATERIALIZED (
-                    SELECT k.* FROM problem_batch_keys k WHERE k.incident_id = ANY(:unassigned)
-                ),
-                to_problem AS (
-                    SELECT u.incident_id, t.problem_id, 'trace' AS kind, u.trace_id, u.signal_id,
-                           u.first_ts, u.project_id, u.fingerprint
-                    FROM u JOIN problem_trace_keys t
-                      ON t.project_id = u.project_id AND t.trace_id = u.trace_id
-                    WHERE u.key LIKE '{SERVICE_PREFIX}%'
-                    UNION ALL
-                    SELECT u.incident_id, t.problem_id, 'dependency', u.trace_id, u.signal_id,
-                           u.first_ts, u.project_id, u.fingerprint
-                    FROM u JOIN problem_trace_keys t ON t.project_id = u.project_id AND t.key = u.key
-                    WHERE u.key LIKE '{DEPENDENCY_PREFIX}%'
-                ),
-                to_open AS (
-                    SELECT c.* FROM to_problem c
-                    JOIN problems p ON p.project_id = c.project_id AND p.id = c.problem_id
-                    WHERE {_OPEN} AND c.first_ts <= p.window_until
-                      AND NOT EXISTS (
-                          SELECT 1 FROM problem_detach_rules r
-                          WHERE r.project_id = c.project_id AND r.fingerprint = c.fingerprint
-                            AND r.problem_id = p.id)
-                ),
-                to_incident AS (
-                    SELECT a.incident_id, b.incident_id AS other,
-                           CASE WHEN a.key LIKE '{SERVICE_PREFIX}%' THEN 'trace'
-                                ELSE 'dependency' END AS kind,
-                           a.trace_id, a.signal_id
-                    FROM u a JOIN u b ON b.project_id = a.project_id AND b.incident_id <> a.incident_id
-                     AND ((a.key LIKE '{SERVICE_PREFIX}%' AND b.key LIKE '{SERVICE_PREFIX}%'
-                           AND b.trace_id = a.trace_id)
-                       OR (a.key LIKE '{DEPENDENCY_PREFIX}%' AND b.key = a.key
-                           AND abs(extract(epoch FROM a.first_ts - b.first_ts)) <= :window))
-                ),
-                merged AS (
-                    SELECT bi.id AS incident_id, p.id AS problem_id
-                    FROM incidents bi
-                    JOIN problem_merge_rules r
-                      ON r.project_id = bi.project_id AND r.fingerprint = bi.fingerprint
-                    JOIN problem_merge_rules r2 ON r2.project_id = r.project_id AND r2.group_id = r.group_id
-                                               AND r2.fingerprint <> r.fingerprint
-                    JOIN incidents mi ON mi.project_id = r2.project_id AND mi.fingerprint = r2.fingerprint
-                    JOIN problems p ON p.project_id = mi.project_id AND p.id = mi.problem_id
-                    WHERE bi.id = ANY(:unassigned) AND {_OPEN}
-                ),
-                merged_pairs AS (
-                    SELECT a.id AS incident_id, b.id AS other
-                    FROM incidents a
-                    JOIN problem_merge_rules r
-                      ON r.project_id = a.project_id AND r.fingerprint = a.fingerprint
-                    JOIN problem_merge_rules r2 ON r2.project_id = r.project_id AND r2.group_id = r.group_id
-                                               AND r2.fingerprint <> r.fingerprint
-                    JOIN incidents b ON b.project_id = r2.project_id AND b.fingerprint = r2.fingerprint
-                    WHERE a.id = ANY(:unassigned) AND b.id = ANY(:unassigned)
-                )
-                SELECT incident_id, problem_id, NULL::uuid AS other, kind,
-                       count(DISTINCT trace_id) AS weight,
-                       (array_agg(DISTINCT signal_id))[1:{EVIDENCE_SIGNALS}] AS signal_ids
-                FROM to_open GROUP BY incident_id, problem_id, kind
-                UNION ALL
-                SELECT incident_id, NULL, other, kind, count(DISTINCT trace_id),
-                       (array_agg(DISTINCT signal_id))[1:{EVIDENCE_SIGNALS}]
-                FROM to_incident GROUP BY incident_id, other, kind
-                UNION ALL
-                SELECT DISTINCT incident_id, problem_id, NULL::uuid, 'merge', 1000000, '{{}}'::uuid[]
-                FROM merged
-                UNION ALL
-                SELECT DISTINCT incident_id, NULL::uuid, other, 'merge', 1000000, '{{}}'::uuid[]
-                FROM merged_pairs
-                """
-            ),
+            text(EDGES_SQL),
             {"unassigned": list(unassigned), "window": window_seconds},
         )
         return [
@@ -441,16 +487,16 @@ class ProblemQueries:
         )
         return {r.id: r for r in rows}
 
-    async def rollup(self, keys: Sequence[tuple[UUID, UUID]], *, now: datetime) -> None:
+    async def rollup(self, keys: Sequence[tuple[UUID, UUID]], *, now: datetime) -> dict[UUID, Row[Any]]:
         """Severity (highest), status and services of each problem from its current incidents.
 
         resolved when every incident is (or none is left after a detach); acknowledged when every
         unresolved one is acknowledged; otherwise open.
         """
         if not keys:
-            return
+            return {}
         rank = severity_rank_sql("i.severity")
-        await self.session.execute(
+        result = await self.session.execute(
             text(
                 f"""
                 UPDATE problems p SET
@@ -469,10 +515,12 @@ class ProblemQueries:
                     FROM incidents i WHERE i.project_id = k.pid AND i.problem_id = k.id
                 ) r
                 WHERE p.project_id = k.pid AND p.id = k.id AND p.merged_into IS NULL
+                RETURNING p.id, p.status, p.severity
                 """
             ),
             {"pids": [k[0] for k in keys], "ids": [k[1] for k in keys], "now": now},
         )
+        return {r.id: r for r in result}
 
     async def root_keys(self, keys: Sequence[tuple[UUID, UUID]]) -> list[RootRow]:
         """Per problem, the key present in the most failing traces; ties: a dependency before a service
@@ -486,6 +534,7 @@ class ProblemQueries:
                 FROM problem_trace_keys t
                 JOIN unnest(CAST(:pids AS uuid[]), CAST(:ids AS uuid[])) AS k(pid, id)
                   ON t.project_id = k.pid AND t.problem_id = k.id
+                WHERE t.key <> '{TRACE_MARKER}'
                 GROUP BY t.problem_id, t.key
                 ORDER BY t.problem_id, count(*) DESC, (t.key LIKE '{DEPENDENCY_PREFIX}%') DESC,
                          min(t.first_ts), t.key

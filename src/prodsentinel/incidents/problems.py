@@ -333,11 +333,12 @@ async def refresh(
     *,
     now: datetime,
     opened: Iterable[UUID] = (),
-    roots: bool = True,
+    roots: Iterable[UUID] | None = None,
 ) -> list[ProblemTransition]:
     """Roll up the problems (locked), recompute their roots, and derive their transitions.
 
-    ``opened``: problems created in this transaction (their first event is ``PROBLEM_OPENED``).
+    ``opened``: problems created in this transaction (their first event is ``PROBLEM_OPENED``);
+    ``roots``: the problems whose root may have moved (default: all of them).
     Severity is the highest of the current incidents (it can drop after a detach: no event then).
     """
     keys = sorted(set(keys), key=lambda k: str(k[1]))
@@ -346,22 +347,28 @@ async def refresh(
     created = set(opened)
     queries = ProblemQueries(session)
     previous = await queries.lock_problems(keys)
-    await queries.rollup(keys, now=now)
-    if roots:
-        await _save_roots(queries, keys)
-    outs = await problem_outs(session, keys)
-    transitions: list[ProblemTransition] = []
-    for project_id, problem_id in keys:
-        out, before = outs.get(problem_id), previous.get(problem_id)
-        if out is None or before is None:
+    current = await queries.rollup(keys, now=now)
+    wanted = set(roots) if roots is not None else {k[1] for k in keys}
+    rooted = [k for k in keys if k[1] in wanted]
+    await _save_roots(queries, rooted)
+    kinds: dict[UUID, tuple[ProblemTransitionKind, str | None]] = {}
+    for _project_id, problem_id in keys:
+        before, after = previous.get(problem_id), current.get(problem_id)
+        if before is None or after is None:
             continue
         if problem_id in created:
-            transitions.append(ProblemTransition("opened", project_id, out))
-        elif out.status == IncidentStatus.RESOLVED and before.status != IncidentStatus.RESOLVED:
-            transitions.append(ProblemTransition("resolved", project_id, out))
-        elif out.status != IncidentStatus.RESOLVED and rank(out.severity) > rank(before.severity):
-            transitions.append(ProblemTransition("escalated", project_id, out, before.severity))
-    return transitions
+            kinds[problem_id] = ("opened", None)
+        elif after.status == IncidentStatus.RESOLVED and before.status != IncidentStatus.RESOLVED:
+            kinds[problem_id] = ("resolved", None)
+        elif after.status != IncidentStatus.RESOLVED and rank(after.severity) > rank(before.severity):
+            kinds[problem_id] = ("escalated", before.severity)
+    # Read models only for what is announced: most batches touch problems without changing them.
+    outs = await problem_outs(session, [k for k in keys if k[1] in kinds])
+    return [
+        ProblemTransition(kinds[problem_id][0], project_id, outs[problem_id], kinds[problem_id][1])
+        for project_id, problem_id in keys
+        if problem_id in kinds and problem_id in outs
+    ]
 
 
 async def _save_roots(queries: ProblemQueries, keys: Sequence[tuple[UUID, UUID]]) -> None:
@@ -414,21 +421,25 @@ async def correlate_batch(
     session: AsyncSession,
     source: SignalSource,
     ids: Sequence[int],
+    fingerprints: Sequence[str],
+    folds: Sequence[tuple[UUID, str, datetime, datetime]],
     *,
     now: datetime,
     window_seconds: int = DEFAULT_WINDOW_SECONDS,
 ) -> list[ProblemTransition]:
     """Correlate one grouping batch's incidents into problems (the caller holds the correlation lock
-    and commits; see the module docstring)."""
-    if not ids:
+    and commits; see the module docstring). ``ids``/``fingerprints``: the batch's signal rows and the
+    fingerprint of each; ``folds``: per incident
+    key, ``(project_id, fingerprint, first_seen, last_seen)`` of its new occurrences."""
+    if not ids or not folds:
         return []
     queries = ProblemQueries(session)
-    incidents = await queries.batch_incidents(source, ids)
+    await queries.fill_batch_keys(source, ids, fingerprints)
+    incidents = await queries.batch_incidents(folds)
     if not incidents:
         return []
-    await queries.fill_batch_keys(source, ids)
     assigned = [i for i in incidents if i.problem_id is not None]
-    await queries.store_keys([i.id for i in assigned])
+    changed = await queries.store_keys([i.id for i in assigned])
     await queries.touch([(i.project_id, i.problem_id, i.last_ts) for i in assigned if i.problem_id])
     unassigned = [i for i in incidents if i.problem_id is None]
     edges = await queries.edges([i.id for i in unassigned], window_seconds=window_seconds)
@@ -471,7 +482,9 @@ async def correlate_batch(
         window_seconds=window_seconds,
         cap_seconds=WINDOW_CAP_SECONDS,
     )
-    await queries.store_keys([a.incident_id for a in decided.assignments])
+    changed |= await queries.store_keys([a.incident_id for a in decided.assignments])
     touched = {(i.project_id, i.problem_id) for i in assigned if i.problem_id is not None}
     touched |= {(by_id[a.incident_id].project_id, a.problem_id) for a in decided.assignments}
-    return await refresh(session, touched, now=now, opened=decided.new_problems)
+    return await refresh(
+        session, touched, now=now, opened=decided.new_problems, roots=changed | set(decided.new_problems)
+    )

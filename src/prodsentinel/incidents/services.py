@@ -161,7 +161,7 @@ class IncidentService(SQLAlchemyAsyncRepositoryService[Incident]):
     async def _refresh_problems(self, incidents: Sequence[Incident], *, actor: str, now: datetime) -> None:
         """Roll up the problems of changed incidents (status, severity; PROBLEM_RESOLVED once all are)."""
         keys = [(i.project_id, i.problem_id) for i in incidents if i.problem_id is not None]
-        transitions = await refresh(self.session, keys, now=now, roots=False)
+        transitions = await refresh(self.session, keys, now=now, roots=())
         await record_problem_transitions(self.session, transitions, actor=actor, now=now)
 
     async def _get_locked(self, project_id: UUID, incident_id: UUID) -> Incident:
