@@ -18,7 +18,7 @@ from uuid_utils.compat import uuid7
 from prodsentinel.audit import services as audit_services
 from prodsentinel.audit.services import AuditEntry
 from prodsentinel.incidents.models import INCIDENT_STATUSES, Incident, IncidentStatus, Problem
-from prodsentinel.incidents.problem_queries import ProblemQueries
+from prodsentinel.incidents.problem_rule_queries import ProblemRuleQueries
 from prodsentinel.incidents.problems import problem_outs, record_problem_transitions, refresh
 from prodsentinel.incidents.repositories import IncidentRepository, ProblemRepository
 from prodsentinel.incidents.schemas import IncidentOut, ProblemOut, ProblemPage
@@ -98,7 +98,7 @@ class ProblemService(SQLAlchemyAsyncRepositoryService[Problem]):
                 raise NotFoundError(f"Problem {wanted} not found.")
             if locked[wanted].status == IncidentStatus.RESOLVED:
                 raise ConflictError(f"Problem {wanted} is resolved and cannot be merged.")
-        queries = ProblemQueries(self.session)
+        queries = ProblemRuleQueries(self.session)
         fingerprints = await queries.fingerprints_of(project_id, [problem_id, other_id])
         await queries.move_incidents(project_id, other_id, problem_id)
         await queries.keep_merge(project_id, fingerprints, uuid7())
@@ -141,7 +141,9 @@ class ProblemService(SQLAlchemyAsyncRepositoryService[Problem]):
         problem_id = incident.problem_id
         if problem_id is None:
             raise ConflictError("The incident is in no problem.")
-        await ProblemQueries(self.session).detach(project_id, incident_id, incident.fingerprint, problem_id)
+        await ProblemRuleQueries(self.session).detach(
+            project_id, incident_id, incident.fingerprint, problem_id
+        )
         transitions = await refresh(self.session, [(project_id, problem_id)], now=now)
         await record_problem_transitions(self.session, transitions, actor=actor, now=now)
         await audit_services.record(

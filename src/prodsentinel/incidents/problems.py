@@ -49,6 +49,7 @@ from prodsentinel.incidents.problem_queries import (
     Edge,
     ProblemQueries,
 )
+from prodsentinel.incidents.problem_rule_queries import ProblemRuleQueries
 from prodsentinel.incidents.repositories import ProblemRepository
 from prodsentinel.incidents.schemas import ProblemEvidence, ProblemOut, ProblemRoot
 from prodsentinel.incidents.transitions import ANALYSED_SEVERITIES, ANALYSIS_TIMEOUT_SECONDS
@@ -443,7 +444,7 @@ async def correlate_batch(
     await queries.touch([(i.project_id, i.problem_id, i.last_ts) for i in assigned if i.problem_id])
     unassigned = [i for i in incidents if i.problem_id is None]
     edges = await queries.edges([i.id for i in unassigned], window_seconds=window_seconds)
-    detached = await queries.detach_rules(
+    detached = await ProblemRuleQueries(session).detach_rules(
         [i.project_id for i in unassigned], [i.fingerprint for i in unassigned]
     )
     decided = plan(unassigned, edges, detached)
