@@ -249,7 +249,8 @@ class ProblemQueries:
     async def fill_batch_keys(
         self, source: SignalSource, ids: Sequence[int], fingerprints: Sequence[str]
     ) -> None:
-        """The batch's trace keys, per (incident, key, trace), into the transaction's temporary table.
+        """The batch's trace keys, one row per signal and key, into the transaction's temporary table
+        (not aggregated here: every reader aggregates anyway).
 
         Service keys come from every occurrence, dependency keys from the failing client spans among
         them (every ERROR span is an occurrence, so each failing client span is read exactly once, in
@@ -277,8 +278,7 @@ class ProblemQueries:
             text(
                 f"""
                 INSERT INTO problem_batch_keys
-                SELECT s.project_id, i.id, i.fingerprint, kk.key, s.trace_id,
-                       min(x.ts), min(x.span_pk), min(x.signal_id::text)::uuid
+                SELECT s.project_id, i.id, i.fingerprint, kk.key, s.trace_id, x.ts, x.span_pk, x.signal_id
                 FROM unnest(CAST(:ids AS bigint[]), CAST(:fps AS text[])) AS b(id, fp)
                 JOIN {source.table} s ON s.id = b.id
                 CROSS JOIN LATERAL (SELECT {own}) x
@@ -286,7 +286,6 @@ class ProblemQueries:
                 CROSS JOIN LATERAL (VALUES {keys}) kk(key)
                 JOIN incidents i ON i.project_id = s.project_id AND i.fingerprint = b.fp
                 WHERE s.trace_id IS NOT NULL AND kk.key IS NOT NULL
-                GROUP BY s.project_id, i.id, i.fingerprint, kk.key, s.trace_id
                 """
             ),
             {"ids": list(ids), "fps": list(fingerprints)},
