@@ -38,6 +38,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from prodsentinel.auth.models import Project
+from prodsentinel.incidents import grouping as grouping_module
 from prodsentinel.incidents.anomaly_detection import run_anomaly_detection
 from prodsentinel.incidents.grouping import run_grouping
 from prodsentinel.incidents.models import Anomaly, Incident, Problem
@@ -90,6 +91,23 @@ async def seed_correlation(
         )
 
 
+#: Seconds spent inside ``correlate_batch`` (timed by wrapping it: the in-run share of correlation).
+CORRELATION_SECONDS = [0.0]
+
+
+def _time_correlation() -> None:
+    original = grouping_module.correlate_batch
+
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            CORRELATION_SECONDS[0] += time.perf_counter() - started
+
+    grouping_module.correlate_batch = timed  # type: ignore[assignment]
+
+
 async def group_all(
     session_maker: async_sessionmaker[Any], now: datetime, *, correlate: bool
 ) -> tuple[int, float]:
@@ -107,6 +125,7 @@ async def bench_correlation(
     engine: AsyncEngine, session_maker: async_sessionmaker[Any], n: int, now: datetime
 ) -> None:
     rates: dict[bool, float] = {}
+    _time_correlation()
     for correlate in (False, True):
         async with session_scope(session_maker) as session:
             project = Project(name=f"bench-correlation-{int(correlate)}")
@@ -132,7 +151,13 @@ async def bench_correlation(
             f"in {elapsed:.2f} s = {rates[correlate]:,.0f} signals/s"
         )
     overhead = rates[False] / rates[True] - 1
-    print(f"correlation costs {overhead:.0%} on top of grouping (target < 30 %)")
+    inside = CORRELATION_SECONDS[0]
+    total = folded / rates[True]
+    print(
+        f"correlation costs {overhead:.0%} on top of grouping by throughput; measured inside the "
+        f"correlated run: {inside:.2f} s of {total:.2f} s = {inside / (total - inside):.0%} on top of "
+        "the rest of the grouping (target < 30 %; the box is shared, the in-run share is the steadier figure)"
+    )
 
 
 async def bench(database_url: str, errors: int, series: int, correlation: int) -> None:
