@@ -41,6 +41,9 @@ class TestChannelApi:
             "INCIDENT_ESCALATED",
             "INCIDENT_RESOLVED",
             "INCIDENT_REOPENED",
+            "PROBLEM_OPENED",
+            "PROBLEM_ESCALATED",
+            "PROBLEM_RESOLVED",
         ]
         assert created["has_secret"] is False
         assert created["secret_hint"] is None
