@@ -18,6 +18,7 @@ from uuid_utils.compat import uuid7
 from prodsentinel.audit import services as audit_services
 from prodsentinel.audit.services import AuditEntry
 from prodsentinel.incidents.models import INCIDENT_STATUSES, Incident, IncidentStatus, Problem
+from prodsentinel.incidents.problem_queries import ProblemQueries
 from prodsentinel.incidents.problem_rule_queries import ProblemRuleQueries
 from prodsentinel.incidents.problems import problem_outs, record_problem_transitions, refresh
 from prodsentinel.incidents.repositories import IncidentRepository, ProblemRepository
@@ -84,6 +85,9 @@ class ProblemService(SQLAlchemyAsyncRepositoryService[Problem]):
         now = now or utcnow()
         if other_id == problem_id:
             raise BadRequestError("problem_id must name another problem than the one merged into.")
+        # Serialise with the correlation pass before any row lock: it locks incidents, then problems;
+        # a merge locks problems, then moves incidents (the reverse order could deadlock).
+        await ProblemQueries(self.session).lock_correlation()
         first, second = sorted((problem_id, other_id), key=str)  # lock in a fixed order
         locked = {
             p.id: p
@@ -133,6 +137,7 @@ class ProblemService(SQLAlchemyAsyncRepositoryService[Problem]):
         """Take an incident out of its problem for good: it never rejoins that problem, and its next
         occurrence places it anew (another open problem, or one of its own)."""
         now = now or utcnow()
+        await ProblemQueries(self.session).lock_correlation()  # as in merge: before any row lock
         incident: Incident | None = await IncidentRepository(session=self.session).get_for_project(
             incident_id, project_id, for_update=True
         )

@@ -333,6 +333,7 @@ class DemoReport:
     failed_posts: int = 0
     policies: list[str] = field(default_factory=list)
     incidents: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -425,6 +426,7 @@ async def run_demo(
         deadline = time.monotonic() + (settle if failure_after is not None else 0.0)
         while True:
             report.incidents = await _items(client, "/api/v1/incidents?status=open")
+            report.problems = await _items(client, "/api/v1/problems?status=open")
             report.alerts = await _items(client, "/api/v1/alerts/active")
             if (report.incidents and report.alerts) or time.monotonic() >= deadline:
                 break
