@@ -2,8 +2,9 @@
 
 PostgreSQL: the server on 127.0.0.1:5432 when reachable (``TEST_POSTGRES_URL`` overrides), otherwise an
 embedded one started in a temp dir. Each run creates its own database, migrated to head with the real
-migrations, and drops it at the end. Redis (127.0.0.1:6379, ``TEST_REDIS_URL``) is used when reachable;
-tests that need it skip otherwise. Tests isolate by project: every test makes its own project and keys.
+migrations, and drops it at the end. Redis (127.0.0.1:6379, ``TEST_REDIS_URL``) is required by the tests
+that request ``redis_url``: missing, it is a failure in CI and a skip elsewhere (``unavailable``). Tests
+isolate by project: every test makes its own project and keys.
 """
 
 from __future__ import annotations
@@ -54,10 +55,10 @@ def require_tool(name: str, package: str) -> str:
     return path
 
 
-def _reachable(url: str) -> bool:
+def _reachable(url: str, default_port: int = 5432) -> bool:
     parts = urlsplit(url)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), timeout=1):
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=1):
             return True
     except OSError:
         return False
@@ -97,14 +98,13 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str | None:
+def redis_url() -> str:
+    """A real Redis (``TEST_REDIS_URL``, default 127.0.0.1:6379); missing, it fails under CI (see
+    :func:`unavailable`). Request it only in the tests (or parameters) that need Redis."""
     url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=1):
-            return url
-    except OSError:
-        return None
+    if not _reachable(url, default_port=6379):
+        unavailable("Redis", f"nothing answers at {url}; apt-get install redis-server or set TEST_REDIS_URL")
+    return url
 
 
 @pytest.fixture

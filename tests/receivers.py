@@ -6,6 +6,10 @@ scripted :class:`Reply` (then the default one): any status and headers, a delay 
 timeout), or ``hold`` (keep the request open until :meth:`Receiver.release`). Keep-alive is supported,
 so a client's connection pool is exercised as in production.
 
+A ``responder`` (a function of the recorded request) answers instead of the script: the Slack Web API,
+PagerDuty and Teams receivers of the channel tests check method, path, auth header and body shape there
+and answer as those services do. :class:`SmtpReceiver` is a real SMTP server (``aiosmtpd``) on 127.0.0.1.
+
 It also counts requests per ``X-ProdSentinel-Delivery-Id`` and notes when a delivery id arrives while
 the same id is still in flight (``overlaps``): "no item is sent twice at once" is checked here.
 """
@@ -13,14 +17,18 @@ the same id is still in flight (``overlaps``): "no item is sent twice at once" i
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from http import HTTPStatus
-from typing import Self
+from typing import Any, Self
 
-__all__ = ("Receiver", "Recorded", "Reply")
+__all__ = ("Receiver", "Recorded", "Reply", "SmtpReceiver")
 
 _DELIVERY_HEADER = "x-prodsentinel-delivery-id"
 
@@ -46,7 +54,14 @@ class Recorded:
 class Receiver:
     """``with Receiver(Reply(500)) as r: ... r.url ... r.requests``."""
 
-    def __init__(self, *script: Reply, default: Reply | None = None, record_bodies: bool = True) -> None:
+    def __init__(
+        self,
+        *script: Reply,
+        default: Reply | None = None,
+        record_bodies: bool = True,
+        responder: Callable[[Recorded], Reply] | None = None,
+    ) -> None:
+        self.responder = responder
         self._script: deque[Reply] = deque(script)
         self.default = default or Reply()
         self.record_bodies = record_bodies
@@ -106,6 +121,10 @@ class Receiver:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def script(self, *replies: Reply, default: Reply | None = None) -> None:
         with self._lock:
@@ -187,16 +206,15 @@ class Receiver:
         self, method: str, path: str, headers: dict[str, str], body: bytes, writer: asyncio.StreamWriter
     ) -> bool:
         delivery_id = headers.get(_DELIVERY_HEADER, "")
+        recorded = Recorded(method, path, headers, body if self.record_bodies else b"", time.time())
         with self._lock:
-            self.requests.append(
-                Recorded(method, path, headers, body if self.record_bodies else b"", time.time())
-            )
+            self.requests.append(recorded)
             if delivery_id:
                 self.delivery_counts[delivery_id] += 1
                 if self._in_flight[delivery_id]:
                     self.overlaps += 1
                 self._in_flight[delivery_id] += 1
-        reply = self._next_reply()
+        reply = self.responder(recorded) if self.responder is not None else self._next_reply()
         try:
             if reply.hold:
                 assert self._release is not None
@@ -218,3 +236,50 @@ class Receiver:
             with self._lock:
                 if delivery_id:
                     self._in_flight[delivery_id] -= 1
+
+
+class SmtpReceiver:
+    """A real SMTP server (``aiosmtpd``) on 127.0.0.1 that keeps every mail it accepts.
+
+    ``refuse`` (an SMTP reply such as ``"550 no such user"``) makes it refuse every mail at DATA.
+    """
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.messages: list[EmailMessage] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+        self.refuse: str | None = None
+        self._lock = threading.Lock()
+        with socket.socket() as probe:  # aiosmtpd's start-up check cannot use port 0
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port, ready_timeout=10)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd's hook name)
+        if self.refuse is not None:
+            return self.refuse
+        message = message_from_bytes(envelope.content, policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        with self._lock:
+            self.messages.append(message)
+            self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        return "250 OK"
+
+    def start(self) -> Self:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self.messages)

@@ -91,6 +91,7 @@ ENDPOINTS: list[tuple[str, str, str]] = [
     ("POST", "/api/v1/notifications/channels", "admin"),
     ("PATCH", f"/api/v1/notifications/channels/{ANY_ID}", "admin"),
     ("DELETE", f"/api/v1/notifications/channels/{ANY_ID}", "admin"),
+    ("POST", f"/api/v1/notifications/channels/{ANY_ID}/test", "admin"),
     ("GET", "/api/v1/notifications/outbox", "read"),
     ("GET", "/api/v1/notifications/history", "read"),
     ("GET", "/api/v1/notifications/stats", "read"),
@@ -661,6 +662,11 @@ SPEC_DEFAULTS = [
     ("notify_max_attempts", 8),
     ("notify_backoff_seconds", 2),
     ("notify_timeout_seconds", 10),
+    ("slack_api_url", "https://slack.com/api"),
+    ("pagerduty_url", "https://events.pagerduty.com/v2/enqueue"),
+    ("channel_disable_after_seconds", 432000),
+    ("channel_disable_min_failures", 20),
+    ("notify_block_private", False),
 ]
 
 
@@ -691,6 +697,23 @@ SPEC_VARIABLES = [
     ("PRODSENTINEL_NOTIFY_MAX_ATTEMPTS", "3", "notify_max_attempts", 3),
     ("PRODSENTINEL_NOTIFY_BACKOFF_SECONDS", "0.5", "notify_backoff_seconds", 0.5),
     ("PRODSENTINEL_NOTIFY_TIMEOUT_SECONDS", "4", "notify_timeout_seconds", 4),
+    # SPEC §12
+    ("PRODSENTINEL_SLACK_API_URL", "http://slack.local/api", "slack_api_url", "http://slack.local/api"),
+    (
+        "PRODSENTINEL_PAGERDUTY_URL",
+        "http://pd.local/v2/enqueue",
+        "pagerduty_url",
+        "http://pd.local/v2/enqueue",
+    ),
+    ("PRODSENTINEL_SMTP_HOST", "smtp.local", "smtp_host", "smtp.local"),
+    ("PRODSENTINEL_SMTP_PORT", "2525", "smtp_port", 2525),
+    ("PRODSENTINEL_SMTP_USER", "u", "smtp_user", "u"),
+    ("PRODSENTINEL_SMTP_PASSWORD", "p", "smtp_password", "p"),
+    ("PRODSENTINEL_SMTP_FROM", "ps@example.com", "smtp_from", "ps@example.com"),
+    ("PRODSENTINEL_SMTP_STARTTLS", "0", "smtp_starttls", False),
+    ("PRODSENTINEL_CHANNEL_DISABLE_AFTER_SECONDS", "60", "channel_disable_after_seconds", 60),
+    ("PRODSENTINEL_CHANNEL_DISABLE_MIN_FAILURES", "3", "channel_disable_min_failures", 3),
+    ("PRODSENTINEL_NOTIFY_BLOCK_PRIVATE", "1", "notify_block_private", True),
 ]
 
 

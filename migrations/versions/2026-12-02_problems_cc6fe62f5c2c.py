@@ -1,7 +1,7 @@
 """problems
 
 Revision ID: cc6fe62f5c2c
-Revises: 8906b0c88f21
+Revises: 0d0afaad486c
 Create Date: 2026-12-02 07:57:21.077407
 
 """
@@ -43,7 +43,7 @@ sa.OneTimeCode = OneTimeCode
 
 # revision identifiers, used by Alembic.
 revision = 'cc6fe62f5c2c'
-down_revision = '8906b0c88f21'
+down_revision = '0d0afaad486c'
 branch_labels = None
 depends_on = None
 

@@ -45,6 +45,20 @@ def _parse_positive_int(raw: str) -> int:
     return value
 
 
+def _parse_non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("expected an integer >= 0")
+    return value
+
+
+def _parse_address(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value):
+        raise ValueError("expected a mail address like alerts@example.com")
+    return value
+
+
 def _parse_positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0:
@@ -147,6 +161,24 @@ class Settings:
     )
     notify_concurrency: int = field(default=50, metadata=_env("PRODSENTINEL_NOTIFY_CONCURRENCY"))
     notify_batch_size: int = field(default=200, metadata=_env("PRODSENTINEL_NOTIFY_BATCH_SIZE"))
+    notify_block_private: bool = field(default=False, metadata=_env("PRODSENTINEL_NOTIFY_BLOCK_PRIVATE"))
+    channel_disable_after_seconds: int = field(
+        default=432_000, metadata=_env("PRODSENTINEL_CHANNEL_DISABLE_AFTER_SECONDS")
+    )
+    channel_disable_min_failures: int = field(
+        default=20, metadata=_env("PRODSENTINEL_CHANNEL_DISABLE_MIN_FAILURES")
+    )
+    slack_api_url: str = field(default="https://slack.com/api", metadata=_env("PRODSENTINEL_SLACK_API_URL"))
+    pagerduty_url: str = field(
+        default="https://events.pagerduty.com/v2/enqueue", metadata=_env("PRODSENTINEL_PAGERDUTY_URL")
+    )
+    smtp_host: str | None = field(default=None, metadata=_env("PRODSENTINEL_SMTP_HOST"))
+    smtp_port: int = field(default=587, metadata=_env("PRODSENTINEL_SMTP_PORT"))
+    smtp_user: str | None = field(default=None, metadata=_env("PRODSENTINEL_SMTP_USER"))
+    #: Never shown: left out of the repr, so a logged Settings cannot leak it.
+    smtp_password: str | None = field(default=None, repr=False, metadata=_env("PRODSENTINEL_SMTP_PASSWORD"))
+    smtp_from: str = field(default="prodsentinel@localhost", metadata=_env("PRODSENTINEL_SMTP_FROM"))
+    smtp_starttls: bool = field(default=True, metadata=_env("PRODSENTINEL_SMTP_STARTTLS"))
     inprocess_workers: bool | None = field(default=None, metadata=_env("PRODSENTINEL_INPROCESS_WORKERS"))
     auto_migrate: bool | None = field(default=None, metadata=_env("PRODSENTINEL_AUTO_MIGRATE"))
     queue_name: str = field(default="prodsentinel", metadata=_env("PRODSENTINEL_QUEUE_NAME"))
@@ -229,6 +261,17 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "notify_visibility_seconds": _parse_positive_float,
     "notify_concurrency": _parse_positive_int,
     "notify_batch_size": _parse_positive_int,
+    "notify_block_private": _parse_bool,
+    "channel_disable_after_seconds": _parse_non_negative_int,
+    "channel_disable_min_failures": _parse_positive_int,
+    "slack_api_url": lambda raw: _parse_url(raw).rstrip("/"),
+    "pagerduty_url": _parse_url,
+    "smtp_host": str.strip,
+    "smtp_port": _parse_port,
+    "smtp_user": str,
+    "smtp_password": str,
+    "smtp_from": _parse_address,
+    "smtp_starttls": _parse_bool,
     "inprocess_workers": _parse_bool,
     "auto_migrate": _parse_bool,
     "queue_name": lambda raw: raw.strip() or "prodsentinel",

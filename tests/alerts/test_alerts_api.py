@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from prodsentinel.audit.models import AuditEvent
 from prodsentinel.lib.time import utcnow
 from prodsentinel.notifications.models import OutboxItem
-from tests.alerts.conftest import Seeder, Tenant, evaluate_at
+from tests.alerts.conftest import Seeder, evaluate_at
 from tests.alerts.test_evaluate import create_policy
-from tests.conftest import KeyFactory
+from tests.conftest import Tenant
 
 SILENCES = "/api/v1/alerts/silences"
 # != and !~ match the empty string, so (as in Alertmanager) a silence needs one more matcher.
@@ -287,11 +287,11 @@ class TestSilences:
         assert (summary.notified, await outbox_count(session_maker, tenant)) == (0, 0)
 
     async def test_scopes_and_isolation(
-        self, client: AsyncTestClient[Litestar], tenant: Tenant, make_key: KeyFactory, project_name: str
+        self, client: AsyncTestClient[Litestar], tenant: Tenant, other_tenant: Tenant
     ) -> None:
         body = {"matchers": [{"name": "service", "op": "=", "value": "api"}], "ends_at": in_an_hour()}
         assert (await client.post(SILENCES, json=body, headers=tenant.read)).status_code == 403
-        theirs = {"X-API-Key": await make_key("operate", project=f"{project_name}-x")}
+        theirs = other_tenant.operate
         other = (await client.post(SILENCES, json=body, headers=theirs)).json()
         assert (
             await client.post(f"{SILENCES}/{other['id']}/expire", headers=tenant.operate)
@@ -307,12 +307,25 @@ class TestAlertsApi:
         seed: Seeder,
         session_maker: async_sessionmaker[AsyncSession],
     ) -> None:
+        channel = {"name": "pager", "url": "http://127.0.0.1:9/hook"}
+        assert (
+            await client.post("/api/v1/notifications/channels", json=channel, headers=tenant.admin)
+        ).is_success
         alert = await fire(client, tenant, seed, session_maker)
         assert alert["acked_by"] is None
         path = f"/api/v1/alerts/{alert['id']}"
         assert (await client.post(f"{path}/ack", headers=tenant.read)).status_code == 403
         acked = await client.post(f"{path}/ack", headers=tenant.operate)
         assert acked.status_code == 200, acked.text
+        async with session_maker() as session:
+            events = list(
+                await session.scalars(
+                    select(OutboxItem.event_type)
+                    .where(OutboxItem.project_id == tenant.project_id)
+                    .order_by(OutboxItem.created_at)
+                )
+            )
+        assert events == ["ALERT_FIRING", "ALERT_ACKNOWLEDGED"]  # receivers hear of the ack (SPEC §12)
         assert acked.json()["acked_by"].startswith("key:operator-key:")
         assert acked.json()["acked_at"] is not None
         fetched = (await client.get(path, headers=tenant.read)).json()
@@ -404,8 +417,7 @@ class TestAlertsApi:
         tenant: Tenant,
         seed: Seeder,
         session_maker: async_sessionmaker[AsyncSession],
-        make_key: KeyFactory,
-        project_name: str,
+        other_tenant: Tenant,
     ) -> None:
         alert = await fire(client, tenant, seed, session_maker, labels={"team": "core"})
         for name in (
@@ -424,7 +436,7 @@ class TestAlertsApi:
         ):
             assert name in alert
         assert alert["labels"] == {"team": "core", "alertname": "policy-incident", "severity": "high"}
-        theirs = {"X-API-Key": await make_key("admin", project=f"{project_name}-iso")}
+        theirs = other_tenant.admin
         assert (await client.get(f"/api/v1/alerts/{alert['id']}", headers=theirs)).status_code == 404
         assert (await client.post(f"/api/v1/alerts/{alert['id']}/ack", headers=theirs)).status_code == 404
         assert (await client.get("/api/v1/alerts/active", headers=theirs)).json()["items"] == []

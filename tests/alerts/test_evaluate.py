@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
-import uuid
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -26,8 +25,8 @@ from prodsentinel.incidents.models import Incident
 from prodsentinel.lib import jobs
 from prodsentinel.lib.time import utcnow
 from prodsentinel.notifications.models import OutboxItem
-from tests.alerts.conftest import INTERVAL, Seeder, Tenant, evaluate_at
-from tests.conftest import KeyFactory, project_id_of
+from tests.alerts.conftest import INTERVAL, Seeder, evaluate_at
+from tests.conftest import Tenant
 from tests.signals.test_metric_series import exact_aggregate
 
 URL = "/api/v1/alerts/policies"
@@ -248,8 +247,8 @@ class TestKinds:
         self,
         client: AsyncTestClient[Litestar],
         tenant: Tenant,
+        other_tenant: Tenant,
         seed: Seeder,
-        make_key: KeyFactory,
         session_maker: async_sessionmaker[AsyncSession],
     ) -> None:
         """The cron evaluates the policies of every project, per kind, in ONE statement: a value that
@@ -268,9 +267,7 @@ class TestKinds:
             )
         # float8 avg's sum of squares, the running sum (-3.4e308) and p95's hi - lo all overflow
         await seed.metrics(at=now - timedelta(seconds=5), values=[-1.7e308, -1.7e308, 1.7e308], name="big")
-        other_name = f"other-{uuid.uuid4().hex[:10]}"
-        other_key = await make_key("admin", project=other_name)
-        other = Tenant(await project_id_of(session_maker, other_name), {"X-API-Key": other_key}, {}, {})
+        other = other_tenant
         normal = await create_policy(
             client, other, kind="metric_threshold", metric="latency_ms", agg="avg", threshold=50
         )

@@ -16,8 +16,7 @@ from prodsentinel.alerts.models import AlertPolicy
 from prodsentinel.app import create_app
 from prodsentinel.auth.models import Project
 from prodsentinel.settings import Settings, SettingsError
-from tests.alerts.conftest import Tenant
-from tests.conftest import KeyFactory
+from tests.conftest import KeyFactory, Tenant
 
 URL = "/api/v1/alerts/policies"
 LOG_RATE = {"name": "api errors", "kind": "log_rate", "severity": "high", "threshold": 5, "service": "api"}
@@ -184,9 +183,9 @@ class TestAccess:
         assert (await client.get(URL)).status_code == 401
 
     async def test_other_projects_policy_is_404(
-        self, client: AsyncTestClient[Litestar], tenant: Tenant, make_key: KeyFactory, project_name: str
+        self, client: AsyncTestClient[Litestar], tenant: Tenant, other_tenant: Tenant
     ) -> None:
-        theirs = {"X-API-Key": await make_key("admin", project=f"{project_name}-other")}
+        theirs = other_tenant.admin
         created = (await client.post(URL, json=LOG_RATE, headers=theirs)).json()
         path = f"{URL}/{created['id']}"
         assert (await client.get(path, headers=tenant.admin)).status_code == 404

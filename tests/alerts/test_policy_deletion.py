@@ -10,15 +10,11 @@ ALERT_RESOLVED waited for the next cron tick and no live event was published.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import httpx
-from saq import Queue, Worker
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.lib import events
@@ -26,33 +22,14 @@ from prodsentinel.lib.database import libpq_url
 from prodsentinel.lib.time import utcnow
 from prodsentinel.notifications import tasks as notification_tasks
 from prodsentinel.settings import Settings
-from tests.alerts.conftest import Seeder, Tenant, evaluate_at
+from tests.alerts.conftest import Seeder, evaluate_at
+from tests.conftest import Tenant
 from tests.receivers import Receiver
 from tests.system.servers import granian_server
+from tests.workers import postgres_queue, running_worker
 
 POLICIES = "/api/v1/alerts/policies"
 CHANNELS = "/api/v1/notifications/channels"
-
-
-@contextlib.asynccontextmanager
-async def _worker(
-    queue: Queue, session_maker: async_sessionmaker[AsyncSession], settings: Settings
-) -> AsyncIterator[Worker]:
-    """A real SAQ worker with the notification tasks and no cron job."""
-
-    async def startup(ctx: Any) -> None:
-        ctx["session_maker"] = session_maker
-        ctx["settings"] = settings
-
-    worker = Worker(queue, functions=notification_tasks.TASKS, startup=startup, concurrency=1)
-    run = asyncio.create_task(worker.start())
-    try:
-        yield worker
-    finally:
-        await worker.stop()
-        run.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await run
 
 
 async def test_deleting_a_policy_wakes_the_dispatcher_and_publishes_live_events(
@@ -62,13 +39,11 @@ async def test_deleting_a_policy_wakes_the_dispatcher_and_publishes_live_events(
     tenant: Tenant,
     seed: Seeder,
 ) -> None:
-    queue_name = f"alerts-delete-{uuid.uuid4().hex[:8]}"
-    dsn = libpq_url(database_url)
-    env = {"DATABASE_URL": database_url, "PRODSENTINEL_QUEUE_NAME": queue_name, "REDIS_URL": ""}
+    queue = postgres_queue(database_url, "alerts-delete")
+    env = {"DATABASE_URL": database_url, "PRODSENTINEL_QUEUE_NAME": queue.name, "REDIS_URL": ""}
     receiver = Receiver().start()
-    queue = Queue.from_url(dsn.replace("postgresql://", "postgres://", 1), name=queue_name)
     await queue.connect()
-    listener = await asyncpg.connect(dsn)
+    listener = await asyncpg.connect(libpq_url(database_url))
     live: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
 
     def on_notify(_connection: object, _pid: int, _channel: str, payload: str) -> None:
@@ -107,7 +82,11 @@ async def test_deleting_a_policy_wakes_the_dispatcher_and_publishes_live_events(
         )
 
         # A worker started now runs that job: both events reach the receiver (no cron job here).
-        async with _worker(queue, session_maker, settings.with_overrides(notify_timeout_seconds=2.0)):
+        worker_settings = settings.with_overrides(notify_timeout_seconds=2.0)
+        functions = notification_tasks.TASKS
+        async with running_worker(
+            queue, functions=functions, session_maker=session_maker, settings=worker_settings
+        ):
             requests = await receiver.wait_for_async(2, timeout=20)
         bodies = [json.loads(request.body) for request in requests]
         assert sorted((b["event_type"], b.get("reason")) for b in bodies) == [

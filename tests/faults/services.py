@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from prodsentinel.auth import services as auth_services
 from prodsentinel.lib.database import alchemy_config, migrate, session_scope
+from tests.conftest import require_tool
 from tests.system.servers import ROOT, free_port
 
 __all__ = (
@@ -54,9 +55,7 @@ def _pg_bin() -> Path:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if found:
         return found[-1].parent
-    initdb = shutil.which("initdb")
-    assert initdb is not None, "initdb/pg_ctl not found: install PostgreSQL server binaries (CI does)"
-    return Path(initdb).resolve().parent
+    return Path(require_tool("initdb", "postgresql")).resolve().parent
 
 
 @dataclass
@@ -160,8 +159,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None, "redis-server not found: install it (CI does)"
+        binary = require_tool("redis-server", "redis-server")
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,

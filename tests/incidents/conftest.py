@@ -1,35 +1,28 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from uuid import UUID, uuid4
+from typing import Any
+from uuid import UUID
 
 import pytest
 from saq import Queue
+from saq.job import Status
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.incidents.models import Incident
 from prodsentinel.lib import jobs
-from prodsentinel.lib.database import libpq_url
 from prodsentinel.lib.vocabulary import EVENT_TYPES
 from prodsentinel.notifications.models import Channel
-from tests.conftest import KeyFactory, project_id_of
+from prodsentinel.settings import Settings
+from tests.workers import postgres_queue, running_worker
 
 
 @pytest.fixture
 def clock() -> datetime:
     """A fixed "now" a little in the past, so tests own the timeline."""
     return datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
-
-
-@pytest.fixture
-async def project(
-    make_key: KeyFactory, session_maker: async_sessionmaker[AsyncSession], project_name: str
-) -> UUID:
-    """This test's project (created through an admin key)."""
-    await make_key("admin")
-    return await project_id_of(session_maker, project_name)
 
 
 async def incidents_of(session_maker: async_sessionmaker[AsyncSession], project_id: UUID) -> list[Incident]:
@@ -66,9 +59,9 @@ async def add_channel(
 
 @pytest.fixture
 async def queue(database_url: str) -> AsyncIterator[Queue]:
-    """A real SAQ queue on the test PostgreSQL, bound as the process queue for ``lib.jobs.enqueue``."""
-    dsn = libpq_url(database_url).replace("postgresql://", "postgres://", 1)
-    q = Queue.from_url(dsn, name=f"incidents-{uuid4().hex[:8]}")
+    """A real SAQ queue on the test PostgreSQL with no worker yet, bound as the process queue for
+    ``lib.jobs.enqueue``: tests enqueue first, then run a worker with :func:`drain`."""
+    q = postgres_queue(database_url, "incidents")
     await q.connect()
     previous = jobs.current_queue()
     jobs.bind_queue(q)
@@ -77,3 +70,23 @@ async def queue(database_url: str) -> AsyncIterator[Queue]:
     finally:
         jobs.bind_queue(previous)
         await q.disconnect()
+
+
+async def drain(
+    queue: Queue,
+    database_url: str,
+    key: str,
+    *,
+    functions: Sequence[Callable[..., Awaitable[Any]]],
+    session_maker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+) -> None:
+    """Run a real worker on ``queue`` until the job enqueued under ``key`` (``jobs.enqueue``'s key,
+    without the queue prefix) has completed. PostgreSQL jobs enqueued before a worker starts are safe
+    from SAQ's start-up sweep (it only takes stuck active jobs), so tests may enqueue first."""
+    handle = postgres_queue(database_url, name=queue.name)  # running_worker disconnects its queue
+    async with running_worker(handle, functions=functions, session_maker=session_maker, settings=settings):
+        job = await handle.job(f"{queue.name}:{key}")
+        assert job is not None, key
+        await job.refresh(until_complete=30)
+        assert job.status == Status.COMPLETE, job.error

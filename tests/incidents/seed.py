@@ -1,22 +1,21 @@
-"""Seed stored signals with set-based core inserts (the ingest endpoint is built elsewhere).
+"""The incidents suites' vocabulary for stored signals, over the shared factories (``tests/factories.py``).
 
-Row builders return plain dicts for ``insert(Model)`` executemany; ``seed`` commits them in one
-transaction. Times are explicit so tests control the clock.
+Incident tests speak in level and span-status names and pin every field grouping and analysis read;
+these adapters translate that into factory overrides, and ``seed`` writes one kind in one multi-row
+insert (``insert_rows``). Times are explicit so tests control the clock.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.lib.database import session_scope
 from prodsentinel.signals.models import LEVELS, SPAN_STATUSES, LogRecord, MetricPoint, Span
+from tests import factories
 
 __all__ = ("log_row", "metric_row", "seed", "span_row")
 
@@ -31,17 +30,16 @@ def log_row(
     trace_id: str | None = None,
     span_id: str | None = None,
 ) -> dict[str, Any]:
-    return {
-        "project_id": project_id,
-        "signal_id": uuid.uuid4(),
-        "trace_id": trace_id,
-        "span_id": span_id,
-        "service_name": service,
-        "timestamp": ts,
-        "level": LEVELS[level],
-        "message": message,
-        "attributes": None,
-    }
+    return factories.log_row(
+        project_id,
+        service_name=service,
+        message=message,
+        timestamp=ts,
+        level=LEVELS[level],
+        trace_id=trace_id,
+        span_id=span_id,
+        attributes=None,
+    )
 
 
 def span_row(
@@ -56,20 +54,18 @@ def span_row(
     duration_ms: float = 10.0,
     status: str = "ERROR",
 ) -> dict[str, Any]:
-    return {
-        "project_id": project_id,
-        "signal_id": uuid.uuid4(),
-        "trace_id": trace_id,
-        "span_id": span_id,
-        "parent_span_id": parent_span_id,
-        "service_name": service,
-        "name": name,
-        "start_time": start,
-        "end_time": start + timedelta(milliseconds=duration_ms),
-        "duration_ms": duration_ms,
-        "status": SPAN_STATUSES[status],
-        "attributes": None,
-    }
+    return factories.span_row(
+        project_id,
+        duration_ms=duration_ms,
+        service_name=service,
+        name=name,
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=parent_span_id,
+        start_time=start,
+        status=SPAN_STATUSES[status],
+        attributes=None,
+    )
 
 
 def metric_row(
@@ -81,15 +77,9 @@ def metric_row(
     value: float,
     labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    return {
-        "project_id": project_id,
-        "signal_id": uuid.uuid4(),
-        "name": name,
-        "service_name": service,
-        "timestamp": ts,
-        "value": value,
-        "labels": labels or {},
-    }
+    return factories.metric_row(
+        project_id, name=name, service_name=service, timestamp=ts, value=value, labels=labels or {}
+    )
 
 
 _MODELS = {"log": LogRecord, "span": Span, "metric": MetricPoint}
@@ -99,7 +89,4 @@ async def seed(
     session_maker: async_sessionmaker[AsyncSession], kind: str, rows: Sequence[dict[str, Any]]
 ) -> None:
     """Insert ``rows`` of one kind (log|span|metric) in one committed transaction."""
-    if not rows:
-        return
-    async with session_scope(session_maker) as session:
-        await session.execute(insert(_MODELS[kind]), list(rows))
+    await factories.insert_rows(session_maker, _MODELS[kind], rows)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-from saq import Queue, Worker
+from saq import Queue
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.incidents import analysis, grouping, tasks, transitions
@@ -17,7 +18,8 @@ from prodsentinel.incidents.models import Anomaly, Incident
 from prodsentinel.lib import jobs
 from prodsentinel.notifications.signing import verify
 from prodsentinel.settings import Settings
-from tests.incidents.conftest import incidents_of
+from tests.conftest import Tenant
+from tests.incidents.conftest import drain, incidents_of
 from tests.incidents.receiver import http_receiver
 from tests.incidents.seed import log_row, seed, span_row
 
@@ -114,17 +116,17 @@ class TestAnalyser:
         self,
         session_maker: async_sessionmaker[AsyncSession],
         settings: Settings,
-        project: UUID,
+        tenant: Tenant,
         clock: datetime,
     ) -> None:
-        await seed_checkout_failure(session_maker, project, clock)
+        await seed_checkout_failure(session_maker, tenant.project_id, clock)
         await grouping.run_grouping(session_maker, now=clock)
-        incident = await gateway_incident(session_maker, project)
+        incident = await gateway_incident(session_maker, tenant.project_id)
         assert incident.severity == "high"  # medium, one level up: the trace fails in 3 services
         async with session_maker() as session:
             session.add(
                 Anomaly(
-                    project_id=project,
+                    project_id=tenant.project_id,
                     metric_name="db_latency_ms",
                     service_name="payments",
                     labels={},
@@ -160,7 +162,9 @@ class TestAnalyser:
             assert "payments" in result["summary"]
             assert "likely origin" in result["summary"]
 
-            [stored] = [i for i in await incidents_of(session_maker, project) if i.id == incident.id]
+            [stored] = [
+                i for i in await incidents_of(session_maker, tenant.project_id) if i.id == incident.id
+            ]
             assert stored.analysis == result
             assert stored.analysed_at == clock
 
@@ -183,19 +187,23 @@ class TestAnalyser:
         self,
         session_maker: async_sessionmaker[AsyncSession],
         settings: Settings,
-        project: UUID,
+        tenant: Tenant,
         clock: datetime,
     ) -> None:
         await seed(
             session_maker,
             "log",
             [
-                log_row(project, service="db", message="replica lag", ts=clock, trace_id="L1"),
-                log_row(project, service="api", message="stale read", ts=ms(clock, 5), trace_id="L1"),
+                log_row(tenant.project_id, service="db", message="replica lag", ts=clock, trace_id="L1"),
+                log_row(
+                    tenant.project_id, service="api", message="stale read", ts=ms(clock, 5), trace_id="L1"
+                ),
             ],
         )
         await grouping.run_grouping(session_maker, now=clock)
-        [incident] = [i for i in await incidents_of(session_maker, project) if i.service_name == "api"]
+        [incident] = [
+            i for i in await incidents_of(session_maker, tenant.project_id) if i.service_name == "api"
+        ]
         result = await analysis.run_analysis(session_maker, incident.id, settings=settings, now=clock)
         assert result is not None
         assert result["origin_span"] is None
@@ -208,48 +216,49 @@ class TestAnalysisDedup:
     async def test_fifty_enqueues_make_one_run_and_a_later_escalation_reruns(
         self,
         queue: Queue,
+        database_url: str,
         session_maker: async_sessionmaker[AsyncSession],
         settings: Settings,
-        project: UUID,
+        tenant: Tenant,
         clock: datetime,
     ) -> None:
-        await seed_checkout_failure(session_maker, project, clock, traces=1)
+        await seed_checkout_failure(session_maker, tenant.project_id, clock, traces=1)
         jobs.bind_queue(None)  # group without announcing, so the 50 requests below are the only ones
         await grouping.run_grouping(session_maker, now=clock)
         jobs.bind_queue(queue)
-        incident = await gateway_incident(session_maker, project)
+        incident = await gateway_incident(session_maker, tenant.project_id)
         runs: list[str] = []
 
-        async def startup(ctx: Any) -> None:
-            ctx["session_maker"] = session_maker
-            ctx["settings"] = settings
+        @functools.wraps(tasks.analyse_incident)  # the same job name; counts the runs that finished
+        async def analyse_incident(ctx: Any, *, incident_id: str) -> dict[str, Any]:
+            result = await tasks.analyse_incident(ctx, incident_id=incident_id)
+            if incident_id == str(incident.id):
+                runs.append("complete")
+            return result
 
-        async def after_process(ctx: Any) -> None:
-            job = ctx["job"]
-            if job.function == "analyse_incident" and job.kwargs.get("incident_id") == str(incident.id):
-                runs.append(job.status)
-
-        async def drain() -> None:
-            worker = Worker(
+        async def run_analysis_job() -> None:
+            await drain(
                 queue,
-                functions=[tasks.analyse_incident],
-                startup=startup,
-                after_process=after_process,
-                burst=True,
-                dequeue_timeout=0.5,
+                database_url,
+                f"analyse:{incident.id}",
+                functions=[analyse_incident],
+                session_maker=session_maker,
+                settings=settings,
             )
-            await asyncio.wait_for(worker.start(), timeout=30)
 
         accepted = await asyncio.gather(*(transitions.enqueue_analysis(incident.id) for _ in range(50)))
         assert sum(accepted) == 1
-        await drain()
+        await run_analysis_job()
         assert runs == ["complete"]
-        [stored] = [i for i in await incidents_of(session_maker, project) if i.id == incident.id]
+        [stored] = [i for i in await incidents_of(session_maker, tenant.project_id) if i.id == incident.id]
         assert stored.analysis is not None
         assert stored.analysis["origin_service"] == "payments"
 
-        await asyncio.sleep(1.1)  # SAQ re-queues a finished key only for a later schedule second
-        assert await transitions.enqueue_analysis(incident.id) is True
+        # SAQ re-queues a finished key only for a later schedule second: refused until the clock ticks
+        deadline = time.monotonic() + 5
+        while not await transitions.enqueue_analysis(incident.id):
+            assert time.monotonic() < deadline, "a finished analysis was never re-queued"
+            await asyncio.sleep(0.05)
         assert await transitions.enqueue_analysis(incident.id) is False
-        await drain()
+        await run_analysis_job()
         assert runs == ["complete", "complete"]

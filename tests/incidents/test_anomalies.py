@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from prodsentinel.incidents.anomaly_detection import run_anomaly_detection
 from prodsentinel.incidents.models import Anomaly
 from prodsentinel.signals.anomalies import DEFAULT_PARAMS, robust_zscores, sustained_flags
-from tests.conftest import KeyFactory
+from tests.conftest import Tenant
 from tests.incidents.conftest import incidents_of
 from tests.incidents.seed import metric_row, seed
 
@@ -38,7 +38,7 @@ async def stored(session_maker: async_sessionmaker[AsyncSession], project: UUID)
 
 class TestDetection:
     async def test_step_change_is_flagged_like_the_reference_and_opens_an_incident(
-        self, session_maker: async_sessionmaker[AsyncSession], project: UUID, clock: datetime
+        self, session_maker: async_sessionmaker[AsyncSession], tenant: Tenant, clock: datetime
     ) -> None:
         rng = random.Random(7)
         labels = {"region": "eu", "az": "1"}
@@ -46,7 +46,7 @@ class TestDetection:
         recent = [150.0, 151.0, 149.0, 150.5, 152.0]
         rows = [
             metric_row(
-                project,
+                tenant.project_id,
                 name="latency_ms",
                 service="api",
                 ts=clock - timedelta(seconds=o),
@@ -58,7 +58,7 @@ class TestDetection:
         await seed(session_maker, "metric", rows)
 
         await detect(session_maker, clock)
-        found = await stored(session_maker, project)
+        found = await stored(session_maker, tenant.project_id)
         expected_scores = robust_zscores(history, recent)
         flags = sustained_flags(expected_scores)
         assert flags == [False, False, True, True, True]
@@ -73,7 +73,7 @@ class TestDetection:
             assert anomaly.labels_key == json.dumps(dict(sorted(labels.items())))
             assert anomaly.expected == pytest.approx(statistics.median(history), rel=1e-12)
 
-        [incident] = await incidents_of(session_maker, project)
+        [incident] = await incidents_of(session_maker, tenant.project_id)
         assert incident.source == "anomaly"
         assert incident.service_name == "api"
         assert incident.count == 3
@@ -82,18 +82,18 @@ class TestDetection:
 
         # idempotent: the same window scored again records nothing new and counts nothing twice
         await detect(session_maker, clock)
-        assert len(await stored(session_maker, project)) == 3
-        [incident] = await incidents_of(session_maker, project)
+        assert len(await stored(session_maker, tenant.project_id)) == 3
+        [incident] = await incidents_of(session_maker, tenant.project_id)
         assert incident.count == 3
 
     async def test_noisy_stable_series_has_no_false_positive(
-        self, session_maker: async_sessionmaker[AsyncSession], project: UUID, clock: datetime
+        self, session_maker: async_sessionmaker[AsyncSession], tenant: Tenant, clock: datetime
     ) -> None:
         rng = random.Random(11)
         offsets = HISTORY_OFFSETS + SCORE_OFFSETS
         rows = [
             metric_row(
-                project,
+                tenant.project_id,
                 name="rps",
                 service=f"svc{k}",
                 ts=clock - timedelta(seconds=o),
@@ -104,15 +104,17 @@ class TestDetection:
         ]
         # a one-off spike is an outlier, not a sustained anomaly
         rows.append(
-            metric_row(project, name="rps", service="svc0", ts=clock - timedelta(seconds=30), value=5000.0)
+            metric_row(
+                tenant.project_id, name="rps", service="svc0", ts=clock - timedelta(seconds=30), value=5000.0
+            )
         )
         await seed(session_maker, "metric", rows)
         await detect(session_maker, clock)
-        assert await stored(session_maker, project) == []
-        assert await incidents_of(session_maker, project) == []
+        assert await stored(session_maker, tenant.project_id) == []
+        assert await incidents_of(session_maker, tenant.project_id) == []
 
     async def test_short_history_is_not_scored(
-        self, session_maker: async_sessionmaker[AsyncSession], project: UUID, clock: datetime
+        self, session_maker: async_sessionmaker[AsyncSession], tenant: Tenant, clock: datetime
     ) -> None:
         offsets = HISTORY_OFFSETS[: DEFAULT_PARAMS.min_history - 1] + SCORE_OFFSETS
         values = [1.0] * (DEFAULT_PARAMS.min_history - 1) + [1000.0] * len(SCORE_OFFSETS)
@@ -120,28 +122,28 @@ class TestDetection:
             session_maker,
             "metric",
             [
-                metric_row(project, name="q", service="s", ts=clock - timedelta(seconds=o), value=v)
+                metric_row(tenant.project_id, name="q", service="s", ts=clock - timedelta(seconds=o), value=v)
                 for o, v in zip(offsets, values, strict=True)
             ],
         )
         await detect(session_maker, clock)
-        assert await stored(session_maker, project) == []
+        assert await stored(session_maker, tenant.project_id) == []
 
 
 class TestAnomalyApi:
     async def test_list_filters_and_pages(
         self,
         client: AsyncTestClient[Litestar],
-        make_key: KeyFactory,
+        other_tenant: Tenant,
         session_maker: async_sessionmaker[AsyncSession],
-        project: UUID,
+        tenant: Tenant,
         clock: datetime,
     ) -> None:
         rows = []
         for metric in ("cpu", "mem"):
             rows += [
                 metric_row(
-                    project,
+                    tenant.project_id,
                     name=metric,
                     service="node",
                     ts=clock - timedelta(seconds=o),
@@ -150,12 +152,18 @@ class TestAnomalyApi:
                 for o in HISTORY_OFFSETS
             ]
             rows += [
-                metric_row(project, name=metric, service="node", ts=clock - timedelta(seconds=o), value=90.0)
+                metric_row(
+                    tenant.project_id,
+                    name=metric,
+                    service="node",
+                    ts=clock - timedelta(seconds=o),
+                    value=90.0,
+                )
                 for o in SCORE_OFFSETS
             ]
         await seed(session_maker, "metric", rows)
         await detect(session_maker, clock)
-        headers = {"X-API-Key": await make_key("read")}
+        headers = tenant.read
 
         everything = (await client.get("/api/v1/anomalies", headers=headers)).json()
         assert len(everything["items"]) == 6
@@ -192,7 +200,7 @@ class TestAnomalyApi:
                 break
         assert sorted(seen) == sorted(i["id"] for i in everything["items"])
 
-        other = {"X-API-Key": await make_key("read", project="someone-else-" + str(project)[:8])}
+        other = other_tenant.read
         assert (await client.get("/api/v1/anomalies", headers=other)).json()["items"] == []
         assert (
             await client.get("/api/v1/anomalies", params={"limit": "0"}, headers=headers)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from uuid import UUID
 
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.incidents import grouping
-from tests.conftest import KeyFactory
+from tests.conftest import Tenant
 from tests.incidents.seed import log_row, seed, span_row
 
 
@@ -18,19 +17,20 @@ class TestIncidentList:
     async def test_filters_and_pagination(
         self,
         client: AsyncTestClient[Litestar],
-        make_key: KeyFactory,
         session_maker: async_sessionmaker[AsyncSession],
-        project: UUID,
+        tenant: Tenant,
         clock: datetime,
     ) -> None:
         rows = [
-            log_row(project, service=f"svc{i % 3}", message=f"failure kind {chr(97 + i)}", ts=clock)
+            log_row(tenant.project_id, service=f"svc{i % 3}", message=f"failure kind {chr(97 + i)}", ts=clock)
             for i in range(7)
         ]
-        rows.append(log_row(project, service="db", message="disk corrupted", ts=clock, level="CRITICAL"))
+        rows.append(
+            log_row(tenant.project_id, service="db", message="disk corrupted", ts=clock, level="CRITICAL")
+        )
         await seed(session_maker, "log", rows)
         await grouping.run_grouping(session_maker, now=clock)
-        headers = {"X-API-Key": await make_key("read")}
+        headers = tenant.read
 
         seen: list[str] = []
         cursor = None
@@ -85,15 +85,14 @@ class TestIncidentList:
             assert response.status_code == 400, bad
             assert response.json()["detail"]
         assert (await client.get("/api/v1/incidents")).status_code == 401
-        ingest_only = {"X-API-Key": await make_key("ingest")}
+        ingest_only = tenant.ingest
         assert (await client.get("/api/v1/incidents", headers=ingest_only)).status_code == 403
 
     async def test_since_until_keep_incidents_active_in_the_range(
         self,
         client: AsyncTestClient[Litestar],
-        make_key: KeyFactory,
         session_maker: async_sessionmaker[AsyncSession],
-        project: UUID,
+        tenant: Tenant,
         clock: datetime,
     ) -> None:
         later = clock + timedelta(minutes=10)
@@ -101,12 +100,12 @@ class TestIncidentList:
             session_maker,
             "log",
             [
-                log_row(project, service="api", message="early failure", ts=clock),
-                log_row(project, service="api", message="late failure", ts=later),
+                log_row(tenant.project_id, service="api", message="early failure", ts=clock),
+                log_row(tenant.project_id, service="api", message="late failure", ts=later),
             ],
         )
         await grouping.run_grouping(session_maker, now=later)
-        headers = {"X-API-Key": await make_key("read")}
+        headers = tenant.read
         middle = (clock + timedelta(minutes=5)).astimezone(timezone(timedelta(hours=2))).isoformat()
         assert middle.endswith("+02:00")
 
@@ -124,9 +123,8 @@ class TestIncidentList:
     async def test_detail_has_sample_logs_and_spans(
         self,
         client: AsyncTestClient[Litestar],
-        make_key: KeyFactory,
         session_maker: async_sessionmaker[AsyncSession],
-        project: UUID,
+        tenant: Tenant,
         clock: datetime,
     ) -> None:
         await seed(
@@ -134,7 +132,7 @@ class TestIncidentList:
             "log",
             [
                 log_row(
-                    project,
+                    tenant.project_id,
                     service="api",
                     message=f"GET /items/{i} crashed",
                     ts=clock + timedelta(seconds=i),
@@ -148,7 +146,7 @@ class TestIncidentList:
             "span",
             [
                 span_row(
-                    project,
+                    tenant.project_id,
                     service="api",
                     name="GET /items/<num> crashed",
                     trace_id="trs",
@@ -158,7 +156,7 @@ class TestIncidentList:
             ],
         )
         await grouping.run_grouping(session_maker, now=clock)
-        headers = {"X-API-Key": await make_key("read")}
+        headers = tenant.read
         [item] = (await client.get("/api/v1/incidents", headers=headers)).json()["items"]
         assert item["count"] == 9  # the span name has the same template: one incident
         detail = (await client.get(f"/api/v1/incidents/{item['id']}", headers=headers)).json()

@@ -76,6 +76,7 @@ def make_spans(service: str) -> tuple[list[ReadableSpan], str]:
     tracer = provider.get_tracer("checkout.http")
     with tracer.start_as_current_span("GET /checkout", kind=SpanKind.SERVER) as parent:
         parent.set_attribute("http.route", "/checkout")
+        parent.set_attribute("deployment", "canary")  # a span's attribute over the resource's
         with tracer.start_as_current_span("charge card", kind=SpanKind.CLIENT) as child:
             child.record_exception(ValueError("card declined"))
             child.set_status(Status(StatusCode.ERROR, "declined"))
@@ -137,7 +138,8 @@ class TestTraces:
         assert child["attributes"]["span.kind"] == "CLIENT"
         assert root["attributes"]["http.route"] == "/checkout"
         assert root["attributes"]["otel.scope.name"] == "checkout.http"
-        assert root["attributes"]["deployment"] == "test"  # resource attributes under the span's own
+        assert root["attributes"]["deployment"] == "canary"  # the span's own over the resource's
+        assert child["attributes"]["deployment"] == "test"  # resource attributes under the span's own
         assert child["attributes"]["otel.status_description"] == "declined"
         (log,) = trace["logs"]
         assert (log["level"], log["message"]) == ("ERROR", "ValueError: card declined")

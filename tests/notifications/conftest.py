@@ -19,7 +19,7 @@ from prodsentinel.notifications import dispatcher
 from prodsentinel.notifications import outbox as notification_outbox
 from prodsentinel.notifications.models import DeliveryAttempt, OutboxItem
 from prodsentinel.settings import Settings
-from tests.conftest import KeyFactory, project_id_of
+from tests.conftest import Tenant
 from tests.receivers import Receiver, Reply
 
 CHANNELS = "/api/v1/notifications/channels"
@@ -41,15 +41,14 @@ def receivers() -> Iterator[Callable[..., Receiver]]:
 
 
 @pytest.fixture
-async def admin_key(make_key: KeyFactory) -> str:
-    return await make_key("admin")
+def admin_key(tenant: Tenant) -> str:
+    """The raw admin key of this test's tenant (the notification helpers take a key string)."""
+    return tenant.admin["X-API-Key"]
 
 
 @pytest.fixture
-async def project_id(
-    admin_key: str, session_maker: async_sessionmaker[AsyncSession], project_name: str
-) -> UUID:
-    return await project_id_of(session_maker, project_name)
+def project_id(tenant: Tenant) -> UUID:
+    return tenant.project_id
 
 
 @pytest.fixture

@@ -127,7 +127,7 @@ class TestReads:
         make_key: KeyFactory,
     ) -> None:
         ok = receivers(Reply(500), default=Reply(200))
-        broken = receivers(default=Reply(410))
+        broken = receivers(default=Reply(404))
         good = await create_channel(client, admin_key, url=ok.url, secret="0123456789abcdef")
         bad = await create_channel(client, admin_key, url=broken.url)
         await add_events(session_maker, project_id, 2)

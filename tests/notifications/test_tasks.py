@@ -5,52 +5,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Callable
 from uuid import UUID
 
-import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from saq import Queue, Worker
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prodsentinel.lib import jobs
-from prodsentinel.lib.database import libpq_url
 from prodsentinel.notifications import tasks
 from prodsentinel.notifications.models import OutboxItem
+from prodsentinel.notifications.outbox import DISPATCH_JOB
 from prodsentinel.settings import Settings
+from tests import workers
 from tests.notifications.conftest import add_events, create_channel, outbox
 from tests.receivers import Receiver
 
 Client = AsyncTestClient[Litestar]
 
 
-@contextlib.asynccontextmanager
-async def running_worker(
+def running_worker(
     queue: Queue, session_maker: async_sessionmaker[AsyncSession], settings: Settings
-) -> AsyncIterator[Worker]:
-    """A real SAQ worker running ``dispatch_due``; the process's enqueue target while it runs."""
-
-    async def startup(ctx: Any) -> None:
-        ctx["session_maker"] = session_maker
-        ctx["settings"] = settings
-
-    worker = Worker(queue, functions=tasks.TASKS, startup=startup, concurrency=2)
-    previous = jobs.current_queue()
-    await queue.connect()
-    run = asyncio.create_task(worker.start())
-    await asyncio.sleep(1.0)  # SAQ sweeps jobs enqueued while the worker starts (saq #277)
-    jobs.bind_queue(queue)
-    try:
-        yield worker
-    finally:
-        jobs.bind_queue(previous)
-        await worker.stop()
-        run.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await run
-        await queue.disconnect()
+) -> contextlib.AbstractAsyncContextManager[Worker]:
+    """A real SAQ worker running the notification tasks (no crons); the process's enqueue target."""
+    return workers.running_worker(
+        queue, functions=tasks.TASKS, session_maker=session_maker, settings=settings
+    )
 
 
 async def _deliver_through_worker(
@@ -101,8 +81,7 @@ class TestDispatchJob:
         database_url: str,
         receivers: Callable[..., Receiver],
     ) -> None:
-        dsn = libpq_url(database_url).replace("postgresql://", "postgres://", 1)
-        queue = Queue.from_url(dsn, name=f"notify-test-{uuid.uuid4().hex[:8]}")
+        queue = workers.postgres_queue(database_url, "notify-test")
         await _deliver_through_worker(
             queue, client, admin_key, project_id, session_maker, settings, receivers()
         )
@@ -114,11 +93,9 @@ class TestDispatchJob:
         project_id: UUID,
         session_maker: async_sessionmaker[AsyncSession],
         settings: Settings,
-        redis_url: str | None,
+        redis_url: str,
         receivers: Callable[..., Receiver],
     ) -> None:
-        if redis_url is None:
-            pytest.skip("Redis is not reachable on 127.0.0.1:6379")
         queue = Queue.from_url(redis_url, name=f"notify-test-{uuid.uuid4().hex[:8]}")
         await _deliver_through_worker(
             queue, client, admin_key, project_id, session_maker, settings, receivers()
@@ -137,13 +114,15 @@ class TestDispatchJob:
         """The replay endpoints register the wake-up on the request's session (``lib.after_commit``), like
         ``add_event``: the worker has no cron, so only that wake-up can deliver the replay."""
         receiver = receivers()
-        dsn = libpq_url(database_url).replace("postgresql://", "postgres://", 1)
-        queue = Queue.from_url(dsn, name=f"notify-test-{uuid.uuid4().hex[:8]}")
+        queue = workers.postgres_queue(database_url, "notify-test")
         await create_channel(client, admin_key, url=receiver.url)
         async with running_worker(queue, session_maker, settings.with_overrides(notify_timeout_seconds=2.0)):
             await add_events(session_maker, project_id, 1)
             [first] = await receiver.wait_for_async(1, timeout=20)
             [item] = await _when_all_delivered(session_maker, project_id, 1)
+            # The first dispatch job may still be finishing its loop: a wake-up enqueued meanwhile is
+            # deduplicated against it (the cron is the net in production; this worker has none).
+            await workers.wait_until_done(queue, f"{queue.name}:{DISPATCH_JOB}")
 
             response = await client.post(
                 f"/api/v1/notifications/outbox/{item.id}/replay", headers={"X-API-Key": admin_key}

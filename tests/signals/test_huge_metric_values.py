@@ -15,8 +15,8 @@ from prodsentinel.incidents.anomaly_queries import AnomalyQueries
 from prodsentinel.lib.database import session_scope
 from prodsentinel.signals.anomalies import DEFAULT_PARAMS, baseline, robust_zscores, sustained_flags
 from prodsentinel.signals.models import MetricPoint
-from tests.signals.conftest import Tenant
-from tests.signals.seed import insert_rows, metric_row
+from tests.conftest import Tenant
+from tests.factories import insert_rows, metric_row
 
 CLOCK = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 HISTORY_OFFSETS = [3540 - 60 * i for i in range(54)]  # every minute, inside the history window

@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.lib.pagination import encode_cursor
 from prodsentinel.signals.models import LogRecord
-from tests.signals.conftest import Tenant
-from tests.signals.seed import insert_rows, log_row
+from tests.conftest import Tenant
+from tests.factories import insert_rows, log_row
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ALL = ["disk full", "Connection REFUSED", "slow query 100% cpu", "User 42 logged in", "debug noise"]
@@ -19,7 +19,7 @@ Client = AsyncTestClient[Litestar]
 
 
 async def get_logs(client: Client, tenant: Tenant, **params: Any) -> dict[str, Any]:
-    response = await client.get("/api/v1/logs", params=params, headers=tenant.headers)
+    response = await client.get("/api/v1/logs", params=params, headers=tenant.read)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -153,7 +153,7 @@ class TestLogFilters:
         self, client: Client, tenant: Tenant, seeded: list[dict[str, Any]]
     ) -> None:
         # A client that forgets to percent-encode "+" sends a space; the offset still counts.
-        response = await client.get("/api/v1/logs?since=2026-03-01T13:00:04+01:00", headers=tenant.headers)
+        response = await client.get("/api/v1/logs?since=2026-03-01T13:00:04+01:00", headers=tenant.read)
         assert response.status_code == 200
         assert [item["message"] for item in response.json()["items"]] == ["disk full"]
 
@@ -179,19 +179,19 @@ class TestLogValidation:
     async def test_bad_parameters_are_400_with_a_clear_message(
         self, client: Client, tenant: Tenant, params: dict[str, str], fragment: str
     ) -> None:
-        response = await client.get("/api/v1/logs", params=params, headers=tenant.headers)
+        response = await client.get("/api/v1/logs", params=params, headers=tenant.read)
         assert response.status_code == 400, response.text
         body = response.json()
         assert fragment in body["detail"]
         assert body["request_id"]
 
     async def test_non_integer_limit_is_400(self, client: Client, tenant: Tenant) -> None:
-        response = await client.get("/api/v1/logs", params={"limit": "ten"}, headers=tenant.headers)
+        response = await client.get("/api/v1/logs", params={"limit": "ten"}, headers=tenant.read)
         assert response.status_code == 400
 
     async def test_limit_bounds_are_accepted(self, client: Client, tenant: Tenant) -> None:
         for limit in ("1", "1000"):
-            response = await client.get("/api/v1/logs", params={"limit": limit}, headers=tenant.headers)
+            response = await client.get("/api/v1/logs", params={"limit": limit}, headers=tenant.read)
             assert response.status_code == 200
 
 

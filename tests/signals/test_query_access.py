@@ -11,8 +11,8 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.signals.models import LogRecord, MetricPoint, Span
-from tests.signals.conftest import Tenant, TenantFactory
-from tests.signals.seed import insert_rows, log_row, metric_row, span_row
+from tests.conftest import Tenant
+from tests.factories import insert_rows, log_row, metric_row, span_row
 
 Client = AsyncTestClient[Litestar]
 
@@ -75,14 +75,14 @@ class TestProjectIsolation:
         await seed_everything(session_maker, tenant, "mine")
         await seed_everything(session_maker, other_tenant, "theirs")
         for path in READ_PATHS:
-            mine = await client.get(path, headers=tenant.headers)
-            theirs = await client.get(path, headers=other_tenant.headers)
+            mine = await client.get(path, headers=tenant.read)
+            theirs = await client.get(path, headers=other_tenant.read)
             assert mine.status_code == theirs.status_code == 200, path
             if path.startswith("/api/v1/metrics"):
                 # one point each, so a count per project proves the other's point is excluded
                 for response in (mine, theirs):
                     assert [b["value"] for b in response.json()["buckets"]] != []
-                count = await client.get(path + "&agg=count&step=86400", headers=tenant.headers)
+                count = await client.get(path + "&agg=count&step=86400", headers=tenant.read)
                 assert sum(b["value"] for b in count.json()["buckets"]) == 1
                 continue
             assert services_in(path, mine.json()) == {"mine"}, path
@@ -100,9 +100,9 @@ class TestProjectIsolation:
             session_maker, LogRecord, [log_row(other_tenant.project_id, trace_id="private-trace")]
         )
         assert (
-            await client.get("/api/v1/traces/private-trace", headers=other_tenant.headers)
+            await client.get("/api/v1/traces/private-trace", headers=other_tenant.read)
         ).status_code == 200
-        response = await client.get("/api/v1/traces/private-trace", headers=tenant.headers)
+        response = await client.get("/api/v1/traces/private-trace", headers=tenant.read)
         assert response.status_code == 404
         assert response.json()["request_id"]
 
@@ -115,14 +115,12 @@ class TestProjectIsolation:
     ) -> None:
         await insert_rows(session_maker, LogRecord, [log_row(other_tenant.project_id) for _ in range(3)])
         await insert_rows(session_maker, LogRecord, [log_row(tenant.project_id) for _ in range(3)])
-        first = (await client.get("/api/v1/logs?limit=1", headers=other_tenant.headers)).json()
-        page = await client.get(
-            "/api/v1/logs", params={"cursor": first["next_cursor"]}, headers=tenant.headers
-        )
+        first = (await client.get("/api/v1/logs?limit=1", headers=other_tenant.read)).json()
+        page = await client.get("/api/v1/logs", params={"cursor": first["next_cursor"]}, headers=tenant.read)
         assert page.status_code == 200
         assert {item["signal_id"] for item in page.json()["items"]} <= {
             item["signal_id"]
-            for item in (await client.get("/api/v1/logs", headers=tenant.headers)).json()["items"]
+            for item in (await client.get("/api/v1/logs", headers=tenant.read)).json()["items"]
         }
 
 
@@ -134,21 +132,15 @@ class TestScopes:
         assert response.json()["detail"]
 
     @pytest.mark.parametrize("path", READ_PATHS)
-    async def test_ingest_only_key_is_403(
-        self, client: Client, make_tenant: TenantFactory, path: str
-    ) -> None:
-        ingest = await make_tenant("ingest")
-        response = await client.get(path, headers=ingest.headers)
+    async def test_ingest_only_key_is_403(self, client: Client, tenant: Tenant, path: str) -> None:
+        response = await client.get(path, headers=tenant.ingest)
         assert response.status_code == 403
         assert "read" in response.json()["detail"]
 
     @pytest.mark.parametrize("scope", ["read", "operate", "admin"])
-    async def test_read_operate_and_admin_may_read(
-        self, client: Client, make_tenant: TenantFactory, scope: str
-    ) -> None:
-        reader = await make_tenant(scope)
+    async def test_read_operate_and_admin_may_read(self, client: Client, tenant: Tenant, scope: str) -> None:
         for path in READ_PATHS:
-            response = await client.get(path, headers=reader.headers)
+            response = await client.get(path, headers=getattr(tenant, scope))
             assert response.status_code == (404 if "traces" in path else 200), (scope, path)
 
 

@@ -11,8 +11,8 @@ from prodsentinel.settings import Settings
 from prodsentinel.signals import retention
 from prodsentinel.signals import tasks as signal_tasks
 from prodsentinel.signals.models import LogRecord, MetricPoint, Span
-from tests.signals.conftest import Tenant, TenantFactory
-from tests.signals.seed import insert_rows, log_row, metric_row, span_row
+from tests.conftest import Tenant, TenantFactory
+from tests.factories import insert_rows, log_row, metric_row, span_row
 
 SessionMaker = async_sessionmaker[AsyncSession]
 # A "now" far in the future of every other test's rows would purge them too: keep the clock real and
@@ -54,7 +54,7 @@ class TestPurgeExpiredSignals:
     async def test_deletes_only_rows_older_than_each_tables_retention_in_chunks(
         self, session_maker: SessionMaker, settings: Settings, tenant: Tenant, make_tenant: TenantFactory
     ) -> None:
-        other = await make_tenant("read", project=f"retention-{tenant.project_id.hex[:8]}")
+        other = await make_tenant(f"retention-{tenant.project_id.hex[:8]}")
         await seed_ages(session_maker, tenant.project_id)
         await seed_ages(session_maker, other.project_id)
         config = settings.with_overrides(

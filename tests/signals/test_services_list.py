@@ -9,14 +9,14 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.signals.models import LogRecord, MetricPoint, Span
-from tests.signals.conftest import Tenant
-from tests.signals.seed import insert_rows, log_row, metric_row, span_row
+from tests.conftest import Tenant
+from tests.factories import insert_rows, log_row, metric_row, span_row
 
 Client = AsyncTestClient[Litestar]
 
 
 async def services(client: Client, tenant: Tenant, **params: Any) -> list[dict[str, Any]]:
-    response = await client.get("/api/v1/services", params=params, headers=tenant.headers)
+    response = await client.get("/api/v1/services", params=params, headers=tenant.read)
     assert response.status_code == 200, response.text
     items: list[dict[str, Any]] = response.json()["items"]
     return items
@@ -105,5 +105,5 @@ class TestServices:
 
     @pytest.mark.parametrize("window", ["0", "-1", "7776001", "hour"])
     async def test_bad_window_is_400(self, client: Client, tenant: Tenant, window: str) -> None:
-        response = await client.get("/api/v1/services", params={"window": window}, headers=tenant.headers)
+        response = await client.get("/api/v1/services", params={"window": window}, headers=tenant.read)
         assert response.status_code == 400

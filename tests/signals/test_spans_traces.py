@@ -9,8 +9,8 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.signals.models import LogRecord, Span
-from tests.signals.conftest import Tenant
-from tests.signals.seed import insert_rows, log_row, span_row
+from tests.conftest import Tenant
+from tests.factories import insert_rows, log_row, span_row
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 Client = AsyncTestClient[Litestar]
@@ -22,7 +22,7 @@ def at(ms: float) -> datetime:
 
 
 async def get_json(client: Client, tenant: Tenant, path: str, **params: Any) -> Any:
-    response = await client.get(path, params=params, headers=tenant.headers)
+    response = await client.get(path, params=params, headers=tenant.read)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -138,7 +138,7 @@ class TestSpanList:
     async def test_bad_parameters_are_400(
         self, client: Client, tenant: Tenant, params: dict[str, str]
     ) -> None:
-        response = await client.get("/api/v1/spans", params=params, headers=tenant.headers)
+        response = await client.get("/api/v1/spans", params=params, headers=tenant.read)
         assert response.status_code == 400, response.text
         assert response.json()["detail"]
 
@@ -367,6 +367,6 @@ class TestTrace:
         assert len(body["logs"]) == 1
 
     async def test_unknown_trace_is_404(self, client: Client, tenant: Tenant) -> None:
-        response = await client.get("/api/v1/traces/nope", headers=tenant.headers)
+        response = await client.get("/api/v1/traces/nope", headers=tenant.read)
         assert response.status_code == 404
         assert "not found" in response.json()["detail"]

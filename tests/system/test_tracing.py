@@ -3,7 +3,6 @@ spans with the job's SQL inside, and no tracing at all when no endpoint is confi
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +28,7 @@ from prodsentinel.system.plugin import TRACER_PROVIDER_STATE_KEY
 from prodsentinel.worker import saq_config
 from tests.conftest import KeyFactory
 from tests.system.servers import free_port
+from tests.workers import running_worker
 
 
 class OtlpReceiver:
@@ -155,16 +155,13 @@ class TestJobTracing:
 
         plugin = SAQPlugin(config)
         worker = plugin.get_workers()[traced.queue_name]
-        runner = asyncio.create_task(worker.start())
         try:
-            await asyncio.sleep(1.0)  # SAQ may sweep a job enqueued while the worker starts (STACK_FACTS §3)
-            job = await worker.queue.enqueue("probe_job", timeout=30)
-            assert job is not None
-            await job.refresh(until_complete=20)
-            assert job.result == 42
+            async with running_worker(worker.queue, worker=worker):
+                job = await worker.queue.enqueue("probe_job", timeout=30)
+                assert job is not None
+                await job.refresh(until_complete=20)
+                assert job.result == 42
         finally:
-            await worker.stop()
-            runner.cancel()
             tracing.uninstrument_libraries()
 
         spans = memory.get_finished_spans()

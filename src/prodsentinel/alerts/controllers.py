@@ -31,12 +31,13 @@ from prodsentinel.alerts.schemas import (
     SilenceOut,
     SilencePage,
 )
-from prodsentinel.alerts.services import AlertService, PolicyService
+from prodsentinel.alerts.services import STATES, AlertService, PolicyService
 from prodsentinel.alerts.silences import STATUSES, SilenceService
 from prodsentinel.auth.guards import requires_scope
 from prodsentinel.auth.scopes import Principal, Scope
 from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY
 from prodsentinel.lib.pagination import DEFAULT_LIMIT, Cursor, Limit, Since, Until
+from prodsentinel.lib.vocabulary import ALERT_SEVERITIES
 from prodsentinel.settings import Settings
 
 __all__ = ("AlertController", "AuditController", "PolicyController", "SilenceController", "alerts_router")
@@ -108,7 +109,9 @@ class SilenceController(Controller):
         self,
         silences: SilenceService,
         principal: Principal,
-        status: str | None = Parameter(default=None, description=" | ".join(STATUSES)),
+        status: str | None = Parameter(
+            default=None, description=" | ".join(STATUSES), schema_extra={"enum": list(STATUSES)}
+        ),
         cursor: Cursor = None,
         limit: Limit = DEFAULT_LIMIT,
     ) -> SilencePage:
@@ -183,10 +186,17 @@ class AlertController(Controller):
         alerts: AlertService,
         principal: Principal,
         alert_state: str | None = Parameter(
-            query="state", default=None, description="inactive | pending | firing | resolved"
+            query="state",
+            default=None,
+            description=" | ".join(STATES),
+            schema_extra={"enum": list(STATES)},
         ),
         policy_id: UUID | None = None,
-        severity: str | None = None,
+        severity: str | None = Parameter(
+            default=None,
+            description=" | ".join(sev.value for sev in ALERT_SEVERITIES),
+            schema_extra={"enum": [sev.value for sev in ALERT_SEVERITIES]},
+        ),
         since: Since = None,
         until: Until = None,
         cursor: Cursor = None,

@@ -38,8 +38,9 @@ from prodsentinel.lib.errors import BadRequestError, ConflictError, NotFoundErro
 from prodsentinel.lib.pagination import Keyset, time_range
 from prodsentinel.lib.time import utcnow
 from prodsentinel.lib.vocabulary import ALERT_SEVERITIES
+from prodsentinel.notifications import outbox as notification_outbox
 
-__all__ = ("ALERT_HISTORY_KEYSET", "AlertService", "PolicyService", "check_regex_in_database")
+__all__ = ("ALERT_HISTORY_KEYSET", "STATES", "AlertService", "PolicyService", "check_regex_in_database")
 
 ACTIVE_STATES = (AlertState.PENDING.value, AlertState.FIRING.value)
 STATES = tuple(state.value for state in AlertState)
@@ -280,9 +281,30 @@ class AlertService(SQLAlchemyAsyncRepositoryService[Alert]):
                 f"Only pending or firing alerts can be acknowledged; this one is {alert.state}."
             )
         details = {"state": alert.state, "labels": alert.labels, "policy_name": name}
-        return await self._set_ack(
+        announce = (
+            alert.acked_by is None and alert.state == AlertState.FIRING.value and alert.silenced_by is None
+        )
+        out = await self._set_ack(
             alert, name, acked_by=actor, actor=actor, action="alert.ack", details=details
         )
+        if announce:  # receivers heard it fire (not pending, not silenced): they hear of the ack too
+            await notification_outbox.add_event(
+                self.session,
+                project_id=alert.project_id,
+                event_type="ALERT_ACKNOWLEDGED",
+                severity=alert.severity,
+                payload={
+                    "alert_id": str(alert.id),
+                    "policy_id": str(alert.policy_id),
+                    "policy_name": name,
+                    "state": alert.state,
+                    "labels": alert.labels,
+                    "value": alert.value,
+                    "acked_by": actor,
+                    "acked_at": alert.acked_at.isoformat() if alert.acked_at else None,
+                },
+            )
+        return out
 
     async def unack(self, project_id: UUID, alert_id: UUID, *, actor: str) -> AlertOut:
         """Remove an acknowledgement (idempotent; audited either way, with who had acked)."""

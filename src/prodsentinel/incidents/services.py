@@ -31,6 +31,7 @@ from prodsentinel.lib.errors import BadRequestError, ConflictError, NotFoundErro
 from prodsentinel.lib.pagination import DEFAULT_LIMIT, Keyset, time_range
 from prodsentinel.lib.time import utcnow
 from prodsentinel.lib.vocabulary import SEVERITIES
+from prodsentinel.notifications.outbox import add_event
 from prodsentinel.signals.services import log_item, span_item
 
 __all__ = (
@@ -91,7 +92,8 @@ class IncidentService(SQLAlchemyAsyncRepositoryService[Incident]):
     ) -> IncidentOut:
         """open -> acknowledged (idempotent when already acknowledged; a resolved incident is a 409).
 
-        Audited, but not a transition: acknowledging notifies no channel and publishes no live event.
+        Audited, and announced to the channels as ``INCIDENT_ACKNOWLEDGED`` (SPEC §12: Slack updates the
+        incident's message, PagerDuty acknowledges its dedup key); not a transition, so no live event.
         """
         now = now or utcnow()
         incident = await self._get_locked(project_id, incident_id)
@@ -115,7 +117,16 @@ class IncidentService(SQLAlchemyAsyncRepositoryService[Incident]):
                     at=now,
                 ),
             )
+            out = incident_out(incident)
+            await add_event(
+                self.session,
+                project_id=project_id,
+                event_type="INCIDENT_ACKNOWLEDGED",
+                severity=incident.severity,
+                payload={"project_id": str(project_id), "incident": msgspec.to_builtins(out)},
+            )
             await self._refresh_problems([incident], actor=actor, now=now)
+            return out
         return incident_out(incident)
 
     async def resolve(

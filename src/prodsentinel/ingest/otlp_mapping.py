@@ -21,9 +21,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Generic, Protocol, TypeVar
-from uuid import UUID, SafeUUID
+from uuid import UUID
 
 import msgspec
+from asyncpg.pgproto import pgproto
 
 from prodsentinel.ingest.schemas import LogIn, MetricIn, SpanIn
 from prodsentinel.lib.vocabulary import LEVELS, SPAN_STATUS_NAMES
@@ -31,15 +32,21 @@ from prodsentinel.lib.vocabulary import LEVELS, SPAN_STATUS_NAMES
 __all__ = (
     "SPAN_ID_NAMESPACE",
     "Codec",
+    "InvalidItemError",
     "Mapped",
     "Rejections",
+    "exception_logs",
     "format_bound",
     "log_signal_id",
     "map_logs",
     "map_metrics",
     "map_spans",
+    "resource_service",
+    "scope_base",
     "severity_level",
+    "span_fields",
     "span_signal_id",
+    "unix_time",
 )
 
 T = TypeVar("T")
@@ -70,6 +77,14 @@ class Codec(Protocol):
 
     def any_value(self, value: Any) -> Any:
         """An ``AnyValue`` as the plain JSON value it stands for (None when unset)."""
+        ...
+
+    def attributes(self, key_values: Iterable[Any]) -> dict[str, Any]:
+        """A list of ``KeyValue`` as a dict (a later key wins), values as :meth:`any_value`."""
+        ...
+
+    def span_attributes(self, span: Any) -> dict[str, Any]:
+        """A span's own attributes, as :meth:`attributes` (the codec knows how its spans hold them)."""
         ...
 
     def metric_data(self, metric: Any) -> tuple[str | None, Any]:
@@ -108,24 +123,23 @@ class Mapped(Generic[T]):
     total: int = 0  # OTLP items seen (spans, log records or data points)
 
 
-class _InvalidItemError(ValueError):
+class InvalidItemError(ValueError):
     """One OTLP item cannot be mapped; the message names the problem."""
 
 
 # ------------------------------------------------------------------------------------------- shared
 def _attributes(codec: Codec, key_values: Iterable[Any]) -> dict[str, Any]:
-    any_value = codec.any_value
-    return {kv.key: any_value(kv.value) for kv in key_values}
+    return codec.attributes(key_values)
 
 
-def _service_name(resource: dict[str, Any]) -> str:
+def resource_service(resource: dict[str, Any]) -> str:
     value = resource.get("service.name")
     if value is None or value == "":
         return UNKNOWN_SERVICE
     return value if isinstance(value, str) else _encode(value).decode()
 
 
-def _scope_base(codec: Codec, resource: dict[str, Any], scope: Any) -> dict[str, Any]:
+def scope_base(codec: Codec, resource: dict[str, Any], scope: Any) -> dict[str, Any]:
     """The resource's attributes overlaid by the scope's, plus ``otel.scope.name`` (SPEC §11)."""
     return {**resource, **_attributes(codec, scope.attributes), SCOPE_NAME: scope.name}
 
@@ -135,50 +149,47 @@ def _nanos(value: int | str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise _InvalidItemError(f"{value!r} is not an integer") from None
+        raise InvalidItemError(f"{value!r} is not an integer") from None
 
 
-def _time(nanos: int, what: str) -> datetime:
+def unix_time(nanos: int, what: str) -> datetime:
     if nanos <= 0:
-        raise _InvalidItemError(f"{what} is missing")
+        raise InvalidItemError(f"{what} is missing")
     try:
-        return EPOCH + timedelta(microseconds=nanos // 1000)
+        return EPOCH + timedelta(0, 0, nanos // 1000)  # positional: a third of the keyword call's cost
     except OverflowError:
-        raise _InvalidItemError(f"{what} is out of range") from None
+        raise InvalidItemError(f"{what} is out of range") from None
 
 
 def _ident(codec: Codec, value: Any, length: int, what: str) -> str:
     try:
         text = codec.ident(value)
     except ValueError:
-        raise _InvalidItemError(f"{what} is not hex") from None
+        raise InvalidItemError(f"{what} is not hex") from None
     if text and len(text) != length:
-        raise _InvalidItemError(f"{what} must be {length // 2} bytes ({length} hex digits)")
+        raise InvalidItemError(f"{what} must be {length // 2} bytes ({length} hex digits)")
     return text
 
 
 _VERSION_5 = (0xFFFFFFFFFFFF0FFF3FFFFFFFFFFFFFFF, 0x00000000000050008000000000000000)
 _SPAN_HASH = hashlib.sha1(SPAN_ID_NAMESPACE.bytes, usedforsecurity=False)
 _LOG_HASH = hashlib.sha1(LOG_ID_NAMESPACE.bytes, usedforsecurity=False)
-_new_uuid = object.__new__
-_set = object.__setattr__
 
 
 def _signal_id(namespace_hash: Any, identity: bytes) -> UUID:
     """uuid5's construction: SHA-1 of namespace + name, version 5, RFC 4122 variant.
 
     Hand-built on the hot path (one per span or log record): the namespace is hashed once and copied,
-    the version bits are set on the integer, and the ``UUID`` is made the way ``uuid.UUID.__init__``
-    ends (its two slots) without that constructor's argument checks, which cost more than the hash.
+    the version bits are set on the integer, and the id is asyncpg's own ``UUID`` (a ``uuid.UUID``
+    subclass, equal and hash-equal to it, the type asyncpg returns for every ``uuid`` column), made from
+    the 16 bytes in C: ``uuid.UUID``'s constructor checks its arguments and costs more than the hash.
     Equal to ``UUID(bytes=sha1(namespace.bytes + identity)[:16], version=5)`` (tests check it).
     """
     hasher = namespace_hash.copy()
     hasher.update(identity)
     clear, set_bits = _VERSION_5
-    value = _new_uuid(UUID)
-    _set(value, "int", (int.from_bytes(hasher.digest()[:16]) & clear) | set_bits)
-    _set(value, "is_safe", SafeUUID.unknown)
-    return value
+    made: UUID = pgproto.UUID(((int.from_bytes(hasher.digest()[:16]) & clear) | set_bits).to_bytes(16))
+    return made
 
 
 def span_signal_id(trace_id: str, span_id: str) -> UUID:
@@ -220,25 +231,40 @@ class MappedSpans(Mapped[SpanIn]):
 
 
 def map_spans(codec: Codec, request: Any) -> MappedSpans:
-    """Every span of an ``ExportTraceServiceRequest`` as a ``SpanIn`` (SPEC §11)."""
+    """Every span of an ``ExportTraceServiceRequest`` as a ``SpanIn`` (SPEC §11).
+
+    The typed view of the mapping (tests, the benchmark's JSON twin of an export); ingest builds the
+    stored rows straight from the same :func:`span_fields` in ``ingest.otlp_spans``.
+    """
     out = MappedSpans()
     for resource_spans in request.resource_spans:
         resource = _attributes(codec, resource_spans.resource.attributes)
         resource_json = _encode_sorted(resource)
-        service = _service_name(resource)
+        service = resource_service(resource)
         for scope_spans in resource_spans.scope_spans:
-            base = _scope_base(codec, resource, scope_spans.scope)
+            base = scope_base(codec, resource, scope_spans.scope)
             for span in scope_spans.spans:
                 index = out.total
                 out.total += 1
                 try:
-                    item = _span(codec, span, service, base)
-                    logs = [
-                        _exception_log(codec, event, item, resource_json, base)
-                        for event in span.events
-                        if event.name == "exception"
-                    ]
-                except ValueError as exc:  # _InvalidItemError, or a malformed 64-bit integer string
+                    trace_id, span_id, parent, start_nanos, end_nanos, status, own = span_fields(codec, span)
+                    start = unix_time(start_nanos, "start_time_unix_nano")
+                    item = SpanIn(
+                        signal_id=span_signal_id(trace_id, span_id),
+                        trace_id=trace_id,
+                        span_id=span_id,
+                        parent_span_id=parent,
+                        service_name=service,
+                        name=span.name,
+                        start_time=start,
+                        end_time=unix_time(end_nanos, "end_time_unix_nano"),
+                        status=status,
+                        attributes={**base, **own},
+                    )
+                    logs = exception_logs(
+                        codec, span, (trace_id, span_id, service, start), resource_json, base
+                    )
+                except ValueError as exc:  # InvalidItemError, or a malformed 64-bit integer string
                     out.rejections.add(f"span {index} ({span.name!r})", str(exc))
                     continue
                 out.items.append(item)
@@ -249,60 +275,82 @@ def map_spans(codec: Codec, request: Any) -> MappedSpans:
     return out
 
 
-def _span(codec: Codec, span: Any, service: str, base: dict[str, Any]) -> SpanIn:
+SpanFields = tuple[str, str, str | None, int, int, str, dict[str, Any]]
+
+
+def span_fields(codec: Codec, span: Any) -> SpanFields:
+    """SPEC §11's rules on one span: ``(trace_id, span_id, parent_span_id, start_nanos, end_nanos, status,
+    own attributes)``, the span's attributes plus ``span.kind`` and ``otel.status_description`` (the
+    resource's and scope's go under them). ``InvalidItemError`` (a ``ValueError``) names what is wrong.
+
+    The attributes are read first: the protobuf codec of ingest parses them here (``otlp_decoding``),
+    and a body the official classes cannot decode must stay a 400 whatever else the span holds."""
+    attributes = codec.span_attributes(span)
     trace_id = _ident(codec, span.trace_id, 32, "trace_id")
     span_id = _ident(codec, span.span_id, 16, "span_id")
     if not trace_id or trace_id == _ZERO_TRACE:
-        raise _InvalidItemError("trace_id is missing or all zero")
+        raise InvalidItemError("trace_id is missing or all zero")
     if not span_id or span_id == _ZERO_SPAN:
-        raise _InvalidItemError("span_id is missing or all zero")
+        raise InvalidItemError("span_id is missing or all zero")
     parent = _ident(codec, span.parent_span_id, 16, "parent_span_id") or None
-    if not span.name or len(span.name) > MAX_NAME:
-        raise _InvalidItemError(f"name must have 1 to {MAX_NAME} characters")
-    status = SPAN_STATUS_NAMES.get(span.status.code)
+    name = span.name
+    if not name or len(name) > MAX_NAME:
+        raise InvalidItemError(f"name must have 1 to {MAX_NAME} characters")
+    span_status = span.status
+    status = SPAN_STATUS_NAMES.get(span_status.code)
     if status is None:
-        raise _InvalidItemError(f"status.code {span.status.code} is not 0 (UNSET), 1 (OK) or 2 (ERROR)")
+        raise InvalidItemError(f"status.code {span_status.code} is not 0 (UNSET), 1 (OK) or 2 (ERROR)")
     start_nanos, end_nanos = _nanos(span.start_time_unix_nano), _nanos(span.end_time_unix_nano)
     if end_nanos < start_nanos:  # checked on the nanoseconds: both may fall in the same microsecond
-        raise _InvalidItemError("end_time_unix_nano is before start_time_unix_nano")
-    start = _time(start_nanos, "start_time_unix_nano")
-    end = _time(end_nanos, "end_time_unix_nano")
-    attributes = {**base, **_attributes(codec, span.attributes)}
+        raise InvalidItemError("end_time_unix_nano is before start_time_unix_nano")
     kind = SPAN_KINDS.get(span.kind)
     if kind is not None:
         attributes["span.kind"] = kind
-    if span.status.message:
-        attributes["otel.status_description"] = span.status.message
-    return SpanIn(
-        signal_id=span_signal_id(trace_id, span_id),
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_span_id=parent,
-        service_name=service,
-        name=span.name,
-        start_time=start,
-        end_time=end,
-        status=status,
-        attributes=attributes,
-    )
+    message = span_status.message
+    if message:
+        attributes["otel.status_description"] = message
+    return trace_id, span_id, parent, start_nanos, end_nanos, status, attributes
+
+
+def exception_logs(
+    codec: Codec,
+    span: Any,
+    owner: tuple[str, str, str, datetime],
+    resource_json: bytes,
+    base: dict[str, Any],
+) -> list[LogIn]:
+    """The span's ``exception`` events as ERROR logs (``owner``: its trace id, span id, service and start
+    time; ``resource_json``: the resource's attributes as sorted JSON, part of a log's id)."""
+    events = span.events
+    if not events:
+        return []
+    return [
+        _exception_log(codec, event, owner, resource_json, base)
+        for event in events
+        if event.name == "exception"
+    ]
 
 
 def _exception_log(
-    codec: Codec, event: Any, span: SpanIn, resource_json: bytes, base: dict[str, Any]
+    codec: Codec,
+    event: Any,
+    owner: tuple[str, str, str, datetime],
+    resource_json: bytes,
+    base: dict[str, Any],
 ) -> LogIn:
     """A span's ``exception`` event as an ERROR log: ``<exception.type>: <exception.message>``
     (at the event's time, or the span's start when the event has none)."""
+    trace_id, span_id, service, start = owner
     own = _attributes(codec, event.attributes)
     kind, text = own.get("exception.type"), own.get("exception.message")
     message = ": ".join(str(part) for part in (kind, text) if part not in (None, ""))
     nanos = _nanos(event.time_unix_nano)
-    timestamp = span.start_time if nanos <= 0 else _time(nanos, "the exception event's time_unix_nano")
-    ids = (span.trace_id, span.span_id)
+    timestamp = start if nanos <= 0 else unix_time(nanos, "the exception event's time_unix_nano")
     return LogIn(
-        signal_id=log_signal_id(resource_json, nanos, (17, "ERROR"), message, ids, own),
-        trace_id=span.trace_id,
-        span_id=span.span_id,
-        service_name=span.service_name,
+        signal_id=log_signal_id(resource_json, nanos, (17, "ERROR"), message, (trace_id, span_id), own),
+        trace_id=trace_id,
+        span_id=span_id,
+        service_name=service,
         timestamp=timestamp,
         level="ERROR",
         message=message or "exception",
@@ -318,7 +366,7 @@ def severity_level(number: int, text: str) -> str:
     if number == 0:
         named = LEVELS.get(text.strip().upper())
         return "INFO" if named is None else _LEVEL_NAME[named]
-    raise _InvalidItemError(f"severity_number {number} is outside 0..24")
+    raise InvalidItemError(f"severity_number {number} is outside 0..24")
 
 
 _SEVERITY_LEVELS = ("DEBUG", "DEBUG", "INFO", "WARN", "ERROR", "CRITICAL")
@@ -332,15 +380,15 @@ def map_logs(codec: Codec, request: Any, now: datetime) -> Mapped[LogIn]:
     for resource_logs in request.resource_logs:
         resource = _attributes(codec, resource_logs.resource.attributes)
         resource_json = _encode_sorted(resource)
-        service = _service_name(resource)
+        service = resource_service(resource)
         for scope_logs in resource_logs.scope_logs:
-            base = _scope_base(codec, resource, scope_logs.scope)
+            base = scope_base(codec, resource, scope_logs.scope)
             for record in scope_logs.log_records:
                 index = out.total
                 out.total += 1
                 try:
                     item = _log(codec, record, service, base, resource_json, now)
-                except ValueError as exc:  # _InvalidItemError, or a malformed 64-bit integer string
+                except ValueError as exc:  # InvalidItemError, or a malformed 64-bit integer string
                     out.rejections.add(f"log record {index}", str(exc))
                     continue
                 out.items.append(item)
@@ -353,7 +401,7 @@ def _log(
 ) -> LogIn:
     level = severity_level(record.severity_number, record.severity_text)
     nanos = _nanos(record.time_unix_nano) or _nanos(record.observed_time_unix_nano)
-    timestamp = now if nanos == 0 else _time(nanos, "time_unix_nano")
+    timestamp = now if nanos == 0 else unix_time(nanos, "time_unix_nano")
     trace_id = _ident(codec, record.trace_id, 32, "trace_id")
     span_id = _ident(codec, record.span_id, 16, "span_id")
     body = codec.any_value(record.body)
@@ -404,7 +452,7 @@ def _double(value: float | str) -> float:
     try:
         return float(value)
     except ValueError:
-        raise _InvalidItemError(f"{value!r} is not a number") from None
+        raise InvalidItemError(f"{value!r} is not a number") from None
 
 
 def map_metrics(codec: Codec, request: Any) -> Mapped[MetricIn]:
@@ -414,7 +462,7 @@ def map_metrics(codec: Codec, request: Any) -> Mapped[MetricIn]:
     out: Mapped[MetricIn] = Mapped()
     for resource_metrics in request.resource_metrics:
         resource = _attributes(codec, resource_metrics.resource.attributes)
-        service = _service_name(resource)
+        service = resource_service(resource)
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
                 kind, data = codec.metric_data(metric)
@@ -426,7 +474,7 @@ def map_metrics(codec: Codec, request: Any) -> Mapped[MetricIn]:
                     out.total += 1
                     try:
                         rows = _points(codec, kind, metric.name, point, service)
-                    except ValueError as exc:  # _InvalidItemError, or a malformed 64-bit integer string
+                    except ValueError as exc:  # InvalidItemError, or a malformed 64-bit integer string
                         out.rejections.add(f"data point {index} of {metric.name!r}", str(exc))
                         continue
                     out.items.extend(rows)
@@ -436,8 +484,8 @@ def map_metrics(codec: Codec, request: Any) -> Mapped[MetricIn]:
 
 def _points(codec: Codec, kind: str, name: str, point: Any, service: str) -> list[MetricIn]:
     if not name or len(name) > MAX_NAME - len("_bucket"):
-        raise _InvalidItemError(f"the metric name must have 1 to {MAX_NAME - len('_bucket')} characters")
-    timestamp = _time(_nanos(point.time_unix_nano), "time_unix_nano")
+        raise InvalidItemError(f"the metric name must have 1 to {MAX_NAME - len('_bucket')} characters")
+    timestamp = unix_time(_nanos(point.time_unix_nano), "time_unix_nano")
     labels = _label_values(_attributes(codec, point.attributes))
 
     def one(suffix: str, value: float, extra: dict[str, str] | None = None) -> MetricIn:
@@ -452,7 +500,7 @@ def _points(codec: Codec, kind: str, name: str, point: Any, service: str) -> lis
     if kind in ("gauge", "sum"):
         value = codec.number(point)
         if value is None:
-            raise _InvalidItemError("the data point has neither as_int nor as_double")
+            raise InvalidItemError("the data point has neither as_int nor as_double")
         return [one("", value)]
     count = _count(point.count)
     if kind == "summary":
@@ -475,7 +523,7 @@ def _buckets(point: Any, count: float, one: Any) -> list[MetricIn]:
     bounds = [_double(bound) for bound in point.explicit_bounds]
     counts = [_count(value) for value in point.bucket_counts]
     if counts and len(counts) != len(bounds) + 1:
-        raise _InvalidItemError(
+        raise InvalidItemError(
             f"{len(counts)} bucket_counts for {len(bounds)} explicit_bounds (expected one more)"
         )
     rows = []

@@ -1,14 +1,17 @@
-"""OTLP/HTTP export (SPEC §11): decode, map onto §4's items, validate per item, store through §4's writers.
+"""OTLP/HTTP export (SPEC §11): decode, map, validate per item, store through §4's writers.
 
 Everything after the mapping is §4's pipeline, not a copy of it: :meth:`Ingestor.admit` (the byte budget
-and gzip with the size limit), §4's row builders (``ingest.services.KINDS``: the same rules on the same
-typed items), and :meth:`Ingestor.store` (the group-commit writers, which also feed incidents, alerts and
-anomaly detection after commit). The one difference is OTLP's semantics: an invalid item is rejected and
-counted in ``partial_success`` while the valid ones are stored, where §4 refuses the whole batch.
+and gzip with the size limit), §4's rules, and :meth:`Ingestor.store` (the group-commit writers, which
+also feed incidents, alerts and anomaly detection after commit). The one difference is OTLP's
+semantics: an invalid item is rejected and counted in ``partial_success`` while the valid ones are
+stored, where §4 refuses the whole batch.
 
-The builders validate a batch at once and raise on the first invalid item; that stays the fast path (one
-call for the whole batch). Only when it raises are the items checked one by one to tell the valid ones
-from the rejected ones.
+Spans, the volume signal, go straight to their rows in one pass (``ingest.otlp_spans``, which applies
+§4's rules with §4's functions). Logs, metric points and spans' ``exception`` events are mapped onto
+§4's typed items and built by §4's row builders (``ingest.services.KINDS``). Those builders validate a
+batch at once and raise on the first invalid item; that stays the fast path (one call for the whole
+batch). Only when it raises are the items checked one by one to tell the valid ones from the rejected
+ones.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from uuid import UUID
 
 import msgspec
 
-from prodsentinel.ingest import otlp_mapping
+from prodsentinel.ingest import otlp_mapping, otlp_spans
 from prodsentinel.ingest.otlp_decoding import JSON, LOGS, TRACES, Signal, decode_request, otlp_format
-from prodsentinel.ingest.otlp_mapping import Mapped, MappedSpans, Rejections
-from prodsentinel.ingest.schemas import LogIn, MetricIn, SpanIn
+from prodsentinel.ingest.otlp_mapping import Mapped, Rejections
+from prodsentinel.ingest.otlp_spans import SpanRows
+from prodsentinel.ingest.schemas import LogIn, MetricIn
 from prodsentinel.ingest.services import KINDS, Ingestor, Row
 from prodsentinel.lib.errors import BadRequestError, PayloadTooLargeError, ValidationError
 from prodsentinel.system import metrics
@@ -72,8 +76,8 @@ async def export(
         del payload
         now = datetime.now(UTC)
         try:
-            mapped: Mapped[Any] = (
-                otlp_mapping.map_spans(codec, request)
+            mapped: Mapped[Any] | SpanRows = (
+                otlp_spans.span_rows(codec, request, project_id, now)
                 if signal is TRACES
                 else otlp_mapping.map_logs(codec, request, now)
                 if signal is LOGS
@@ -85,7 +89,10 @@ async def export(
         limit = ingestor.settings.max_batch_items
         if mapped.total > limit:
             raise PayloadTooLargeError(f"The export has more than {limit} items.")
-        writes = _checked_writes(signal, project_id, mapped, now, _has_nul(json_nul, mapped))
+        if isinstance(mapped, SpanRows):
+            writes = _span_writes(project_id, mapped, now, json_nul)
+        else:
+            writes = _checked_writes(signal, project_id, mapped, now, _has_nul(json_nul, mapped.items))
     except BaseException:
         ingestor.budget.release(reserved)
         raise
@@ -107,7 +114,7 @@ async def export(
     return ExportResult(rejections.count, rejections.first)
 
 
-def _has_nul(json_nul: bool | None, mapped: Mapped[Any]) -> bool:
+def _has_nul(json_nul: bool | None, items: Any) -> bool:
     """Whether any mapped string may hold a NUL, so §4's per-field NUL checks must run.
 
     OTLP/JSON: like §4, whether the body has an escaped NUL. Protobuf bodies are full of zero bytes, so
@@ -116,23 +123,30 @@ def _has_nul(json_nul: bool | None, mapped: Mapped[Any]) -> bool:
     """
     if json_nul is not None:
         return json_nul
-    extra = mapped.logs if isinstance(mapped, MappedSpans) else []
-    return _NUL_ESCAPE in _encode((mapped.items, extra))
+    return _NUL_ESCAPE in _encode(items)
+
+
+def _span_writes(
+    project_id: UUID, spans: SpanRows, now: datetime, json_nul: bool | None
+) -> list[tuple[str, _Checked]]:
+    """The spans' rows (already checked in ``otlp_spans``) and their ``exception`` events through §4's
+    log rules: an event that cannot be stored rejects its span (span rules already kept a rejected span's
+    events out)."""
+    span_writes = _Checked(spans.rows, spans.owners, spans.notify, set())
+    if not spans.logs:
+        return [("spans", span_writes), ("logs", _Checked([], [], False, set()))]
+    check_nul = _has_nul(json_nul, spans.logs)
+    logs = _check("logs", project_id, spans.logs, spans.log_owners, now, check_nul, spans.rejections)
+    spans.rejections.count += len(logs.bad)
+    return [("spans", _without(span_writes, logs.bad)), ("logs", _without(logs, logs.bad))]
 
 
 def _checked_writes(
     signal: Signal, project_id: UUID, mapped: Mapped[Any], now: datetime, check_nul: bool
 ) -> list[tuple[str, _Checked]]:
-    """§4's rules on the mapped items; rejected OTLP items are counted and every row of theirs dropped."""
+    """§4's rules on the mapped logs or metric points; rejected OTLP items are counted and every row of
+    theirs dropped."""
     rejections = mapped.rejections
-    if signal is TRACES:
-        assert isinstance(mapped, MappedSpans)
-        spans = _check("spans", project_id, mapped.items, mapped.owners, now, check_nul, rejections)
-        logs = _check("logs", project_id, mapped.logs, mapped.log_owners, now, check_nul, rejections)
-        # an exception event that cannot be stored rejects its span, and a rejected span its events
-        bad = spans.bad | logs.bad
-        rejections.count += len(bad)
-        return [("spans", _without(spans, bad)), ("logs", _without(logs, bad))]
     kind = "logs" if signal is LOGS else "metrics"
     checked = _check(kind, project_id, mapped.items, mapped.owners, now, check_nul, rejections)
     rejections.count += len(checked.bad)
@@ -181,7 +195,6 @@ def _without(checked: _Checked, bad: set[int]) -> _Checked:
 
 
 _DESCRIBE: dict[type, Callable[[Any], str]] = {
-    SpanIn: lambda item: f"span {item.name!r} (trace_id {item.trace_id}, span_id {item.span_id})",
     LogIn: lambda item: f"{item.level} log of {item.service_name!r} at {item.timestamp.isoformat()}",
     MetricIn: lambda item: f"data point of {item.name!r} at {item.timestamp.isoformat()}",
 }

@@ -37,10 +37,13 @@ __all__ = (
     "MAX_ATTRIBUTE_DEPTH",
     "METRIC_ID_NAMESPACE",
     "Ingestor",
+    "TooDeepError",
     "derive_metric_id",
+    "encode_attributes",
     "log_rows",
     "metric_rows",
     "span_rows",
+    "time_error",
 )
 
 logger = structlog.get_logger("prodsentinel.ingest")
@@ -95,7 +98,7 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-def _time_error(value: datetime, limit: datetime) -> str:
+def time_error(value: datetime, limit: datetime) -> str:
     """Why ``value`` failed ``MIN_TIME <= value <= limit`` (called on the error path only)."""
     return TOO_NEW if value > limit else TOO_OLD
 
@@ -104,8 +107,8 @@ def _has_nul(*values: str | None) -> bool:
     return any(value is not None and "\x00" in value for value in values)
 
 
-def _attributes(value: dict[str, Any] | None) -> str | None:
-    """The attributes as stored (JSON text); ``_TooDeepError`` when they nest beyond the limit.
+def encode_attributes(value: dict[str, Any] | None) -> str | None:
+    """The attributes as stored (JSON text); ``TooDeepError`` when they nest beyond the limit.
 
     ``str.count`` over the encoded text is a cheap, sound pre-filter: nesting ``n`` levels takes at least
     ``n`` brackets, so the walk only runs for the rare attributes holding that many.
@@ -115,13 +118,13 @@ def _attributes(value: dict[str, Any] | None) -> str | None:
     try:
         text = _json_encode(value).decode()
     except RecursionError:  # decoded at the edge of the budget, too deep to encode a few frames further
-        raise _TooDeepError from None
+        raise TooDeepError from None
     if text.count("{") + text.count("[") > MAX_ATTRIBUTE_DEPTH and _deeper_than(value, MAX_ATTRIBUTE_DEPTH):
-        raise _TooDeepError
+        raise TooDeepError
     return text
 
 
-class _TooDeepError(Exception):
+class TooDeepError(Exception):
     """Attributes nest deeper than ``MAX_ATTRIBUTE_DEPTH`` (an item error at ``$.attributes``)."""
 
 
@@ -146,10 +149,10 @@ def log_rows(project_id: UUID, items: list[LogIn], now: datetime, check_nul: boo
             continue
         timestamp = _utc(item.timestamp)
         if not MIN_TIME <= timestamp <= limit:
-            errors.add(index, "$.timestamp", _time_error(timestamp, limit))
+            errors.add(index, "$.timestamp", time_error(timestamp, limit))
         try:
-            attributes = _attributes(item.attributes)
-        except _TooDeepError:
+            attributes = encode_attributes(item.attributes)
+        except TooDeepError:
             errors.add(index, "$.attributes", TOO_DEEP)
             continue
         if check_nul:
@@ -195,14 +198,14 @@ def span_rows(
             continue
         start, end = _utc(item.start_time), _utc(item.end_time)
         if not MIN_TIME <= start <= limit:
-            errors.add(index, "$.start_time", _time_error(start, limit))
+            errors.add(index, "$.start_time", time_error(start, limit))
         if not MIN_TIME <= end <= limit:
-            errors.add(index, "$.end_time", _time_error(end, limit))
+            errors.add(index, "$.end_time", time_error(end, limit))
         if end < start:
             errors.add(index, "$.end_time", "end_time is before start_time")
         try:
-            attributes = _attributes(item.attributes)
-        except _TooDeepError:
+            attributes = encode_attributes(item.attributes)
+        except TooDeepError:
             errors.add(index, "$.attributes", TOO_DEEP)
             continue
         if check_nul:
@@ -262,7 +265,7 @@ def metric_rows(
         timestamp = _utc(item.timestamp)
         valid_time = MIN_TIME <= timestamp <= limit
         if not valid_time:
-            errors.add(index, "$.timestamp", _time_error(timestamp, limit))
+            errors.add(index, "$.timestamp", time_error(timestamp, limit))
         labels = _json_encode(item.labels or {})
         if check_nul:
             for name in ("name", "service_name"):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 __all__ = (
     "ALERT_SEVERITIES",
+    "CHANNEL_KINDS",
     "EVENT_TYPES",
     "LEVELS",
     "LEVEL_NAMES",
@@ -27,6 +28,7 @@ __all__ = (
     "SPAN_STATUSES",
     "SPAN_STATUS_NAMES",
     "STREAM_EVENT_TYPES",
+    "WEBHOOK_SIGNINGS",
     "AlertSeverityName",
     "EventTypeName",
     "Severity",
@@ -134,18 +136,27 @@ LOG_LEVEL_NAMES: Final[tuple[str, ...]] = tuple(sorted(LEVELS, key=LEVELS.__geti
 SPAN_STATUSES: Final[dict[str, int]] = {"UNSET": 0, "OK": 1, "ERROR": 2}
 SPAN_STATUS_NAMES: Final[dict[int, str]] = {v: k for k, v in SPAN_STATUSES.items()}
 
-#: Outbox event types (SPEC §8); channels subscribe to a subset.
+#: Outbox event types (SPEC §8, §12); channels subscribe to a subset. ``TEST`` is sent only to the
+#: channel it tests; ``CHANNEL_DISABLED`` to a project's other channels when one is disabled.
 EVENT_TYPES: Final[tuple[str, ...]] = (
     "ALERT_FIRING",
     "ALERT_RESOLVED",
+    "ALERT_ACKNOWLEDGED",
     "INCIDENT_OPENED",
     "INCIDENT_ESCALATED",
+    "INCIDENT_ACKNOWLEDGED",
     "INCIDENT_RESOLVED",
     "INCIDENT_REOPENED",
     "PROBLEM_OPENED",
     "PROBLEM_ESCALATED",
     "PROBLEM_RESOLVED",
+    "TEST",
+    "CHANNEL_DISABLED",
 )
+#: Notification channel kinds (SPEC §12); ``webhook`` is the default.
+CHANNEL_KINDS: Final[tuple[str, ...]] = ("webhook", "slack", "email", "pagerduty", "teams")
+#: Signing schemes of a ``webhook`` channel: ProdSentinel's own (§8, default) or Standard Webhooks.
+WEBHOOK_SIGNINGS: Final[tuple[str, ...]] = ("prodsentinel", "standard")
 
 
 def stream_type(event_type: str) -> str:

@@ -15,7 +15,7 @@ from litestar import Controller, Router, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.params import Body
-from litestar.status_codes import HTTP_201_CREATED
+from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prodsentinel.auth.guards import requires_scope
@@ -32,6 +32,7 @@ from prodsentinel.notifications.schemas import (
     ChannelCreate,
     ChannelList,
     ChannelOut,
+    ChannelTestOut,
     ChannelUpdate,
     DispatchOut,
     OutboxItemOut,
@@ -61,7 +62,7 @@ async def provide_report_service(db_session: AsyncSession) -> ReportService:
 
 
 class ChannelController(Controller):
-    """Webhook channels of the caller's project; secrets are write-only."""
+    """Channels of the caller's project (every kind); credentials are write-only."""
 
     path = "/channels"
     tags = ["notifications"]
@@ -76,11 +77,13 @@ class ChannelController(Controller):
             items=await channels.list_channels(project_id=principal.project_id, window_seconds=window)
         )
 
-    @post("/", guards=_ADMIN, summary="Create a channel (admin)")
+    @post("/", guards=_ADMIN, summary="Create a channel of any kind (admin)")
     async def create_channel(
-        self, channels: ChannelService, principal: Principal, data: ChannelCreate = Body()
+        self, channels: ChannelService, principal: Principal, state: State, data: ChannelCreate = Body()
     ) -> ChannelOut:
-        return await channels.create_channel(project_id=principal.project_id, data=data)
+        return await channels.create_channel(
+            project_id=principal.project_id, data=data, settings=state["settings"]
+        )
 
     @get("/{channel_id:uuid}", summary="One channel with its delivery health")
     async def get_channel(
@@ -88,13 +91,29 @@ class ChannelController(Controller):
     ) -> ChannelOut:
         return await channels.get_channel(project_id=principal.project_id, channel_id=channel_id)
 
-    @patch("/{channel_id:uuid}", guards=_ADMIN, summary="Change a channel (admin)")
+    @patch("/{channel_id:uuid}", guards=_ADMIN, summary="Change or re-enable a channel (admin)")
     async def update_channel(
-        self, channels: ChannelService, principal: Principal, channel_id: UUID, data: ChannelUpdate = Body()
+        self,
+        channels: ChannelService,
+        principal: Principal,
+        state: State,
+        channel_id: UUID,
+        data: ChannelUpdate = Body(),
     ) -> ChannelOut:
         return await channels.update_channel(
-            project_id=principal.project_id, channel_id=channel_id, data=data
+            project_id=principal.project_id, channel_id=channel_id, data=data, settings=state["settings"]
         )
+
+    @post(
+        "/{channel_id:uuid}/test",
+        guards=_ADMIN,
+        status_code=HTTP_202_ACCEPTED,
+        summary="Send a TEST event through the outbox to this channel only (admin)",
+    )
+    async def test_channel(
+        self, channels: ChannelService, principal: Principal, channel_id: UUID
+    ) -> ChannelTestOut:
+        return await channels.send_test(project_id=principal.project_id, channel_id=channel_id)
 
     @delete("/{channel_id:uuid}", guards=_ADMIN, summary="Delete a channel and its outbox items (admin)")
     async def delete_channel(self, channels: ChannelService, principal: Principal, channel_id: UUID) -> None:

@@ -3,6 +3,10 @@
 - :func:`dispatch_batch` claims due items (``OutboxRepository.claim_due``) and COMMITS the claim before
   any HTTP request, so a worker killed mid-send leaves a ``delivering`` item whose claim expires after
   the visibility timeout and is claimed again: never lost, possibly received twice (``event_id`` dedups).
+- Each item is sent by its channel kind's sender (``delivery.SENDERS``). In the transaction that
+  records the results: the channel state the senders return (Slack ``ts``, root ``Message-ID``,
+  PagerDuty ``dedup_key``), the pause a ``Retry-After`` asks of a channel (that channel only), and
+  endpoint health (``health.check_channels``: 410 or persistent failure disables a channel).
 - Each attempt appends one immutable ledger row; ``retry.decide`` turns it into delivered / retrying
   (full-jitter backoff or ``Retry-After``) / dead, with ``PRODSENTINEL_NOTIFY_MAX_ATTEMPTS`` counting
   every attempt.
@@ -15,16 +19,19 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 from uuid import UUID
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.lib.database import session_scope
-from prodsentinel.notifications import delivery, retry
+from prodsentinel.notifications import delivery, health, retry
 from prodsentinel.notifications.models import OutboxStatus
 from prodsentinel.notifications.repositories import (
     AttemptRecord,
+    ChannelRepository,
+    ChannelStateRepository,
     DeliveryAttemptRepository,
     ItemResult,
     OutboxRepository,
@@ -77,20 +84,32 @@ async def dispatch_batch(
     if not claim.items:
         counts.batches = 0 if not claim.lost_dead else 1
         return counts
-    facts = await delivery.send_batch(
-        claim.items, timeout_seconds=settings.notify_timeout_seconds, concurrency=settings.notify_concurrency
-    )
+    facts = await delivery.send_batch(claim.items, settings, concurrency=settings.notify_concurrency)
     results: list[ItemResult] = []
     records: list[AttemptRecord] = []
+    states: list[tuple[UUID, str, dict[str, Any]]] = []
+    throttles: dict[UUID, float] = {}
+    failed_channels: set[UUID] = set()
     for fact in facts:
-        decision = retry.decide(
-            attempt=fact.item.attempt,
-            max_attempts=settings.notify_max_attempts,
-            http_status=fact.http_status,
-            error_code=fact.error_code,
-            retry_after_seconds=fact.retry_after_seconds,
-            base_seconds=settings.notify_backoff_seconds,
+        decision = (
+            retry.RetryDecision("delivered")
+            if fact.accepted
+            else retry.decide(
+                attempt=fact.item.attempt,
+                max_attempts=settings.notify_max_attempts,
+                http_status=fact.http_status,
+                error_code=fact.error_code,
+                retry_after_seconds=fact.retry_after_seconds,
+                base_seconds=settings.notify_backoff_seconds,
+            )
         )
+        if fact.state is not None and fact.item.subject is not None:
+            states.append((fact.item.channel_id, fact.item.subject, fact.state))
+        if fact.http_status in retry.RETRY_AFTER_STATUSES and fact.retry_after_seconds:
+            channel = fact.item.channel_id
+            throttles[channel] = max(throttles.get(channel, 0.0), fact.retry_after_seconds)
+        if decision.outcome != "delivered":
+            failed_channels.add(fact.item.channel_id)
         status = _FINAL_STATUS[decision.outcome]
         results.append(
             ItemResult(
@@ -121,10 +140,21 @@ async def dispatch_batch(
     async with session_scope(session_maker) as session:
         outbox = OutboxRepository(session=session)
         present = await outbox.lock_present([record.item.id for record in records])
+        present_channels = {record.item.channel_id for record in records if record.item.id in present}
         await DeliveryAttemptRepository(session=session).insert_records(
             [record for record in records if record.item.id in present]
         )
         updated = await outbox.record_results(results)
+        await ChannelStateRepository(session=session).save([s for s in states if s[0] in present_channels])
+        if throttles:
+            await ChannelRepository(session=session).throttle(throttles)
+        if failed_channels:
+            await health.check_channels(
+                session,
+                failed_channels,
+                after_seconds=settings.channel_disable_after_seconds,
+                min_failures=settings.channel_disable_min_failures,
+            )
     if len(present) < len(records):  # their channel was deleted while they were being sent
         logger.info("outbox_items_deleted_during_delivery", count=len(records) - len(present))
     counts.stale = len(results) - updated

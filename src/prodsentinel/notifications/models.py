@@ -24,7 +24,9 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
-__all__ = ("Channel", "DeliveryAttempt", "OutboxItem", "OutboxStatus")
+from prodsentinel.lib.models import PlainBase
+
+__all__ = ("Channel", "ChannelState", "DeliveryAttempt", "OutboxItem", "OutboxStatus")
 
 
 class OutboxStatus:
@@ -36,20 +38,61 @@ class OutboxStatus:
 
 
 class Channel(UUIDv7AuditBase):
-    """A webhook receiver of one project. ``secret`` is kept (HMAC needs it) but never returned."""
+    """A receiver of one project (SPEC §8, §12). Its credential is kept but never returned.
+
+    ``secret``/``secret_env`` hold the one credential of the channel, whatever its kind calls it: the
+    HMAC key of a ``webhook``, the bot ``token`` of a ``slack`` channel, the ``routing_key`` of a
+    ``pagerduty`` one (the API names them per kind; ``channels.py`` maps them). One pair of columns
+    keeps the claim's SQL and the send-time ``*_env`` lookup one code path for every kind.
+    """
 
     __tablename__ = "notification_channels"
     __table_args__ = (UniqueConstraint("project_id", "name"),)
 
     project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100))
-    url: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16), default="webhook", server_default="webhook")
+    #: None for kinds without a URL (email, a Slack bot channel).
+    url: Mapped[str | None] = mapped_column(Text, default=None)
     secret: Mapped[str | None] = mapped_column(Text, default=None)
     secret_env: Mapped[str | None] = mapped_column(String(200), default=None)
+    #: ``webhook`` only: ``prodsentinel`` (SPEC §8 headers) or ``standard`` (Standard Webhooks).
+    signing: Mapped[str] = mapped_column(String(16), default="prodsentinel", server_default="prodsentinel")
+    #: ``slack`` with a bot token: the channel to post to.
+    slack_channel: Mapped[str | None] = mapped_column(String(200), default=None)
+    #: ``email``: the recipients.
+    email_to: Mapped[list[str] | None] = mapped_column(ARRAY(Text), default=None)
+    #: Routing: §7 matcher objects ``[{"name", "op", "value"}]`` over the event's labels; None: all pass.
+    matchers: Mapped[list[dict[str, str]] | None] = mapped_column(JSONB, default=None)
     min_severity: Mapped[str] = mapped_column(String(16), default="low")
     #: Outbox event names this channel receives; None means all.
     event_types: Mapped[list[str] | None] = mapped_column(ARRAY(String(40)), default=None)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: Why endpoint health disabled the channel (410, persistent failure); cleared on re-enable.
+    disabled_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    #: When it was last re-enabled: failures before it do not count towards disabling it again.
+    reenabled_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    #: A receiver's ``429``/``503`` + ``Retry-After`` pauses this channel (only) until then.
+    throttled_until: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+
+
+class ChannelState(PlainBase):
+    """What a channel must remember about one alert or incident (its ``subject``) across deliveries.
+
+    The Slack message ``ts`` (later events update that message), the root mail's ``Message-ID`` (later
+    mails reply to it), the PagerDuty ``dedup_key``. Written in the transaction that records the
+    attempt's result, so a replay or a restarted worker finds it.
+    """
+
+    __tablename__ = "notification_channel_state"
+
+    channel_id: Mapped[UUID] = mapped_column(
+        ForeignKey("notification_channels.id", ondelete="CASCADE"), primary_key=True
+    )
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    updated_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
 
 
 class OutboxItem(UUIDv7AuditBase):
@@ -87,6 +130,8 @@ class OutboxItem(UUIDv7AuditBase):
     replayed_from_id: Mapped[UUID | None] = mapped_column(PG_UUID(as_uuid=True), default=None)
     event_type: Mapped[str] = mapped_column(String(40))
     severity: Mapped[str] = mapped_column(String(16))
+    #: ``alert:<id>`` / ``incident:<id>``: the thread this event belongs to (``ChannelState``'s key).
+    subject: Mapped[str | None] = mapped_column(String(200), default=None)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -99,7 +144,7 @@ class OutboxItem(UUIDv7AuditBase):
 
 
 class DeliveryAttempt(UUIDv7Base):
-    """One HTTP attempt; rows are only ever inserted (the immutable ledger)."""
+    """One attempt (an HTTP request or an SMTP transaction); rows are only ever inserted (the ledger)."""
 
     __tablename__ = "delivery_attempts"
     __table_args__ = (

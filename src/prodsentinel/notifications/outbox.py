@@ -9,6 +9,7 @@ cron is the net) and never for a rolled-back one. Replays write new items the sa
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -20,6 +21,7 @@ from prodsentinel.lib.after_commit import after_commit
 from prodsentinel.lib.errors import ConflictError, NotFoundError
 from prodsentinel.lib.pagination import check_limit
 from prodsentinel.lib.time import utcnow
+from prodsentinel.notifications import routing
 from prodsentinel.notifications.models import OutboxItem
 from prodsentinel.notifications.reports import ReportService
 from prodsentinel.notifications.repositories import ChannelRepository, OutboxRepository
@@ -41,8 +43,13 @@ async def add_event(
     severity: str,
     payload: dict[str, Any],
     event_id: UUID | None = None,
+    channel_ids: Sequence[UUID] | None = None,
 ) -> UUID:
     """Write one outbox item per enabled channel of the project that wants this event.
+
+    A channel wants it when the event type is one of its ``event_types`` and ``routing.passes``
+    (``min_severity``, ``matchers`` over the event's labels). ``channel_ids`` (a TEST event) sends to
+    those channels only, whatever their filters.
 
     Flushes, never commits: the caller's transaction makes the state change and its notifications
     durable together. Returns the ``event_id`` (new unless given). It registers :func:`enqueue_dispatch`
@@ -55,10 +62,22 @@ async def add_event(
         raise ValueError(f"unknown outbox event type {event_type!r}")
     level = vocabulary.Severity(severity)  # an unknown severity is a caller's bug: ValueError
     event_id = event_id or uuid.uuid4()
-    channels = await ChannelRepository(session=session).for_event(
-        project_id=project_id, event_type=event_type
-    )
-    wanted = [channel.id for channel in channels if level >= channel.min_severity]
+    repository = ChannelRepository(session=session)
+    if channel_ids is not None:
+        wanted = [c.id for c in await repository.of_project(project_id) if c.id in channel_ids and c.enabled]
+    else:
+        channels = await repository.for_event(project_id=project_id, event_type=event_type)
+        labels = routing.event_labels(event_type, payload)
+        wanted = [
+            channel.id
+            for channel in channels
+            if routing.passes(
+                severity=level,
+                min_severity=channel.min_severity,
+                matchers=routing.compile_matchers(channel.matchers),
+                labels=labels,
+            )
+        ]
     if not wanted:
         return event_id
     now = utcnow()
@@ -78,6 +97,7 @@ async def add_event(
         severity=severity,
         payload=body,
         now=now,
+        subject=routing.subject_of(event_type, payload),
     )
     after_commit(session, enqueue_dispatch)
     return event_id

@@ -44,7 +44,7 @@ class NotificationsPlugin(InitPluginProtocol):
         if not self.channel_items:
             return
         async with session_scope(app.state[SESSION_MAKER_STATE_KEY]) as session:
-            count = await ChannelService(session=session).load_file(self.channel_items)
+            count = await ChannelService(session=session).load_file(self.channel_items, self.settings)
         logger.info("channels_loaded", count=count, file=str(self.settings.channels_file))
 
     async def _close_client(self, app: Litestar) -> None:

@@ -21,16 +21,18 @@ from sqlalchemy import any_, insert, literal, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from prodsentinel.lib.time import utcnow
-from prodsentinel.notifications.models import Channel, DeliveryAttempt, OutboxItem, OutboxStatus
+from prodsentinel.notifications.models import Channel, ChannelState, DeliveryAttempt, OutboxItem, OutboxStatus
 
 __all__ = (
     "ACTIVE_STATUSES",
     "WORKER_LOST",
     "AttemptRecord",
     "ChannelRepository",
+    "ChannelStateRepository",
     "Claim",
     "ClaimedItem",
     "DeliveryAttemptRepository",
+    "FailureStreak",
     "ItemResult",
     "OutboxRepository",
     "new_id",
@@ -61,6 +63,48 @@ class ChannelRepository(SQLAlchemyAsyncRepository[Channel]):
         )
         return list(channels)
 
+    async def throttle(self, delays: dict[UUID, float]) -> None:
+        """Pause channels whose receiver asked for it (``Retry-After``): nothing of theirs is claimed
+        before then, while other channels keep going."""
+        for channel_id, seconds in delays.items():
+            await self.session.execute(
+                text(
+                    """
+                    UPDATE notification_channels
+                    SET throttled_until = GREATEST(coalesce(throttled_until, now()),
+                                                   now() + make_interval(secs => :seconds))
+                    WHERE id = :id
+                    """
+                ),
+                {"id": channel_id, "seconds": float(seconds)},
+            )
+
+    async def failure_streaks(self, channel_ids: Sequence[UUID]) -> list[FailureStreak]:
+        """Failed attempts of these (enabled) channels since their last success or re-enabling."""
+        if not channel_ids:
+            return []
+        rows = await self.session.execute(text(_STREAK_SQL), {"ids": list(channel_ids)})
+        return [FailureStreak(r.channel_id, r.failures, r.first_failure_at, bool(r.gone)) for r in rows]
+
+    async def disable(self, channel_id: UUID, reason: str) -> Channel | None:
+        """Disable an enabled channel (None when it already was disabled or is gone)."""
+        now = utcnow()
+        row = await self.session.execute(
+            text(
+                """
+                UPDATE notification_channels
+                SET enabled = false, disabled_reason = :reason, disabled_at = :now, updated_at = :now
+                WHERE id = :id AND enabled
+                RETURNING id
+                """
+            ),
+            {"id": channel_id, "reason": reason, "now": now},
+        )
+        if row.scalar_one_or_none() is None:
+            return None
+        channel = await self.session.get(Channel, channel_id, populate_existing=True)
+        return channel
+
     async def of_project(self, project_id: UUID) -> list[Channel]:
         """The project's channels by name."""
         channels = await self.session.scalars(
@@ -83,8 +127,63 @@ class ChannelRepository(SQLAlchemyAsyncRepository[Channel]):
 
 
 @dataclass(frozen=True, slots=True)
+class FailureStreak:
+    """A channel's failed attempts since its last success (or its re-enabling)."""
+
+    channel_id: UUID
+    failures: int
+    first_failure_at: datetime
+    gone: bool
+
+
+_STREAK_SQL = """
+SELECT c.id AS channel_id, count(a.id) AS failures, min(a.started_at) AS first_failure_at,
+       bool_or(a.http_status = 410) AS gone
+FROM notification_channels AS c
+JOIN delivery_attempts AS a ON a.channel_id = c.id
+WHERE c.id = ANY(:ids) AND c.enabled
+  AND a.outcome <> 'delivered'
+  AND a.started_at > GREATEST(
+        coalesce(c.reenabled_at, '-infinity'::timestamptz),
+        coalesce((SELECT max(d.started_at) FROM delivery_attempts AS d
+                  WHERE d.channel_id = c.id AND d.outcome = 'delivered'), '-infinity'::timestamptz))
+GROUP BY c.id
+"""
+
+
+class ChannelStateRepository(SQLAlchemyAsyncRepository[ChannelState]):
+    """Per-channel, per-subject delivery state (Slack ts, root Message-ID, PagerDuty dedup_key)."""
+
+    model_type = ChannelState
+    id_attribute = "channel_id"
+
+    async def save(self, states: Sequence[tuple[UUID, str, dict[str, Any]]]) -> None:
+        """Upsert ``(channel_id, subject, data)`` rows; the last one of a key wins."""
+        latest = {(channel_id, subject): data for channel_id, subject, data in states}
+        if not latest:
+            return
+        now = utcnow()
+        statement = pg_insert(ChannelState).values(
+            [
+                {"channel_id": channel_id, "subject": subject, "data": data, "updated_at": now}
+                for (channel_id, subject), data in latest.items()
+            ]
+        )
+        await self.session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["channel_id", "subject"],
+                set_={"data": statement.excluded.data, "updated_at": now},
+            )
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedItem:
-    """One outbox item claimed for sending, with its channel's delivery settings at claim time."""
+    """One outbox item claimed for sending, with its channel's delivery settings at claim time.
+
+    ``secret``/``secret_env``: the channel's credential, whatever its kind (HMAC key, bot token,
+    routing key). ``state``: the channel's stored state of the item's ``subject`` (None: no thread yet).
+    """
 
     id: UUID
     project_id: UUID
@@ -94,9 +193,18 @@ class ClaimedItem:
     delivery_id: UUID
     attempt: int
     body: bytes
-    url: str
+    url: str | None
     secret: str | None
     secret_env: str | None
+    kind: str = "webhook"
+    signing: str = "prodsentinel"
+    event_type: str = ""
+    severity: str = "low"
+    subject: str | None = None
+    replayed: bool = False
+    slack_channel: str | None = None
+    email_to: tuple[str, ...] = ()
+    state: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +249,7 @@ WITH due AS (
     WHERE o.status IN ('pending', 'retrying', 'delivering')
       AND o.next_attempt_at <= now()
       AND c.enabled
+      AND (c.throttled_until IS NULL OR c.throttled_until <= now())
       {project_filter}
     ORDER BY o.next_attempt_at
     LIMIT :limit
@@ -162,7 +271,7 @@ claimed AS (
     FROM due
     WHERE o.id = due.id
     RETURNING o.id, o.project_id, o.channel_id, o.event_id, o.delivery_id, o.attempts, o.status,
-              o.payload, due.prev_status
+              o.payload, due.prev_status, o.event_type, o.severity, o.subject, o.replayed_from_id
 ),
 lost AS (
     INSERT INTO delivery_attempts (id, project_id, outbox_id, channel_id, delivery_id, event_id,
@@ -176,9 +285,12 @@ lost AS (
     WHERE cl.prev_status = 'delivering'
 )
 SELECT cl.id, cl.project_id, cl.channel_id, c.name AS channel_name, cl.event_id, cl.delivery_id,
-       cl.attempts, cl.status, cl.prev_status, cl.payload::text AS body, c.url, c.secret, c.secret_env
+       cl.attempts, cl.status, cl.prev_status, cl.payload::text AS body, c.url, c.secret, c.secret_env,
+       c.kind, c.signing, c.slack_channel, c.email_to, cl.event_type, cl.severity, cl.subject,
+       cl.replayed_from_id, s.data AS state
 FROM claimed AS cl
 JOIN notification_channels AS c ON c.id = cl.channel_id
+LEFT JOIN notification_channel_state AS s ON s.channel_id = cl.channel_id AND s.subject = cl.subject
 """
 
 
@@ -205,8 +317,8 @@ RETURNING o.id
 
 
 _REPLAY_COLUMNS = """
-    id, project_id, channel_id, event_id, delivery_id, replayed_from_id, event_type, severity, payload,
-    status, attempts, next_attempt_at, created_at, updated_at
+    id, project_id, channel_id, event_id, delivery_id, replayed_from_id, event_type, severity, subject,
+    payload, status, attempts, next_attempt_at, created_at, updated_at
 """
 
 
@@ -225,6 +337,7 @@ class OutboxRepository(SQLAlchemyAsyncRepository[OutboxItem]):
         severity: str,
         payload: dict[str, Any],
         now: datetime,
+        subject: str | None = None,
     ) -> None:
         """One pending item per channel, due at ``now``, each with its own ``delivery_id``."""
         if not channel_ids:
@@ -240,6 +353,7 @@ class OutboxRepository(SQLAlchemyAsyncRepository[OutboxItem]):
                     "delivery_id": uuid.uuid4(),
                     "event_type": event_type,
                     "severity": severity,
+                    "subject": subject,
                     "payload": payload,
                     "status": OutboxStatus.PENDING,
                     "attempts": 0,
@@ -290,6 +404,15 @@ class OutboxRepository(SQLAlchemyAsyncRepository[OutboxItem]):
                 url=row.url,
                 secret=row.secret,
                 secret_env=row.secret_env,
+                kind=row.kind,
+                signing=row.signing,
+                event_type=row.event_type,
+                severity=row.severity,
+                subject=row.subject,
+                replayed=row.replayed_from_id is not None,
+                slack_channel=row.slack_channel,
+                email_to=tuple(row.email_to or ()),
+                state=row.state,
             )
             for row in sendable
         ]
@@ -318,6 +441,21 @@ class OutboxRepository(SQLAlchemyAsyncRepository[OutboxItem]):
         )
         return len(rows.all())
 
+    async def kill_active(self, channel_id: UUID, error_code: str) -> int:
+        """Every not yet delivered item of the channel goes ``dead`` (its channel was disabled)."""
+        rows = await self.session.execute(
+            text(
+                """
+                UPDATE outbox_items
+                SET status = 'dead', locked_until = NULL, last_error_code = :code, updated_at = now()
+                WHERE channel_id = :id AND status IN ('pending', 'retrying', 'delivering')
+                RETURNING id
+                """
+            ),
+            {"id": channel_id, "code": error_code},
+        )
+        return len(rows.all())
+
     async def lock_present(self, item_ids: Sequence[UUID]) -> set[UUID]:
         """The ids of these outbox items that still exist, key-share locked until the transaction ends.
 
@@ -342,7 +480,7 @@ class OutboxRepository(SQLAlchemyAsyncRepository[OutboxItem]):
                 f"""
                 INSERT INTO outbox_items ({_REPLAY_COLUMNS})
                 SELECT :new_id, o.project_id, o.channel_id, o.event_id, :delivery_id, o.id, o.event_type,
-                       o.severity, o.payload, 'pending', 0, now(), now(), now()
+                       o.severity, o.subject, o.payload, 'pending', 0, now(), now(), now()
                 FROM outbox_items AS o
                 WHERE o.id = :item_id AND o.project_id = :project_id AND o.status IN ('delivered', 'dead')
                 RETURNING id
@@ -378,7 +516,7 @@ class OutboxRepository(SQLAlchemyAsyncRepository[OutboxItem]):
                 )
                 INSERT INTO outbox_items ({_REPLAY_COLUMNS})
                 SELECT gen_random_uuid(), o.project_id, o.channel_id, o.event_id, gen_random_uuid(), o.id,
-                       o.event_type, o.severity, o.payload, 'pending', 0, now(), now(), now()
+                       o.event_type, o.severity, o.subject, o.payload, 'pending', 0, now(), now(), now()
                 FROM outbox_items AS o JOIN picked USING (id)
                 RETURNING id, replayed_from_id
                 """

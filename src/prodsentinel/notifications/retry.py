@@ -27,6 +27,18 @@ Error codes stored in ``last_error_code`` and the attempt ledger
 ``http_other``      a status outside 200..599 that is not 2xx
 ==================  ====================================================
 
+Codes of the other kinds and of the egress guard (SPEC §12), classified by code before any status:
+
+========================  ==============================================================
+``blocked_destination``   the destination resolves to a refused address: dead
+``api_rejected``          an API answered 2xx with a permanent error (Slack ``ok: false``)
+``api_unavailable``       an API answered 2xx with a transient error: retried
+``smtp_5xx``              the SMTP server refused the mail permanently: dead
+``smtp_4xx``              the SMTP server refused it for now: retried
+``smtp_not_configured``   no ``PRODSENTINEL_SMTP_HOST`` in the sending process: retried
+``secret_unavailable``    the channel's ``*_env`` variable is unset: retried
+========================  ==============================================================
+
 Delays: the n-th retry (n = 1 after the first failed attempt) waits a
 uniformly random time in ``[0, min(cap, base * 2**(n-1))]`` ("full jitter",
 which spreads retries of many failing items instead of synchronising them).
@@ -47,8 +59,10 @@ from email.utils import parsedate_to_datetime
 from typing import Final, Literal
 
 __all__ = [
+    "DEAD_CODES",
     "DEFAULT_CAP_SECONDS",
     "RETRY_AFTER_STATUSES",
+    "RETRY_CODES",
     "ErrorCode",
     "ExcKind",
     "Outcome",
@@ -62,8 +76,9 @@ __all__ = [
 ]
 
 Outcome = Literal["delivered", "retry", "dead"]
-ExcKind = Literal["timeout", "connect_error", "network_error", "invalid_request"]
+ExcKind = Literal["timeout", "connect_error", "network_error", "invalid_request", "blocked_destination"]
 ErrorCode = Literal[
+    "blocked_destination",
     "timeout",
     "connect_error",
     "network_error",
@@ -78,6 +93,10 @@ ErrorCode = Literal[
 
 DEFAULT_CAP_SECONDS: Final = 3600.0
 RETRY_AFTER_STATUSES: Final = frozenset({429, 503})
+#: Error codes that end an item whatever the status (a refused destination is refused next time too).
+DEAD_CODES: Final = frozenset({"invalid_request", "blocked_destination", "api_rejected", "smtp_5xx"})
+#: Error codes that are retried even with a 2xx status (an API that reports errors in its body).
+RETRY_CODES: Final = frozenset({"api_unavailable"})
 # 2**1000 is still a finite float; beyond it base * 2**n would overflow.
 _MAX_EXPONENT: Final = 1000
 
@@ -135,7 +154,13 @@ def error_code_for(http_status: int | None, exc_kind: ExcKind | str | None) -> E
     ``exc_kind`` strings map to ``network_error``.
     """
     if exc_kind is not None:
-        if exc_kind in ("timeout", "connect_error", "network_error", "invalid_request"):
+        if exc_kind in (
+            "timeout",
+            "connect_error",
+            "network_error",
+            "invalid_request",
+            "blocked_destination",
+        ):
             return exc_kind  # type: ignore[return-value]
         return "network_error"
     if http_status is None:
@@ -157,13 +182,15 @@ def error_code_for(http_status: int | None, exc_kind: ExcKind | str | None) -> E
 
 def classify(http_status: int | None, error_code: str | None) -> Outcome:
     """What to do with the outbox item after one attempt (rules in the module docstring)."""
+    if error_code in DEAD_CODES:
+        return "dead"
+    if error_code in RETRY_CODES:
+        return "retry"
     if http_status is not None:
         if 200 <= http_status <= 299:
             return "delivered"
         if http_status in (408, 429) or 500 <= http_status <= 599:
             return "retry"
-        return "dead"
-    if error_code == "invalid_request":
         return "dead"
     return "retry"
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
 
+from prodsentinel.alerts.matchers import MatchOp
+from prodsentinel.lib import vocabulary
 from prodsentinel.lib.structs import Struct
 from prodsentinel.lib.vocabulary import EventTypeName, SeverityName
 
@@ -18,10 +20,12 @@ __all__ = (
     "ChannelHealth",
     "ChannelList",
     "ChannelOut",
+    "ChannelTestOut",
     "ChannelUpdate",
     "DispatchOut",
     "ErrorCodeCount",
     "LatencyOut",
+    "MatcherIn",
     "OutboxItemOut",
     "OutboxPage",
     "ReplayDeadOut",
@@ -53,17 +57,64 @@ Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 #: The name of an environment variable the sending worker reads at send time.
 SecretEnv = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
+if TYPE_CHECKING:
+    ChannelKind = str
+    SigningName = str
+else:
+    # Derived from lib.vocabulary, never restated.
+    ChannelKind = Literal[vocabulary.CHANNEL_KINDS]
+    SigningName = Literal[vocabulary.WEBHOOK_SIGNINGS]
+
+#: One recipient of an ``email`` channel.
+EmailAddress = Annotated[str, msgspec.Meta(max_length=254, pattern=r"^[^@\s<>,;]+@[^@\s<>,;]+$")]
+#: The recipients of an ``email`` channel.
+EmailList = Annotated[list[EmailAddress], msgspec.Meta(min_length=1, max_length=50)]
+#: A Slack channel id or name (``C0123ABC``, ``#alerts``).
+SlackChannel = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^\S+$")]
+
+
+class MatcherIn(Struct):
+    """One routing matcher (SPEC §7's matcher objects): ``=``, ``!=``, ``=~``, ``!~`` (anchored regex);
+    a label the event lacks counts as the empty string."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    op: MatchOp
+    value: Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+#: A non-empty subset of the outbox event types (duplicates are dropped).
 EventTypes = Annotated[list[EventTypeName], msgspec.Meta(min_length=1)]
 
 
 class ChannelCreate(Struct):
-    """A webhook channel. Give ``secret`` or ``secret_env`` (the name of an environment variable read
-    by the sending worker at send time), not both; neither means unsigned deliveries."""
+    """A channel (SPEC §8, §12). Fields per ``kind`` (others must be absent):
+
+    - ``webhook``: ``url``; ``secret`` or ``secret_env`` (an environment variable read by the sending
+      worker at send time), not both, neither means unsigned; ``signing`` ``prodsentinel`` or
+      ``standard`` (Standard Webhooks: ``whsec_`` secrets, space-separated for rotation).
+    - ``slack``: an incoming-webhook ``url``, or ``token``/``token_env`` and ``slack_channel``.
+    - ``email``: ``to`` (needs ``PRODSENTINEL_SMTP_HOST``).
+    - ``pagerduty``: ``routing_key`` or ``routing_key_env``.
+    - ``teams``: a Workflows webhook ``url``.
+
+    Every kind: ``matchers`` (routing over the event's labels), ``min_severity``, ``event_types``.
+    Credentials are write-only.
+    """
 
     name: ChannelName
-    url: WebhookUrl
+    kind: ChannelKind = "webhook"
+    url: WebhookUrl | None = None
     secret: Secret | None = None
     secret_env: SecretEnv | None = None
+    signing: SigningName = "prodsentinel"
+    token: Secret | None = None
+    token_env: SecretEnv | None = None
+    slack_channel: SlackChannel | None = None
+    to: EmailList | None = None
+    routing_key: Secret | None = None
+    routing_key_env: SecretEnv | None = None
+    #: Every matcher must hold over the event's labels; null or absent: every event passes.
+    matchers: list[MatcherIn] | None = None
     min_severity: SeverityName = "low"
     #: Outbox event names (ALERT_FIRING, ...); null or absent: all events.
     event_types: EventTypes | None = None
@@ -71,12 +122,21 @@ class ChannelCreate(Struct):
 
 
 class ChannelUpdate(Struct):
-    """Partial update: absent fields are kept; ``secret``/``secret_env`` null removes it."""
+    """Partial update: absent fields are kept; a credential set to null removes it; ``kind`` is fixed.
+    ``{"enabled": true}`` re-enables a channel that endpoint health disabled."""
 
     name: ChannelName | msgspec.UnsetType = msgspec.UNSET
-    url: WebhookUrl | msgspec.UnsetType = msgspec.UNSET
+    url: WebhookUrl | msgspec.UnsetType | None = msgspec.UNSET
     secret: Secret | msgspec.UnsetType | None = msgspec.UNSET
     secret_env: SecretEnv | msgspec.UnsetType | None = msgspec.UNSET
+    signing: SigningName | msgspec.UnsetType = msgspec.UNSET
+    token: Secret | msgspec.UnsetType | None = msgspec.UNSET
+    token_env: SecretEnv | msgspec.UnsetType | None = msgspec.UNSET
+    slack_channel: SlackChannel | msgspec.UnsetType | None = msgspec.UNSET
+    to: EmailList | msgspec.UnsetType | None = msgspec.UNSET
+    routing_key: Secret | msgspec.UnsetType | None = msgspec.UNSET
+    routing_key_env: SecretEnv | msgspec.UnsetType | None = msgspec.UNSET
+    matchers: list[MatcherIn] | msgspec.UnsetType | None = msgspec.UNSET
     min_severity: SeverityName | msgspec.UnsetType = msgspec.UNSET
     event_types: EventTypes | msgspec.UnsetType | None = msgspec.UNSET
     enabled: bool | msgspec.UnsetType = msgspec.UNSET
@@ -108,21 +168,43 @@ class ChannelHealth(Struct):
 
 
 class ChannelOut(Struct):
-    """A channel as returned by every endpoint: the secret itself never appears."""
+    """A channel as returned by every endpoint: no credential (secret, token, routing key) appears.
+
+    ``url`` of a ``slack`` or ``teams`` channel is shown as scheme and host only (those URLs are
+    credentials themselves); any password in a URL is masked.
+    """
 
     id: UUID
     name: str
-    url: str
+    kind: ChannelKind
+    url: str | None
+    #: A credential (secret, token or routing key, inline or from the environment) is set.
     has_secret: bool
-    #: The last 4 characters of an inline secret (for secrets of 12+ characters), else ``****``.
+    #: ``webhook`` only: the last 4 characters of an inline secret (12+ characters), else ``****``.
     secret_hint: str | None
     secret_env: str | None
+    signing: SigningName
+    token_env: str | None
+    slack_channel: str | None
+    to: list[str] | None
+    routing_key_env: str | None
+    matchers: list[MatcherIn] | None
     min_severity: SeverityName
     event_types: list[EventTypeName]
     enabled: bool
+    #: Why endpoint health disabled it (410 Gone, persistent failure); null when enabled.
+    disabled_reason: str | None
+    disabled_at: datetime | None
     created_at: datetime
     updated_at: datetime
     health: ChannelHealth | None = None
+
+
+class ChannelTestOut(Struct):
+    """The TEST event sent through the outbox to one channel."""
+
+    event_id: UUID
+    outbox_id: UUID
 
 
 class ChannelList(Struct):

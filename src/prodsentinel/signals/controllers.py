@@ -150,7 +150,9 @@ class MetricController(_ReadController):
         service: ServiceFilter = None,
         since: Since = None,
         until: Until = None,
-        step: Annotated[int, QueryParameter(description="Bucket width in seconds (>= 1).")] = 60,
+        step: Annotated[
+            int, QueryParameter(description="Bucket width in seconds (>= 1).", schema_extra={"minimum": 1})
+        ] = 60,
         agg: Annotated[
             str, QueryParameter(description="avg, min, max, sum, count, p50, p95 or p99.")
         ] = "avg",
@@ -180,6 +182,12 @@ class ServiceController(_ReadController):
         self,
         queries: SignalQueryService,
         principal: Principal,
-        window: Annotated[int, QueryParameter(description="Seconds back from now (1 .. 7776000).")] = 3600,
+        window: Annotated[
+            int,
+            QueryParameter(
+                description="Seconds back from now (1 .. 7776000).",
+                schema_extra={"minimum": 1, "maximum": 7_776_000},
+            ),
+        ] = 3600,
     ) -> ServiceList:
         return await queries.list_services(principal.project_id, window=window)
