@@ -19,7 +19,7 @@ from prodsentinel.auth.controllers import ApiKeyController
 from prodsentinel.auth.guards import PUBLIC_PATHS, auth_middleware, provide_principal
 from prodsentinel.auth.models import ApiKey
 from prodsentinel.auth.scopes import Principal
-from prodsentinel.incidents.controllers import AnomalyController, IncidentController
+from prodsentinel.incidents.controllers import AnomalyController, IncidentController, ProblemController
 from prodsentinel.ingest.controllers import IngestController
 from prodsentinel.ingest.otlp_controllers import OtlpController
 from prodsentinel.ingest.plugin import IngestPlugin
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             MetricController,
             ServiceController,
             IncidentController,
+            ProblemController,
             AnomalyController,
             alerts_router,
             notifications_router,
