@@ -191,14 +191,14 @@ class ChannelFactory(_RowFactory):
     url = "http://127.0.0.1:9/hook"
     secret = None
     secret_env = None
-    min_severity = "low"
-    event_types = None
-    enabled = True
     kind = "webhook"
     signing = "prodsentinel"
     slack_channel = None
     email_to = None
     matchers = None
+    min_severity = "low"
+    event_types = None
+    enabled = True
     disabled_reason = None
     disabled_at = None
     reenabled_at = None

@@ -131,12 +131,13 @@ async def test_ingest_to_signed_webhook_and_live_events(
                 firing = await asyncio.wait_for(next_event(messages, "alert_firing"), timeout=30)
                 assert firing["labels"]["alertname"] == "checkout-errors"
 
-            deliveries = await receiver.wait_for_async(2, timeout=60)
+            # No event filter: every event (the incident, its problem of SPEC §14, the alert).
+            deliveries = await receiver.wait_for_async(3, timeout=60)
             incidents = (await http.get("/api/v1/incidents", params={"service": "checkout"})).json()["items"]
             assert [incident["count"] for incident in incidents] == [5]
 
     bodies = {json.loads(request.body)["event_type"]: request for request in deliveries}
-    assert set(bodies) == {"INCIDENT_OPENED", "ALERT_FIRING"}
+    assert set(bodies) == {"INCIDENT_OPENED", "PROBLEM_OPENED", "ALERT_FIRING"}
     for event_type, request in bodies.items():
         assert request.headers["x-prodsentinel-signature"] == expected_signature(request), event_type
         body = json.loads(request.body)

@@ -23,7 +23,14 @@ from prodsentinel.lib import jobs
 from prodsentinel.lib.database import libpq_url
 from prodsentinel.settings import Settings
 
-__all__ = ("forget_crons", "postgres_queue", "running_worker", "wait_until_ready", "wait_until_serving")
+__all__ = (
+    "forget_crons",
+    "postgres_queue",
+    "running_worker",
+    "wait_until_done",
+    "wait_until_ready",
+    "wait_until_serving",
+)
 
 PROBE = "worker_probe"
 
@@ -79,6 +86,17 @@ async def forget_crons(queue: Queue) -> None:
                 ),
                 (queue.name,),
             )
+
+
+async def wait_until_done(queue: Queue, key: str, timeout: float = 20.0) -> None:
+    """Return once the job with ``key`` (as enqueued, queue prefix included) is no longer queued or active."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        job = await queue.job(key)
+        if job is None or job.status not in (Status.QUEUED, Status.ACTIVE):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {key} still running after {timeout} s")
 
 
 @contextlib.asynccontextmanager

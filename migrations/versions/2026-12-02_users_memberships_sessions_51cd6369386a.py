@@ -1,7 +1,7 @@
 """users memberships sessions
 
 Revision ID: 51cd6369386a
-Revises: 0d0afaad486c
+Revises: cc6fe62f5c2c
 Create Date: 2026-12-02 08:28:07.769264
 
 """
@@ -43,7 +43,7 @@ sa.OneTimeCode = OneTimeCode
 
 # revision identifiers, used by Alembic.
 revision = '51cd6369386a'
-down_revision = '0d0afaad486c'
+down_revision = 'cc6fe62f5c2c'
 branch_labels = None
 depends_on = None
 

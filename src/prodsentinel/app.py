@@ -21,7 +21,7 @@ from prodsentinel.auth.models import ApiKey
 from prodsentinel.auth.scopes import Principal
 from prodsentinel.auth.sessions import JWT_AUTH_STATE_KEY, jwt_auth_config
 from prodsentinel.auth.user_controllers import SessionController, UserController
-from prodsentinel.incidents.controllers import AnomalyController, IncidentController
+from prodsentinel.incidents.controllers import AnomalyController, IncidentController, ProblemController
 from prodsentinel.ingest.controllers import IngestController
 from prodsentinel.ingest.otlp_controllers import OtlpController
 from prodsentinel.ingest.plugin import IngestPlugin
@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             MetricController,
             ServiceController,
             IncidentController,
+            ProblemController,
             AnomalyController,
             alerts_router,
             notifications_router,

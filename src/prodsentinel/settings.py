@@ -164,6 +164,7 @@ class Settings:
         default=256 * 1024 * 1024, metadata=_env("PRODSENTINEL_INGEST_MAX_PENDING_BYTES")
     )
     incident_quiet_minutes: int = field(default=30, metadata=_env("PRODSENTINEL_INCIDENT_QUIET_MINUTES"))
+    problem_window_seconds: int = field(default=600, metadata=_env("PRODSENTINEL_PROBLEM_WINDOW_SECONDS"))
     analysis_webhook_url: str | None = field(default=None, metadata=_env("PRODSENTINEL_ANALYSIS_WEBHOOK_URL"))
     analysis_webhook_secret: str | None = field(
         default=None, metadata=_env("PRODSENTINEL_ANALYSIS_WEBHOOK_SECRET")
@@ -275,6 +276,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_batch_items": _parse_positive_int,
     "ingest_max_pending_bytes": _parse_positive_int,
     "incident_quiet_minutes": _parse_positive_int,
+    "problem_window_seconds": _parse_positive_int,
     "analysis_webhook_url": _parse_url,
     "analysis_webhook_secret": str,
     "alerts_interval_seconds": _parse_positive_int,

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.incidents.models import Incident
 from prodsentinel.lib import jobs
+from prodsentinel.lib.vocabulary import EVENT_TYPES
 from prodsentinel.notifications.models import Channel
 from prodsentinel.settings import Settings
 from tests.workers import postgres_queue, running_worker
@@ -33,9 +34,24 @@ async def incidents_of(session_maker: async_sessionmaker[AsyncSession], project_
         )
 
 
-async def add_channel(session_maker: async_sessionmaker[AsyncSession], project_id: UUID) -> UUID:
+#: The incident suites count incident events: their channel does not subscribe to problem events.
+INCIDENT_EVENTS = [t for t in EVENT_TYPES if not t.startswith("PROBLEM_")]
+
+
+async def add_channel(
+    session_maker: async_sessionmaker[AsyncSession],
+    project_id: UUID,
+    event_types: list[str] | None = None,
+    name: str = "ops",
+) -> UUID:
+    """A webhook channel of the project, subscribed to ``event_types`` (default: the incident events)."""
     async with session_maker() as session:
-        channel = Channel(project_id=project_id, name="ops", url="http://127.0.0.1:9/hook")
+        channel = Channel(
+            project_id=project_id,
+            name=name,
+            url="http://127.0.0.1:9/hook",
+            event_types=INCIDENT_EVENTS if event_types is None else event_types,
+        )
         session.add(channel)
         await session.commit()
         return channel.id

@@ -177,7 +177,7 @@ class TestEscalation:
             audit = list(
                 await session.scalars(
                     select(AuditEvent.action)
-                    .where(AuditEvent.project_id == tenant.project_id)
+                    .where(AuditEvent.project_id == tenant.project_id, AuditEvent.subject_type == "incident")
                     .order_by(AuditEvent.at, AuditEvent.id)  # every pass ran at now=clock: `at` ties
                 )
             )

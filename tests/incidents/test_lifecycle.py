@@ -116,7 +116,7 @@ class TestAckResolveApi:
             audit = list(
                 await session.execute(
                     select(AuditEvent.action, AuditEvent.actor, AuditEvent.subject_id)
-                    .where(AuditEvent.project_id == tenant.project_id)
+                    .where(AuditEvent.project_id == tenant.project_id, AuditEvent.subject_type == "incident")
                     .order_by(AuditEvent.at, AuditEvent.id)
                 )
             )

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.notifications import tasks
 from prodsentinel.notifications.models import OutboxItem
+from prodsentinel.notifications.outbox import DISPATCH_JOB
 from prodsentinel.settings import Settings
 from tests import workers
 from tests.notifications.conftest import add_events, create_channel, outbox
@@ -119,6 +120,9 @@ class TestDispatchJob:
             await add_events(session_maker, project_id, 1)
             [first] = await receiver.wait_for_async(1, timeout=20)
             [item] = await _when_all_delivered(session_maker, project_id, 1)
+            # The first dispatch job may still be finishing its loop: a wake-up enqueued meanwhile is
+            # deduplicated against it (the cron is the net in production; this worker has none).
+            await workers.wait_until_done(queue, f"{queue.name}:{DISPATCH_JOB}")
 
             response = await client.post(
                 f"/api/v1/notifications/outbox/{item.id}/replay", headers={"X-API-Key": admin_key}

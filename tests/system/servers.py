@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -43,8 +44,13 @@ def granian_server(
         sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--host", "127.0.0.1",
         "--port", str(port), "--workers", str(workers), "--no-access-log", "prodsentinel.app:create_app",
     ]  # fmt: skip
-    process = subprocess.Popen(
-        command, env=child_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    process = subprocess.Popen(  # its own process group: a stuck shutdown is killed with its workers
+        command,
+        env=child_env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -67,7 +73,9 @@ def granian_server(
         try:
             captured, _ = process.communicate(timeout=15)
         except subprocess.TimeoutExpired:
-            process.kill()
+            # granian can hang stopping while a worker is still starting (seen under load); its workers
+            # hold the output pipe, so kill the whole group or reading the output never ends.
+            os.killpg(process.pid, signal.SIGKILL)
             captured, _ = process.communicate()
         if output is not None:
             output.extend((captured or b"").decode(errors="replace").splitlines())

@@ -14,6 +14,9 @@ versioned result in ``incident.analysis``:
 
 The window is the incident's recent activity: from ``max(first_seen, last_seen - 1 h) - 5 min`` to
 ``last_seen + 5 min``.
+
+A problem (SPEC §14) is analysed the same way over its own failing traces (the root key's earliest
+first), stored in ``problems.analysis`` with its ``root``; the summary opens with the root dependency.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.incidents.analysis_queries import AnalysisQueries
-from prodsentinel.incidents.models import Anomaly, Incident
-from prodsentinel.incidents.repositories import AnomalyRepository, IncidentRepository
+from prodsentinel.incidents.models import Anomaly, Incident, Problem
+from prodsentinel.incidents.repositories import AnomalyRepository, IncidentRepository, ProblemRepository
 from prodsentinel.incidents.transitions import incident_out
 from prodsentinel.lib.after_commit import after_commit
 from prodsentinel.lib.database import session_scope
@@ -41,7 +44,15 @@ from prodsentinel.lib.time import utcnow
 from prodsentinel.notifications.signing import delivery_headers
 from prodsentinel.settings import Settings
 
-__all__ = ("ANALYSIS_VERSION", "analyse", "build_analysis", "post_webhook", "run_analysis")
+__all__ = (
+    "ANALYSIS_VERSION",
+    "analyse",
+    "analyse_problem",
+    "build_analysis",
+    "post_webhook",
+    "run_analysis",
+    "run_problem_analysis",
+)
 
 logger = structlog.get_logger("prodsentinel.incidents.analysis")
 
@@ -88,6 +99,83 @@ async def analyse(
     )
     await repo.save_analysis(incident.id, result, now)
     return result
+
+
+async def analyse_problem(
+    session: AsyncSession, project_id: UUID, problem_id: UUID, *, now: datetime | None = None
+) -> dict[str, Any] | None:
+    """Analyse one problem over its failing traces and store the result (the caller commits)."""
+    now = now or utcnow()
+    repository = ProblemRepository(session=session)
+    problem = await repository.get_for_project(problem_id, project_id)
+    if problem is None:
+        return None
+    queries = AnalysisQueries(session)
+    traces = await queries.problem_traces(
+        project_id, problem_id, problem.root_dependency, problem.root_service
+    )
+    members = await repository.members([(project_id, problem_id)])
+    since = max(problem.first_seen, problem.last_seen - MAX_LOOKBACK) - WINDOW_BEFORE
+    until = problem.last_seen + WINDOW_AFTER
+    # The problem seen as one incident of its root service: the same evidence rules apply.
+    as_incident = Incident(
+        project_id=project_id,
+        title=problem.title,
+        severity=problem.severity,
+        count=len(members),
+        first_seen=problem.first_seen,
+        last_seen=problem.last_seen,
+        sample_trace_ids=traces,
+        service_name=problem.root_service or "",
+    )
+    result = build_analysis(
+        as_incident,
+        deepest=await queries.deepest_error_spans(project_id, traces),
+        errors=await queries.earliest_errors(project_id, traces),
+        bursts=await queries.error_bursts(
+            project_id,
+            exclude_service="",
+            since=since,
+            until=until,
+            min_count=BURST_MIN_ERRORS,
+        ),
+        anomalies=await AnomalyRepository(session=session).in_window(project_id, since=since, until=until),
+        window=(since, until),
+    )
+    result["root"] = {
+        "service": problem.root_service,
+        "dependency": problem.root_dependency,
+        "incident_id": str(problem.root_incident_id) if problem.root_incident_id else None,
+        "span_id": problem.root_span_id,
+    }
+    result["summary"] = f"{_problem_summary(problem, len(members), len(traces))} {result['summary']}"
+    await repository.save_analysis(project_id, problem_id, result, now)
+    return result
+
+
+def _problem_summary(problem: Problem, incidents: int, traces: int) -> str:
+    services = ", ".join(problem.services or [])
+    if problem.root_dependency:
+        root = f"The root dependency is {problem.root_dependency}"
+        root += f", called by {problem.root_service}" if problem.root_service else ""
+    else:
+        root = f"The root is the service {problem.root_service or 'unknown'}"
+    return (
+        f"Problem '{problem.title}' ({problem.severity}): {incidents} incident(s) in {services}. "
+        f"{root}: present in the most failing traces ({traces} examined)."
+    )
+
+
+async def run_problem_analysis(
+    session_maker: async_sessionmaker[AsyncSession],
+    project_id: UUID,
+    problem_id: UUID,
+    *,
+    now: datetime | None = None,
+) -> dict[str, Any] | None:
+    """The ``analyse_problem`` job: one problem analysed in one unit of work."""
+    async with session_scope(session_maker) as session:
+        return await analyse_problem(session, project_id, problem_id, now=now)
 
 
 def build_analysis(

@@ -70,6 +70,30 @@ class AnalysisQueries:
         )
         return list(rows)
 
+    async def problem_traces(
+        self,
+        project_id: UUID,
+        problem_id: UUID,
+        dependency: str | None,
+        service: str | None,
+        limit: int = 10,
+    ) -> list[str]:
+        """A problem's failing traces, those of its root key first, earliest first."""
+        root = f"dependency:{dependency}" if dependency else f"service:{service}"
+        rows = await self.session.scalars(
+            text(
+                """
+                SELECT trace_id FROM problem_trace_keys
+                WHERE project_id = :pid AND problem_id = :problem
+                GROUP BY trace_id
+                ORDER BY bool_or(key = :root) DESC, min(first_ts)
+                LIMIT :limit
+                """
+            ),
+            {"pid": project_id, "problem": problem_id, "root": root, "limit": limit},
+        )
+        return list(rows)
+
     async def earliest_errors(self, project_id: UUID, trace_ids: Sequence[str], limit: int = 20) -> list[Row]:
         """Error logs and ERROR spans of the traces in time order (the first one is the first error).
 

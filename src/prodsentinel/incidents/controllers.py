@@ -1,4 +1,5 @@
-"""/api/v1/incidents and /api/v1/anomalies: thin handlers over ``IncidentService`` and ``AnomalyService``.
+"""/api/v1/incidents, /api/v1/problems and /api/v1/anomalies: thin handlers over ``IncidentService``,
+``ProblemService`` and ``AnomalyService``.
 
 A resolve's SSE event, outbox wake-up and the like are registered on the request's session by the
 service and run by the request boundary once the transaction commits (``lib.after_commit``).
@@ -17,12 +18,28 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from prodsentinel.auth.guards import requires_scope
 from prodsentinel.auth.scopes import Principal, Scope
 from prodsentinel.incidents.models import INCIDENT_STATUSES
-from prodsentinel.incidents.schemas import AnomalyPage, IncidentDetail, IncidentOut, IncidentPage
+from prodsentinel.incidents.problem_services import ProblemService
+from prodsentinel.incidents.schemas import (
+    AnomalyPage,
+    IncidentDetail,
+    IncidentOut,
+    IncidentPage,
+    MergeIn,
+    ProblemOut,
+    ProblemPage,
+)
 from prodsentinel.incidents.services import AnomalyService, IncidentService
 from prodsentinel.lib.pagination import DEFAULT_LIMIT, Cursor, Limit, Since, Until
 from prodsentinel.lib.vocabulary import SEVERITIES
 
-__all__ = ("AnomalyController", "IncidentController", "provide_anomaly_service", "provide_incident_service")
+__all__ = (
+    "AnomalyController",
+    "IncidentController",
+    "ProblemController",
+    "provide_anomaly_service",
+    "provide_incident_service",
+    "provide_problem_service",
+)
 
 _STATUS_CHOICES = "|".join(INCIDENT_STATUSES)
 _SEVERITY_CHOICES = "|".join(s.value for s in SEVERITIES)
@@ -36,12 +53,19 @@ async def provide_anomaly_service(db_session: AsyncSession) -> AnomalyService:
     return AnomalyService(session=db_session)
 
 
+async def provide_problem_service(db_session: AsyncSession) -> ProblemService:
+    return ProblemService(session=db_session)
+
+
 class IncidentController(Controller):
     """Incidents grouped from errors and sustained anomalies."""
 
     path = "/api/v1/incidents"
     tags = ["incidents"]
-    dependencies = {"incidents": Provide(provide_incident_service)}
+    dependencies = {
+        "incidents": Provide(provide_incident_service),
+        "problems": Provide(provide_problem_service),
+    }
 
     @get(
         "/",
@@ -113,6 +137,74 @@ class IncidentController(Controller):
     ) -> IncidentOut:
         return await incidents.resolve(
             project_id=principal.project_id, incident_id=incident_id, actor=principal.actor
+        )
+
+    @post(
+        "/{incident_id:uuid}/detach",
+        guards=[requires_scope(Scope.OPERATE)],
+        status_code=200,
+        summary="Take an incident out of its problem for good (audited; it never rejoins that problem)",
+    )
+    async def detach(self, problems: ProblemService, principal: Principal, incident_id: UUID) -> IncidentOut:
+        return await problems.detach(
+            project_id=principal.project_id, incident_id=incident_id, actor=principal.actor
+        )
+
+
+class ProblemController(Controller):
+    """Problems: incidents of one cascade, correlated by trace, dependency or by hand (SPEC §14)."""
+
+    path = "/api/v1/problems"
+    tags = ["incidents"]
+    dependencies = {"problems": Provide(provide_problem_service)}
+
+    @get(
+        "/",
+        guards=[requires_scope(Scope.READ)],
+        summary="List problems, newest first",
+        description="Ordered by id (creation order) descending.",
+    )
+    async def list_problems(
+        self,
+        problems: ProblemService,
+        principal: Principal,
+        status: Annotated[
+            str | None, QueryParameter(description=f"{_STATUS_CHOICES}, comma-separated.")
+        ] = None,
+        service: Annotated[
+            str | None, QueryParameter(description="Problems with an incident in this service.")
+        ] = None,
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
+    ) -> ProblemPage:
+        return await problems.list_problems(
+            principal.project_id, status=status, service=service, limit=limit, cursor=cursor
+        )
+
+    @get(
+        "/{problem_id:uuid}",
+        guards=[requires_scope(Scope.READ)],
+        summary="One problem with its root, incidents and evidence",
+    )
+    async def get_problem(
+        self, problems: ProblemService, principal: Principal, problem_id: UUID
+    ) -> ProblemOut:
+        return await problems.get_problem(principal.project_id, problem_id)
+
+    @post(
+        "/{problem_id:uuid}/merge",
+        guards=[requires_scope(Scope.OPERATE)],
+        status_code=200,
+        summary="Merge another problem into this one (audited; the fingerprints stay merged)",
+    )
+    async def merge(
+        self, problems: ProblemService, principal: Principal, problem_id: UUID, data: MergeIn
+    ) -> ProblemOut:
+        return await problems.merge(
+            project_id=principal.project_id,
+            problem_id=problem_id,
+            other_id=data.problem_id,
+            actor=principal.actor,
         )
 
 

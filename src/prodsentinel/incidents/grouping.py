@@ -10,8 +10,9 @@ Within a batch (:func:`group_batch`):
 2. record the occurrences and aggregate the new ones per incident key (``GroupingQueries``);
 3. :func:`fold_incidents`: compute each incident's severity (``severity.py``) under row locks, upsert,
    and derive the transitions (opened, escalated, reopened);
-4. move the high-water mark, and record the transitions (``transitions.py``: outbox, audit, and the
-   SSE events and analysis jobs that run once the batch commits).
+4. correlate the batch's incidents into problems (``problems.py``, SPEC §14) in the same transaction;
+5. move the high-water mark, and record the transitions (``transitions.py``: outbox, audit, and the
+   SSE events and analysis jobs that run once the batch commits) and the problems' transitions.
 
 The anomaly pass (``anomaly_detection.py``) folds sustained anomalies through the same
 :func:`fold_incidents`.
@@ -33,6 +34,13 @@ from uuid_utils.compat import uuid7
 from prodsentinel.incidents.fingerprint import fingerprint, incident_title, message_template
 from prodsentinel.incidents.grouping_queries import SOURCES, FoldRow, GroupingQueries, SignalSource
 from prodsentinel.incidents.models import IncidentStatus
+from prodsentinel.incidents.problem_queries import ProblemQueries
+from prodsentinel.incidents.problems import (
+    DEFAULT_WINDOW_SECONDS,
+    ProblemTransition,
+    correlate_batch,
+    record_problem_transitions,
+)
 from prodsentinel.incidents.severity import (
     DEFAULT_RULES,
     SPAN_ERROR_BASE,
@@ -91,6 +99,7 @@ class BatchOutcome:
     full: bool
     high_water_id: int
     transitions: list[Transition]
+    problem_transitions: list[ProblemTransition] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -98,6 +107,7 @@ class GroupingResult:
     signals: int = 0
     batches: int = 0
     transitions: list[Transition] = field(default_factory=list)
+    problem_transitions: list[ProblemTransition] = field(default_factory=list)
 
 
 async def run_grouping(
@@ -107,6 +117,8 @@ async def run_grouping(
     batch_size: int = GROUP_BATCH_SIZE,
     max_batches: int = GROUP_MAX_BATCHES,
     rules: SeverityRules = DEFAULT_RULES,
+    problem_window_seconds: int = DEFAULT_WINDOW_SECONDS,
+    correlate: bool = True,
 ) -> GroupingResult:
     """Fold every new error signal into incidents: one transaction per batch (see the module docstring).
 
@@ -115,13 +127,24 @@ async def run_grouping(
     """
     result = GroupingResult()
     started = time.monotonic()
-    for source in SOURCES.values():
+    # Spans first: failing client spans carry the dependencies (problems.py), so a cascade's problem
+    # opens knowing its root dependency instead of learning it one batch later.
+    for source in (SOURCES["span"], SOURCES["log"]):
         for _ in range(max_batches):
             async with session_scope(session_maker) as session:
-                outcome = await group_batch(session, source, batch_size=batch_size, now=now, rules=rules)
+                outcome = await group_batch(
+                    session,
+                    source,
+                    batch_size=batch_size,
+                    now=now,
+                    rules=rules,
+                    problem_window_seconds=problem_window_seconds,
+                    correlate=correlate,
+                )
             result.signals += outcome.signals
             result.batches += 1
             result.transitions.extend(outcome.transitions)
+            result.problem_transitions.extend(outcome.problem_transitions)
             if not outcome.full or time.monotonic() - started > GROUP_TIME_BUDGET_SECONDS:
                 break
     return result
@@ -134,8 +157,12 @@ async def group_batch(
     batch_size: int = GROUP_BATCH_SIZE,
     now: datetime | None = None,
     rules: SeverityRules = DEFAULT_RULES,
+    problem_window_seconds: int = DEFAULT_WINDOW_SECONDS,
+    correlate: bool = True,
 ) -> BatchOutcome:
     """Group the next batch of ``source``'s new error rows (the caller commits).
+
+    ``correlate=False`` skips the correlation into problems (only the benchmark's baseline does).
 
     High-water mark (see ``GroupingCursor``): rows are scanned from ``high_water_id`` and deduplicated
     by ``incident_occurrences``; the mark itself only moves to a checkpoint whose possibly in-flight
@@ -144,6 +171,8 @@ async def group_batch(
     now = now or utcnow()
     queries = GroupingQueries(session)
     await queries.lock_grouping(source.name)
+    # Before any row lock: both sources' batches correlate into the same problems (problems.py).
+    await ProblemQueries(session).lock_correlation()
     # Read before this transaction writes anything (a write assigns it an xid of its own).
     xmin = await queries.snapshot_xmin()
     cursor = await queries.get_cursor(source.table)
@@ -178,6 +207,19 @@ async def group_batch(
         now=now,
         rules=rules,
     )
+    problem_transitions = (
+        await correlate_batch(
+            session,
+            source,
+            ids,
+            fingerprints,
+            [(f.project_id, f.fingerprint, f.first_seen, f.last_seen) for f in folds],
+            now=now,
+            window_seconds=problem_window_seconds,
+        )
+        if correlate
+        else []
+    )
 
     high_water = max(cursor.high_water_id, min(bound, max(ids)) if full else bound)
     if cursor.checkpoint_id is None or (settled and high_water >= cursor.checkpoint_id):
@@ -191,7 +233,14 @@ async def group_batch(
         source.table, high_water_id=high_water, checkpoint_id=checkpoint_id, checkpoint_xmax=checkpoint_xmax
     )
     await record_transitions(session, transitions, actor=SYSTEM_ACTOR, now=now)
-    return BatchOutcome(signals=len(ids), full=full, high_water_id=high_water, transitions=transitions)
+    await record_problem_transitions(session, problem_transitions, actor=SYSTEM_ACTOR, now=now)
+    return BatchOutcome(
+        signals=len(ids),
+        full=full,
+        high_water_id=high_water,
+        transitions=transitions,
+        problem_transitions=problem_transitions,
+    )
 
 
 def _fold_from_signals(row: FoldRow, meta: tuple[str, str], source: str) -> IncidentFold:

@@ -14,10 +14,17 @@ from uuid import UUID
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from sqlalchemy import func, select, tuple_, update
 
-from prodsentinel.incidents.models import Anomaly, Incident, IncidentOccurrence, IncidentStatus
+from prodsentinel.incidents.models import (
+    Anomaly,
+    Incident,
+    IncidentOccurrence,
+    IncidentStatus,
+    Problem,
+    ProblemMember,
+)
 from prodsentinel.signals.models import LogRecord, Span
 
-__all__ = ("AnomalyRepository", "IncidentRepository")
+__all__ = ("AnomalyRepository", "IncidentRepository", "ProblemRepository")
 
 
 class IncidentRepository(SQLAlchemyAsyncRepository[Incident]):
@@ -195,4 +202,65 @@ class AnomalyRepository(SQLAlchemyAsyncRepository[Anomaly]):
             statement = statement.where(tuple_(Anomaly.ts, Anomaly.id) < tuple_(*after))
         return list(
             await self.session.scalars(statement.order_by(Anomaly.ts.desc(), Anomaly.id.desc()).limit(limit))
+        )
+
+
+class ProblemRepository(SQLAlchemyAsyncRepository[Problem]):
+    """Problem rows (written by the correlation pass, ``problem_queries``): lookups, pages, evidence."""
+
+    model_type = Problem
+
+    async def get_for_project(
+        self, problem_id: UUID, project_id: UUID, *, for_update: bool = False
+    ) -> Problem | None:
+        """The project's problem or ``None``; another project's id is as unknown as a missing one."""
+        statement = select(Problem).where(Problem.project_id == project_id, Problem.id == problem_id)
+        if for_update:
+            statement = statement.with_for_update()
+        return await self.session.scalar(statement.execution_options(populate_existing=True))
+
+    async def get_by_keys(self, keys: Sequence[tuple[UUID, UUID]]) -> list[Problem]:
+        if not keys:
+            return []
+        statement = select(Problem).where(tuple_(Problem.project_id, Problem.id).in_(list(keys)))
+        return list(await self.session.scalars(statement.execution_options(populate_existing=True)))
+
+    async def list_page(
+        self,
+        project_id: UUID,
+        *,
+        statuses: Sequence[str],
+        service: str | None,
+        after: tuple[Any, ...] | None,
+        limit: int,
+    ) -> list[Problem]:
+        """Up to ``limit`` problems newest first by id (UUIDv7: creation order), strictly below ``after``
+        (the primary key ``(project_id, id)`` walked backwards)."""
+        statement = select(Problem).where(Problem.project_id == project_id)
+        if statuses:
+            statement = statement.where(Problem.status.in_(statuses))
+        if service:
+            statement = statement.where(Problem.services.contains([service]))
+        if after is not None:
+            statement = statement.where(tuple_(Problem.id) < tuple_(*after))
+        return list(await self.session.scalars(statement.order_by(Problem.id.desc()).limit(limit)))
+
+    async def members(self, keys: Sequence[tuple[UUID, UUID]]) -> list[ProblemMember]:
+        """The evidence rows of the problems, in join order."""
+        if not keys:
+            return []
+        statement = (
+            select(ProblemMember)
+            .where(tuple_(ProblemMember.project_id, ProblemMember.problem_id).in_(list(keys)))
+            .order_by(ProblemMember.joined_at, ProblemMember.incident_id)
+        )
+        return list(await self.session.scalars(statement))
+
+    async def save_analysis(
+        self, project_id: UUID, problem_id: UUID, analysis: dict[str, Any], now: datetime
+    ) -> None:
+        await self.session.execute(
+            update(Problem)
+            .where(Problem.project_id == project_id, Problem.id == problem_id)
+            .values(analysis=analysis, analysed_at=now)
         )

@@ -1,4 +1,4 @@
-"""Wire format of incidents and anomalies (SPEC §6 field names)."""
+"""Wire format of incidents, anomalies (SPEC §6 field names) and problems (SPEC §14)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ __all__ = (
     "IncidentDetail",
     "IncidentOut",
     "IncidentPage",
+    "MergeIn",
+    "ProblemEvidence",
+    "ProblemOut",
+    "ProblemPage",
+    "ProblemRoot",
 )
 
 
@@ -41,6 +46,9 @@ class IncidentOut(Struct):
     resolved_by: str | None = None
     resolved_at: datetime | None = None
     analysed_at: datetime | None = None
+    #: The problem (SPEC §14) the incident is in; null until correlated, or after a detach until its
+    #: next occurrence.
+    problem_id: UUID | None = None
 
 
 class IncidentDetail(IncidentOut):
@@ -73,3 +81,51 @@ class AnomalyOut(Struct):
 class AnomalyPage(Struct):
     items: list[AnomalyOut]
     next_cursor: str | None
+
+
+class ProblemRoot(Struct):
+    """Where the cascade starts: the dependency (or service) in the most failing traces."""
+
+    service: str | None
+    dependency: str | None
+    incident_id: UUID | None
+    span_id: str | None
+
+
+class ProblemEvidence(Struct):
+    incident_id: UUID
+    #: trace | dependency | merge
+    joined_by: str
+    signal_ids: list[UUID]
+
+
+class ProblemOut(Struct):
+    id: UUID
+    title: str
+    #: open | acknowledged | resolved
+    status: str
+    #: The highest severity of its incidents.
+    severity: str
+    root: ProblemRoot
+    services: list[str]
+    incident_ids: list[UUID]
+    first_seen: datetime
+    last_seen: datetime
+    evidence: list[ProblemEvidence]
+    #: Until when (signal time) another incident may still join: extended by each join, capped at 24 h.
+    window_until: datetime
+    #: Set when a by-hand merge folded this problem into another one (it is then resolved).
+    merged_into: UUID | None = None
+    #: Root-cause analysis of the problem (docs/incidents.md); null until analysed.
+    analysis: dict[str, Any] | None = None
+
+
+class ProblemPage(Struct):
+    items: list[ProblemOut]
+    next_cursor: str | None
+
+
+class MergeIn(Struct):
+    """``POST /api/v1/problems/{id}/merge``: the problem folded into ``{id}``."""
+
+    problem_id: UUID

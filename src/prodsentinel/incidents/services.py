@@ -22,6 +22,7 @@ from prodsentinel.audit import services as audit_services
 from prodsentinel.audit.services import AuditEntry
 from prodsentinel.incidents.grouping_queries import GroupingQueries
 from prodsentinel.incidents.models import INCIDENT_STATUSES, Anomaly, Incident, IncidentStatus
+from prodsentinel.incidents.problems import record_problem_transitions, refresh
 from prodsentinel.incidents.repositories import AnomalyRepository, IncidentRepository
 from prodsentinel.incidents.schemas import AnomalyOut, AnomalyPage, IncidentDetail, IncidentOut, IncidentPage
 from prodsentinel.incidents.transitions import SYSTEM_ACTOR, Transition, incident_out, record_transitions
@@ -124,6 +125,7 @@ class IncidentService(SQLAlchemyAsyncRepositoryService[Incident]):
                 severity=incident.severity,
                 payload={"project_id": str(project_id), "incident": msgspec.to_builtins(out)},
             )
+            await self._refresh_problems([incident], actor=actor, now=now)
             return out
         return incident_out(incident)
 
@@ -145,6 +147,7 @@ class IncidentService(SQLAlchemyAsyncRepositoryService[Incident]):
         await record_transitions(
             self.session, [Transition("resolved", project_id, out)], actor=actor, now=now
         )
+        await self._refresh_problems([incident], actor=actor, now=now)
         return out
 
     async def auto_resolve(self, *, quiet_minutes: int, now: datetime | None = None) -> list[Transition]:
@@ -160,10 +163,17 @@ class IncidentService(SQLAlchemyAsyncRepositoryService[Incident]):
             Transition("resolved", incident.project_id, incident_out(incident)) for incident in resolved
         ]
         await record_transitions(self.session, transitions, actor=SYSTEM_ACTOR, now=now)
+        await self._refresh_problems(resolved, actor=SYSTEM_ACTOR, now=now)
         await GroupingQueries(self.session).prune_occurrences(
             cutoff=now - OCCURRENCE_RETENTION, limit=PRUNE_BATCH
         )
         return transitions
+
+    async def _refresh_problems(self, incidents: Sequence[Incident], *, actor: str, now: datetime) -> None:
+        """Roll up the problems of changed incidents (status, severity; PROBLEM_RESOLVED once all are)."""
+        keys = [(i.project_id, i.problem_id) for i in incidents if i.problem_id is not None]
+        transitions = await refresh(self.session, keys, now=now, roots=())
+        await record_problem_transitions(self.session, transitions, actor=actor, now=now)
 
     async def _get_locked(self, project_id: UUID, incident_id: UUID) -> Incident:
         incident = await self.repository.get_for_project(incident_id, project_id, for_update=True)

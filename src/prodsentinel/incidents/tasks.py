@@ -7,6 +7,9 @@
 - ``detect_anomalies`` (cron, every minute): score active metric series.
 - ``analyse_incident``: root-cause analysis, job key ``analyse:<incident_id>``.
 - ``analyse_pending_incidents`` (cron, every minute): re-announces analyses whose enqueue was lost.
+- ``analyse_problem``: root-cause analysis of a problem (SPEC §14), job key ``analyse-problem:<id>``.
+
+Correlation into problems is no task of its own: it runs inside every grouping batch (``problems.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from uuid import UUID
 
 from litestar_saq import CronJob
 
-from prodsentinel.incidents.analysis import run_analysis
+from prodsentinel.incidents.analysis import run_analysis, run_problem_analysis
 from prodsentinel.incidents.anomaly_detection import run_anomaly_detection
 from prodsentinel.incidents.grouping import run_grouping
 from prodsentinel.incidents.services import run_auto_resolve
@@ -29,6 +32,7 @@ __all__ = (
     "TASKS",
     "analyse_incident",
     "analyse_pending_incidents",
+    "analyse_problem",
     "auto_resolve_incidents",
     "cron_jobs",
     "detect_anomalies",
@@ -38,8 +42,15 @@ __all__ = (
 
 
 async def group_new_errors(ctx: Any) -> dict[str, int]:
-    result = await run_grouping(ctx["session_maker"])
-    return {"signals": result.signals, "batches": result.batches, "transitions": len(result.transitions)}
+    result = await run_grouping(
+        ctx["session_maker"], problem_window_seconds=settings_of(ctx).problem_window_seconds
+    )
+    return {
+        "signals": result.signals,
+        "batches": result.batches,
+        "transitions": len(result.transitions),
+        "problem_transitions": len(result.problem_transitions),
+    }
 
 
 async def group_new_errors_cron(ctx: Any) -> dict[str, int]:
@@ -71,7 +82,12 @@ async def analyse_incident(ctx: Any, *, incident_id: str) -> dict[str, Any]:
     return {"incident_id": incident_id, "origin_service": result["origin_service"] if result else None}
 
 
-TASKS: list[Any] = [group_new_errors, analyse_incident]
+async def analyse_problem(ctx: Any, *, project_id: str, problem_id: str) -> dict[str, Any]:
+    result = await run_problem_analysis(ctx["session_maker"], UUID(project_id), UUID(problem_id))
+    return {"problem_id": problem_id, "root": result["root"] if result else None}
+
+
+TASKS: list[Any] = [group_new_errors, analyse_incident, analyse_problem]
 
 
 def cron_jobs(settings: Settings) -> list[CronJob]:

@@ -48,6 +48,11 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/incidents/{incident_id}"): "getIncident",
     ("POST", "/api/v1/incidents/{incident_id}/ack"): "ackIncident",
     ("POST", "/api/v1/incidents/{incident_id}/resolve"): "resolveIncident",
+    ("POST", "/api/v1/incidents/{incident_id}/detach"): "detachIncident",
+    # problems
+    ("GET", "/api/v1/problems"): "listProblems",
+    ("GET", "/api/v1/problems/{problem_id}"): "getProblem",
+    ("POST", "/api/v1/problems/{problem_id}/merge"): "mergeProblems",
     ("GET", "/api/v1/anomalies"): "listAnomalies",
     # alerts
     ("GET", "/api/v1/alerts/active"): "listActiveAlerts",

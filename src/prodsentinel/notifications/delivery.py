@@ -21,7 +21,13 @@ import structlog
 
 from prodsentinel.notifications import mail, pagerduty, slack, teams, webhook
 from prodsentinel.notifications.repositories import ClaimedItem
-from prodsentinel.notifications.sending import SECRET_UNAVAILABLE, AttemptFacts, KindConfig, SendContext
+from prodsentinel.notifications.sending import (
+    SECRET_UNAVAILABLE,
+    AttemptFacts,
+    KindConfig,
+    SendContext,
+    Timer,
+)
 from prodsentinel.notifications.transport import LaneTransport, close_client, shared_client
 from prodsentinel.settings import Settings
 
@@ -73,8 +79,12 @@ async def send_batch(
         for item in group:
             if carried is not None:
                 item = dataclasses.replace(item, state=carried)
-            async with gate:
-                fact = await SENDERS[item.kind](ctx, item)
+            sender = SENDERS.get(item.kind)
+            if sender is None:  # a row no API could write: dead, not a crash of everyone's batch
+                fact = Timer(item).facts(None, "invalid_request")
+            else:
+                async with gate:
+                    fact = await sender(ctx, item)
             facts[item.id] = fact
             if fact.state is not None:
                 carried = fact.state

@@ -119,6 +119,14 @@ def _summary(report: DemoReport) -> None:
             )
     else:
         click.echo("demo: no open incident yet (grouping runs in the workers: is `workers run` up?)")
+    for problem in report.problems:
+        root = problem.get("root") or {}
+        services = ", ".join(problem.get("services") or [])
+        click.echo(
+            f"demo: problem [{problem.get('severity')}] {problem.get('title')}: "
+            f"{len(problem.get('incident_ids') or [])} incidents in {services}, "
+            f"root {root.get('dependency') or root.get('service')}"
+        )
     if report.alerts:
         for alert in report.alerts:
             labels = alert.get("labels") or {}

@@ -5,8 +5,9 @@ request one trace of nested spans with the W3C-sized ids real SDKs use, INFO log
 and span ids, and per-service metrics every second. After ``failure_after`` seconds the payments
 database starts timing out: the payments DB span and every span above it end in ERROR (the failure
 propagates up the trace), each service logs an ERROR, and ``payments.db.query_duration_ms`` steps from
-~20 ms to ~5 s. The ERROR logs and spans open an incident (escalating to high: >= 10 in 5 minutes), and
-the demo alert policies created through the API fire.
+~20 ms to ~5 s. The ERROR logs and spans open incidents in three services (escalating to high: >= 10
+in 5 minutes), correlated into one problem rooted in the payments database (SPEC §14), and the demo
+alert policies created through the API fire.
 
 The generator (:class:`TelemetryGenerator`) is pure (seeded RNG, explicit clock) and produces the
 SPEC §4 ingest items as plain dicts; :func:`run_demo` sends them with httpx.
@@ -28,6 +29,7 @@ import httpx
 
 __all__ = (
     "DEMO_POLICIES",
+    "PAYMENTS_DB_DEPENDENCY",
     "SERVICES",
     "DemoBatch",
     "DemoReport",
@@ -37,6 +39,11 @@ __all__ = (
 
 SERVICES = ("frontend", "checkout", "inventory", "payments")
 DB_TIMEOUT_MS = 5000.0
+#: The payments database, as its client spans name it (``server.address``, ``db.name``): the dependency
+#: the outage's problem is rooted in (SPEC §14).
+PAYMENTS_DB_HOST = "payments-db"
+#: The problem root's ``dependency`` for that database.
+PAYMENTS_DB_DEPENDENCY = f"postgresql://{PAYMENTS_DB_HOST}/payments"
 
 #: Alert policies the demo creates (admin key) in its project; both fire during the failure.
 DEMO_POLICIES: tuple[dict[str, Any], ...] = (
@@ -222,7 +229,13 @@ class TelemetryGenerator:
             start=charge_start + timedelta(milliseconds=3),
             duration_ms=db_ms,
             error=failing,
-            attributes={"db.system": "postgresql", "db.operation": "INSERT", "db.sql.table": "payments"}
+            attributes={
+                "db.system": "postgresql",
+                "server.address": PAYMENTS_DB_HOST,
+                "db.name": "payments",
+                "db.operation": "INSERT",
+                "db.sql.table": "payments",
+            }
             | ({"error.type": "QueryTimeout"} if failing else {}),
         )
         end = now
@@ -320,6 +333,7 @@ class DemoReport:
     failed_posts: int = 0
     policies: list[str] = field(default_factory=list)
     incidents: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -412,6 +426,7 @@ async def run_demo(
         deadline = time.monotonic() + (settle if failure_after is not None else 0.0)
         while True:
             report.incidents = await _items(client, "/api/v1/incidents?status=open")
+            report.problems = await _items(client, "/api/v1/problems?status=open")
             report.alerts = await _items(client, "/api/v1/alerts/active")
             if (report.incidents and report.alerts) or time.monotonic() >= deadline:
                 break
