@@ -28,18 +28,16 @@ earliest), and its deepest failing span (the span and its incident name the root
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from uuid import UUID
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
-from prodsentinel.audit import services as audit_services
-from prodsentinel.audit.services import AuditEntry
 from prodsentinel.incidents.grouping_queries import SignalSource
 from prodsentinel.incidents.models import IncidentStatus, Problem, ProblemMember
 from prodsentinel.incidents.problem_queries import (
@@ -52,12 +50,13 @@ from prodsentinel.incidents.problem_queries import (
 from prodsentinel.incidents.problem_rule_queries import ProblemRuleQueries
 from prodsentinel.incidents.repositories import ProblemRepository
 from prodsentinel.incidents.schemas import ProblemEvidence, ProblemOut, ProblemRoot
-from prodsentinel.incidents.transitions import ANALYSED_SEVERITIES, ANALYSIS_TIMEOUT_SECONDS
+from prodsentinel.incidents.transitions import (
+    ANALYSED_SEVERITIES,
+    ANALYSIS_TIMEOUT_SECONDS,
+    record_transitions,
+)
 from prodsentinel.lib import jobs
-from prodsentinel.lib.after_commit import after_commit
-from prodsentinel.lib.events import publish_after_commit
-from prodsentinel.lib.vocabulary import Severity, rank, stream_type
-from prodsentinel.notifications.outbox import add_event
+from prodsentinel.lib.vocabulary import Severity, rank
 
 __all__ = (
     "DEFAULT_WINDOW_SECONDS",
@@ -219,6 +218,21 @@ class ProblemTransition:
     def wants_analysis(self) -> bool:
         return self.kind != "resolved" and Severity(self.problem.severity) in ANALYSED_SEVERITIES
 
+    subject_type: ClassVar[str] = "problem"
+
+    @property
+    def subject_id(self) -> UUID:
+        return self.problem.id
+
+    @property
+    def severity(self) -> str:
+        return self.problem.severity
+
+    def analysis(self) -> tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]] | None:
+        if not self.wants_analysis:
+            return None
+        return enqueue_problem_analysis, (self.project_id, self.problem.id)
+
     def live_payload(self) -> dict[str, Any]:
         """The SSE event: the problem without its evidence (a NOTIFY payload stays under 8 kB; clients
         read the rest through the API)."""
@@ -241,40 +255,9 @@ class ProblemTransition:
 async def record_problem_transitions(
     session: AsyncSession, transitions: Sequence[ProblemTransition], *, actor: str, now: datetime
 ) -> None:
-    """Outbox events and audit rows in the caller's transaction; the SSE events and analysis jobs after
-    its commit (exactly like ``transitions.record_transitions`` for incidents)."""
-    if not transitions:
-        return
-    audit: list[AuditEntry] = []
-    for transition in transitions:
-        payload = transition.payload()
-        event_id = await add_event(
-            session,
-            project_id=transition.project_id,
-            event_type=transition.event_type,
-            severity=transition.problem.severity,
-            payload=payload,
-        )
-        publish_after_commit(
-            session, stream_type(transition.event_type), transition.project_id, transition.live_payload()
-        )
-        if transition.wants_analysis:
-            after_commit(session, enqueue_problem_analysis, transition.project_id, transition.problem.id)
-        details: dict[str, Any] = {"severity": transition.problem.severity, "event_id": str(event_id)}
-        if transition.previous_severity is not None:
-            details["previous_severity"] = transition.previous_severity
-        audit.append(
-            AuditEntry(
-                project_id=transition.project_id,
-                actor=actor,
-                action=f"problem_{transition.kind}",
-                subject_type="problem",
-                subject_id=transition.problem.id,
-                details=details,
-                at=now,
-            )
-        )
-    await audit_services.record(session, *audit)
+    """Outbox events and audit rows in the caller's transaction, the SSE events and analysis jobs after
+    its commit: the incidents' one recorder (``transitions.record_transitions``)."""
+    await record_transitions(session, transitions, actor=actor, now=now)
 
 
 async def enqueue_problem_analysis(project_id: UUID, problem_id: UUID) -> bool:

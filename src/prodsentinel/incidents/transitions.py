@@ -16,10 +16,10 @@ that commits announces exactly what it wrote.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Protocol
 from uuid import UUID
 
 import msgspec
@@ -40,6 +40,7 @@ from prodsentinel.notifications.outbox import add_event
 __all__ = (
     "ANALYSED_SEVERITIES",
     "SYSTEM_ACTOR",
+    "Announcement",
     "Transition",
     "enqueue_analysis",
     "incident_out",
@@ -80,6 +81,19 @@ class Transition:
     def wants_analysis(self) -> bool:
         return self.kind != "resolved" and Severity(self.incident.severity) in ANALYSED_SEVERITIES
 
+    subject_type: ClassVar[str] = "incident"
+
+    @property
+    def subject_id(self) -> UUID:
+        return self.incident.id
+
+    @property
+    def severity(self) -> str:
+        return self.incident.severity
+
+    def analysis(self) -> tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]] | None:
+        return (enqueue_analysis, (self.incident.id,)) if self.wants_analysis else None
+
     def payload(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "project_id": str(self.project_id),
@@ -88,6 +102,39 @@ class Transition:
         if self.previous_severity is not None:
             body["previous_severity"] = self.previous_severity
         return body
+
+    def live_payload(self) -> dict[str, Any]:
+        return self.payload()
+
+
+class Announcement(Protocol):
+    """A subject's state change as :func:`record_transitions` writes it (incidents and problems)."""
+
+    subject_type: ClassVar[str]
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def project_id(self) -> UUID: ...
+
+    @property
+    def previous_severity(self) -> str | None: ...
+
+    @property
+    def event_type(self) -> str: ...
+
+    @property
+    def subject_id(self) -> UUID: ...
+
+    @property
+    def severity(self) -> str: ...
+
+    def analysis(self) -> tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]] | None: ...
+
+    def payload(self) -> dict[str, Any]: ...
+
+    def live_payload(self) -> dict[str, Any]: ...
 
 
 def incident_out(row: Incident | dict[str, Any]) -> IncidentOut:
@@ -98,38 +145,40 @@ def incident_out(row: Incident | dict[str, Any]) -> IncidentOut:
 
 
 async def record_transitions(
-    session: AsyncSession, transitions: Sequence[Transition], *, actor: str, now: datetime
+    session: AsyncSession, transitions: Sequence[Announcement], *, actor: str, now: datetime
 ) -> None:
     """Write the transitions' outbox events and audit rows, and register their announcements.
 
     Flushes, never commits; the SSE events and analysis jobs run only once the caller's transaction
-    has committed (see the module docstring).
+    has committed (see the module docstring). Incidents and problems alike (``Announcement``).
     """
     if not transitions:
         return
     audit: list[AuditEntry] = []
     for transition in transitions:
-        payload = transition.payload()
         event_id = await add_event(
             session,
             project_id=transition.project_id,
             event_type=transition.event_type,
-            severity=transition.incident.severity,
-            payload=payload,
+            severity=transition.severity,
+            payload=transition.payload(),
         )
-        publish_after_commit(session, transition.stream_type, transition.project_id, payload)
-        if transition.wants_analysis:
-            after_commit(session, enqueue_analysis, transition.incident.id)
-        details: dict[str, Any] = {"severity": transition.incident.severity, "event_id": str(event_id)}
+        publish_after_commit(
+            session, stream_type(transition.event_type), transition.project_id, transition.live_payload()
+        )
+        analysis = transition.analysis()
+        if analysis is not None:
+            after_commit(session, analysis[0], *analysis[1])
+        details: dict[str, Any] = {"severity": transition.severity, "event_id": str(event_id)}
         if transition.previous_severity is not None:
             details["previous_severity"] = transition.previous_severity
         audit.append(
             AuditEntry(
                 project_id=transition.project_id,
                 actor=actor,
-                action=f"incident_{transition.kind}",
-                subject_type="incident",
-                subject_id=transition.incident.id,
+                action=f"{transition.subject_type}_{transition.kind}",
+                subject_type=transition.subject_type,
+                subject_id=transition.subject_id,
                 details=details,
                 at=now,
             )
