@@ -1,21 +1,27 @@
-"""Set-based, idempotent writes of signal rows (the ingest hot path). Read queries live in repositories.py.
+"""Set-based, idempotent writes of signal rows (the ingest hot path). Read queries live in read_queries.py.
 
 Hand-written asyncpg rather than advanced-alchemy: the ORM would build one object per signal, and even a
-Core multi-row INSERT costs several times PostgreSQL's binary ``COPY``. The tables are append-only; the
-only guarantee to keep is SPEC §4's "one ``signal_id`` per project is stored once", which the unique
-constraint on ``(project_id, signal_id)`` enforces. How the write stays cheap:
+Core multi-row INSERT costs several times PostgreSQL's binary ``COPY``. The tables are append-only and
+partitioned by time (``signals.partitions``); the guarantee to keep is SPEC §4's "one ``signal_id`` per
+project is stored once", which the unique constraint on ``(project_id, signal_id, time)`` enforces for
+every resend (a resend carries the signal's timestamp, so it lands in the partition that holds the
+original; docs/ingest.md "Idempotency" states the guarantee and its measured alternatives). How the
+write stays cheap:
 
-1. *Fast path.* Look up which keys of the batch are already stored (one index probe per key, usually
-   none), then ``COPY`` the rest straight into the table: no staging table, no ``ON CONFLICT``
-   speculative insertion. Measured at 80-95 % of a raw ``COPY`` without the unique index (docs/ingest.md).
-   Small batches (up to ``SMALL_BATCH_ROWS``: what group commit gathers from single-event requests)
-   skip it and go straight to the one-statement exact path below: one round trip instead of four.
+1. *Fast path.* Look up which keys of the batch are already stored (one index probe per key in the one
+   partition its timestamp selects, usually none found), then ``COPY`` the rest straight into the table:
+   no staging table, no ``ON CONFLICT`` speculative insertion. Small batches (up to ``SMALL_BATCH_ROWS``:
+   what group commit gathers from single-event requests) skip it and go straight to the one-statement
+   exact path below: one round trip instead of four.
 2. *Race.* If a concurrent writer stores one of the same keys between the probe and the ``COPY``, the
    unique index rejects the ``COPY`` and the whole transaction rolls back; the batch is then written with
    ``INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING RETURNING``, which is exact under any
    concurrency. Either way nothing is stored twice and the caller learns exactly which keys were new.
+3. *Missing partition.* A timestamp outside every partition (a late or early signal, or before the cron
+   created today's) fails the statement; the writer then creates the partitions the batch needs
+   (``partitions.ensure_sql``) and writes again. Nothing is checked on the common path.
 
-Callers pass rows with unique keys sorted by ``(project_id, signal_id)``: every writer then takes the
+Callers pass rows with unique ``(project_id, signal_id)`` sorted by it: every writer then takes the
 unique-index locks in the same order, so concurrent batches with overlapping keys cannot deadlock.
 """
 
@@ -29,7 +35,24 @@ from uuid import UUID
 
 import asyncpg
 
-__all__ = ("LOGS", "METRIC_POINTS", "SMALL_BATCH_ROWS", "SPANS", "Key", "SignalTable", "write_rows")
+from prodsentinel.signals.partitions import (
+    DEFAULT_INTERVAL_SECONDS,
+    PARTITIONED,
+    PartitionedTable,
+    ensure_sql,
+    ranges_for,
+)
+
+__all__ = (
+    "DEDUP_WINDOW_HOURS",
+    "LOGS",
+    "METRIC_POINTS",
+    "SMALL_BATCH_ROWS",
+    "SPANS",
+    "Key",
+    "SignalTable",
+    "write_rows",
+)
 
 #: ``(project_id, signal_id)``: the identity of a stored signal.
 Key = tuple[UUID, UUID]
@@ -39,6 +62,10 @@ Row = tuple[Any, ...]
 #: above it the probe + ``COPY`` fast path, whose ``BEGIN``/probe/``COPY``/``COMMIT`` round trips only pay
 #: off on large batches. Group-committed single-event requests land in the small path (docs/ingest.md).
 SMALL_BATCH_ROWS = 200
+
+#: A resend is recognised when its timestamp is within this many hours of the stored copy's (an exact
+#: resend, the case of every retry, has the same timestamp). docs/ingest.md "Idempotency".
+DEDUP_WINDOW_HOURS = 24
 
 _RETRYABLE = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
@@ -50,22 +77,36 @@ class SignalTable:
     name: str
     columns: tuple[str, ...]
     pg_types: tuple[str, ...]
+    partitioned: PartitionedTable = field(init=False)
+    time_index: int = field(init=False)
     existing_sql: str = field(init=False)
     upsert_sql: str = field(init=False)
 
     def __post_init__(self) -> None:
-        columns = ", ".join(self.columns)
+        partitioned = PARTITIONED[self.name]
+        time_column = f'"{partitioned.time_column}"'
+        columns = ", ".join(f'"{column}"' for column in self.columns)
         arrays = ", ".join(f"${n}::{pg_type}[]" for n, pg_type in enumerate(self.pg_types, start=1))
+        object.__setattr__(self, "partitioned", partitioned)
+        object.__setattr__(self, "time_index", self.columns.index(partitioned.time_column))
+        # A stored copy is looked for within DEDUP_WINDOW of the row's timestamp: the range on the time
+        # column lets the executor prune each key's probe to the one or two partitions around it.
+        window = f"interval '{DEDUP_WINDOW_HOURS} hours'"
         object.__setattr__(
             self,
             "existing_sql",
-            f"SELECT signal_id FROM {self.name} WHERE project_id = $1 AND signal_id = ANY($2::uuid[])",
+            f"SELECT DISTINCT t.signal_id FROM unnest($2::uuid[], $3::timestamptz[]) AS k(signal_id, ts) "
+            f"JOIN {self.name} t ON t.project_id = $1 AND t.signal_id = k.signal_id "
+            f"AND t.{time_column} > k.ts - {window} AND t.{time_column} < k.ts + {window}",
         )
         object.__setattr__(
             self,
             "upsert_sql",
-            f"INSERT INTO {self.name} ({columns}) SELECT * FROM unnest({arrays}) "
-            "ON CONFLICT (project_id, signal_id) DO NOTHING RETURNING project_id, signal_id",
+            f"INSERT INTO {self.name} ({columns}) SELECT * FROM unnest({arrays}) AS u({columns}) "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {self.name} t WHERE t.project_id = u.project_id "
+            f"AND t.signal_id = u.signal_id AND t.{time_column} > u.{time_column} - {window} "
+            f"AND t.{time_column} < u.{time_column} + {window}) "
+            f"ON CONFLICT (project_id, signal_id, {time_column}) DO NOTHING RETURNING project_id, signal_id",
         )
 
 
@@ -122,14 +163,32 @@ METRIC_POINTS = SignalTable(
 )
 
 
-async def write_rows(connection: asyncpg.Connection, table: SignalTable, rows: Sequence[Row]) -> set[Key]:
+async def write_rows(
+    connection: asyncpg.Connection,
+    table: SignalTable,
+    rows: Sequence[Row],
+    *,
+    interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+) -> set[Key]:
     """Store the rows whose key is new and commit; return the keys that were already stored.
 
-    ``rows`` must have unique keys and be sorted by ``(project_id, signal_id)``. Runs its own
-    transaction(s): when this returns, the new rows are durably committed.
+    ``rows`` must have unique ``(project_id, signal_id)`` and be sorted by it. Runs its own
+    transaction(s): when this returns, the new rows are durably committed. A partition missing for some
+    row is created (ranges of ``interval_seconds``) and the write retried.
     """
     if not rows:
         return set()
+    try:
+        return await _write(connection, table, rows)
+    except asyncpg.CheckViolationError as exc:
+        if "no partition" not in str(exc):
+            raise
+    starts = ranges_for((row[table.time_index] for row in rows), interval_seconds)
+    await connection.execute(ensure_sql(table.partitioned, starts, interval_seconds))
+    return await _write(connection, table, rows)
+
+
+async def _write(connection: asyncpg.Connection, table: SignalTable, rows: Sequence[Row]) -> set[Key]:
     if len(rows) <= SMALL_BATCH_ROWS:
         return await _upsert(connection, table, rows)
     try:
@@ -162,7 +221,14 @@ async def _upsert(connection: asyncpg.Connection, table: SignalTable, rows: Sequ
 
 async def _existing_keys(connection: asyncpg.Connection, table: SignalTable, rows: Sequence[Row]) -> set[Key]:
     existing: set[Key] = set()
-    for project_id, project_rows in groupby(rows, key=lambda row: row[0]):
-        found = await connection.fetch(table.existing_sql, project_id, [row[1] for row in project_rows])
+    at = table.time_index
+    for project_id, group in groupby(rows, key=lambda row: row[0]):
+        project_rows = list(group)
+        found = await connection.fetch(
+            table.existing_sql,
+            project_id,
+            [row[1] for row in project_rows],
+            [row[at] for row in project_rows],
+        )
         existing.update((project_id, record[0]) for record in found)
     return existing
