@@ -89,23 +89,24 @@ class SignalTable:
         arrays = ", ".join(f"${n}::{pg_type}[]" for n, pg_type in enumerate(self.pg_types, start=1))
         object.__setattr__(self, "partitioned", partitioned)
         object.__setattr__(self, "time_index", self.columns.index(partitioned.time_column))
-        # A stored copy is looked for within DEDUP_WINDOW of the row's timestamp: the range on the time
-        # column lets the executor prune each key's probe to the one or two partitions around it.
+        # A stored copy is looked for by signal_id within DEDUP_WINDOW_HOURS of the batch's time range
+        # ($lo..$hi): the range prunes the probe to the partitions around the batch when the statement
+        # starts, then one index scan per partition takes every key at once.
         window = f"interval '{DEDUP_WINDOW_HOURS} hours'"
+        n = len(self.pg_types)
         object.__setattr__(
             self,
             "existing_sql",
-            f"SELECT DISTINCT t.signal_id FROM unnest($2::uuid[], $3::timestamptz[]) AS k(signal_id, ts) "
-            f"JOIN {self.name} t ON t.project_id = $1 AND t.signal_id = k.signal_id "
-            f"AND t.{time_column} > k.ts - {window} AND t.{time_column} < k.ts + {window}",
+            f"SELECT signal_id FROM {self.name} WHERE project_id = $1 AND signal_id = ANY($2::uuid[]) "
+            f"AND {time_column} > $3::timestamptz - {window} AND {time_column} < $4::timestamptz + {window}",
         )
         object.__setattr__(
             self,
             "upsert_sql",
             f"INSERT INTO {self.name} ({columns}) SELECT * FROM unnest({arrays}) AS u({columns}) "
             f"WHERE NOT EXISTS (SELECT 1 FROM {self.name} t WHERE t.project_id = u.project_id "
-            f"AND t.signal_id = u.signal_id AND t.{time_column} > u.{time_column} - {window} "
-            f"AND t.{time_column} < u.{time_column} + {window}) "
+            f"AND t.signal_id = u.signal_id AND t.{time_column} > ${n + 1}::timestamptz - {window} "
+            f"AND t.{time_column} < ${n + 2}::timestamptz + {window}) "
             f"ON CONFLICT (project_id, signal_id, {time_column}) DO NOTHING RETURNING project_id, signal_id",
         )
 
@@ -210,7 +211,9 @@ async def _upsert(connection: asyncpg.Connection, table: SignalTable, rows: Sequ
     """
     for attempt in range(3):
         try:
-            inserted = await connection.fetch(table.upsert_sql, *zip(*rows, strict=True))
+            columns = list(zip(*rows, strict=True))
+            times = columns[table.time_index]
+            inserted = await connection.fetch(table.upsert_sql, *columns, min(times), max(times))
             break
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == 2:
@@ -224,11 +227,9 @@ async def _existing_keys(connection: asyncpg.Connection, table: SignalTable, row
     at = table.time_index
     for project_id, group in groupby(rows, key=lambda row: row[0]):
         project_rows = list(group)
+        times = [row[at] for row in project_rows]
         found = await connection.fetch(
-            table.existing_sql,
-            project_id,
-            [row[1] for row in project_rows],
-            [row[at] for row in project_rows],
+            table.existing_sql, project_id, [row[1] for row in project_rows], min(times), max(times)
         )
         existing.update((project_id, record[0]) for record in found)
     return existing
