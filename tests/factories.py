@@ -105,6 +105,8 @@ class _RowFactory(SQLAlchemyFactory[Any]):
 
 class LogFactory(_RowFactory):
     __model__ = LogRecord
+    # The time column is part of the primary key (partitioned table): build it; ``id`` stays out (_columns).
+    __set_primary_key__ = True
 
     signal_id = Use(uuid4)
     trace_id = None
@@ -118,6 +120,8 @@ class LogFactory(_RowFactory):
 
 class SpanFactory(_RowFactory):
     __model__ = Span
+    # The time column is part of the primary key (partitioned table): build it; ``id`` stays out (_columns).
+    __set_primary_key__ = True
 
     signal_id = Use(uuid4)
     trace_id = Use(lambda: uuid4().hex)
@@ -132,6 +136,8 @@ class SpanFactory(_RowFactory):
 
 class MetricFactory(_RowFactory):
     __model__ = MetricPoint
+    # The time column is part of the primary key (partitioned table): build it; ``id`` stays out (_columns).
+    __set_primary_key__ = True
 
     signal_id = Use(uuid4)
     service_name = Use(_service)
