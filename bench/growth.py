@@ -11,7 +11,10 @@ server and load generator, one worker like its default):
 2. *fill*: ``--fill`` logs written set-based (``INSERT … SELECT … FROM generate_series``, in chunks of
    one million, one transaction each) spread evenly over the last ``--days`` days, oldest first, as
    ingest would have written them; then ``VACUUM ANALYZE`` (what autovacuum does on its own);
-3. *full*: the same two ingest measurements again;
+3. *side by side*: a second server on a second, empty database starts, and the same two measurements
+   run on the full and the empty database in ``--rounds`` alternating rounds (order flipped every
+   round), so both see the same background load on a shared machine; the ratio full/empty printed
+   first is this one (the before/after ratio on the one database is printed too);
 4. the ways of finding already stored keys, timed at full size (``dedup_options``);
 5. one retention pass (``--days`` - 1 days of retention: the oldest day's partition goes) timed;
 6. latency (p50/p95 over ``--query-repeats`` requests each) of the documented queries through the API.
@@ -124,6 +127,10 @@ def ingest_phase(
     batch = load.run_client("batch", server_pid, port, key, bodies, args.batch_clients)
     single = load.run_client("single", server_pid, port, key, args.single_seconds, args.clients)
     result = {
+        "batch_logs": len(batch["acked"]),
+        "batch_s": batch["elapsed"],
+        "single_n": len(single["latencies"]),
+        "single_s": single["elapsed"],
         "batch_rate": len(batch["acked"]) / batch["elapsed"],
         "batch_p99": load.percentile(batch["latencies"], 0.99),
         "batch_statuses": batch["statuses"],
@@ -251,6 +258,37 @@ async def retention_pass(url: str, days: int) -> tuple[float, dict[str, list[str
     return elapsed, report.dropped
 
 
+def interleaved(
+    args: argparse.Namespace, servers: dict[str, tuple[int, int, str]]
+) -> dict[str, dict[str, Any]]:
+    """Batch and single-event rates of each server, measured in alternating rounds.
+
+    The machine is shared: a measurement before the fill and one after it can see different background
+    load. Alternating the full and the empty database round by round (the order flipped every round)
+    exposes both to the same load, so their ratio is the one to trust.
+    """
+    rounds = max(1, args.rounds)
+    totals: dict[str, dict[str, Any]] = {
+        name: {"batch_logs": 0, "batch_s": 0.0, "single_n": 0, "single_s": 0.0, "acked": [], "lat": []}
+        for name in servers
+    }
+    sub = argparse.Namespace(**vars(args))
+    sub.batches = max(1, args.batches // rounds)
+    sub.single_seconds = args.single_seconds / rounds
+    for r in range(rounds):
+        order = list(servers) if r % 2 == 0 else list(reversed(servers))
+        for name in order:
+            pid, port, key = servers[name]
+            result = ingest_phase(f"{name}#{r + 1}", sub, pid, port, key)
+            total = totals[name]
+            total["batch_logs"] += result["batch_logs"]
+            total["batch_s"] += result["batch_s"]
+            total["single_n"] += result["single_n"]
+            total["single_s"] += result["single_s"]
+            total["acked"] += result["acked"]
+    return totals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -261,11 +299,12 @@ def main() -> None:
     )
     parser.add_argument("--fill", type=int, default=20_000_000, help="logs stored before the second phase")
     parser.add_argument("--days", type=int, default=14, help="days the fill is spread over (default 14)")
-    parser.add_argument("--batches", type=int, default=100, help="batch requests per phase (default 100)")
+    parser.add_argument("--batches", type=int, default=60, help="batch requests per phase (default 60)")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--batch-clients", type=int, default=4)
-    parser.add_argument("--single-seconds", type=float, default=20.0)
+    parser.add_argument("--single-seconds", type=float, default=15.0)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds after the fill (default 4)")
     parser.add_argument("--workers", type=int, default=1, help="granian worker processes (default 1)")
     parser.add_argument("--query-repeats", type=int, default=20)
     parser.add_argument(
@@ -274,37 +313,47 @@ def main() -> None:
         default=True,
         help="time the ways of finding stored keys at full size (default on)",
     )
-    parser.add_argument("--keep-db", action="store_true", help="do not drop the benchmark database")
+    parser.add_argument("--keep-db", action="store_true", help="do not drop the benchmark databases")
     args = parser.parse_args()
 
     url, dsn, key = asyncio.run(load.prepare_database(args.postgres))
+    empty_url, empty_dsn, empty_key = asyncio.run(load.prepare_database(args.postgres))
     reader_key = asyncio.run(read_key(url))
     project = asyncio.run(load._project_id(dsn))
     print(f"database {dsn.rsplit('/', 1)[1]}; load average {os.getloadavg()[0]:.2f} at start", flush=True)
-    port = load.free_port()
+    port, empty_port = load.free_port(), load.free_port()
     server = load.start_server(url, port, args.workers)
+    empty_server = None
     try:
         asyncio.run(load.checkpoint(dsn))
-        empty = ingest_phase("empty", args, server.pid, port, key)
+        before = ingest_phase("empty", args, server.pid, port, key)
         print(f"fill    {args.fill:,} logs over {args.days} days", flush=True)
         filled = asyncio.run(fill(dsn, project, args.fill, args.days))
         asyncio.run(load.checkpoint(dsn))
         size = asyncio.run(sizes(dsn))
-        full = ingest_phase("full", args, server.pid, port, key)
+        empty_server = load.start_server(empty_url, empty_port, args.workers)
+        side = interleaved(
+            args, {"full": (server.pid, port, key), "empty": (empty_server.pid, empty_port, empty_key)}
+        )
         queries = asyncio.run(query_latencies(port, reader_key, dsn, args.query_repeats))
     finally:
         load.stop_server(server)
-    check = asyncio.run(load.verify(dsn, empty["acked"] + full["acked"]))
+        if empty_server is not None:
+            load.stop_server(empty_server)
+    check = asyncio.run(load.verify(dsn, before["acked"] + side["full"]["acked"]))
+    empty_check = asyncio.run(load.verify(empty_dsn, side["empty"]["acked"]))
     options = asyncio.run(dedup_options(dsn, project, args.query_repeats)) if args.dedup_options else {}
     retention_seconds, dropped = asyncio.run(retention_pass(url, args.days))
     if not args.keep_db:
-        asyncio.run(load._drop(args.postgres, dsn.rsplit("/", 1)[1]))
+        for name in (dsn, empty_dsn):
+            asyncio.run(load._drop(args.postgres, name.rsplit("/", 1)[1]))
 
     gib = 1024**3
+    rate = {name: (t["batch_logs"] / t["batch_s"], t["single_n"] / t["single_s"]) for name, t in side.items()}
     print()
     print(
-        f"fill    {args.fill:,} logs in {filled['fill']:.0f} s ({args.fill / max(filled['fill'], 1e-9):,.0f} rows/s); "
-        f"VACUUM ANALYZE {filled['vacuum']:.0f} s"
+        f"fill    {args.fill:,} logs in {filled['fill']:.0f} s "
+        f"({args.fill / max(filled['fill'], 1e-9):,.0f} rows/s); VACUUM ANALYZE {filled['vacuum']:.0f} s"
     )
     print(
         f"size    {size['partitions']} partitions, heap {size['heap'] / gib:.2f} GiB, indexes "
@@ -312,21 +361,29 @@ def main() -> None:
         + ", ".join(f"{name} {value / gib:.2f}" for name, value in size["per_index"])
     )
     print(
-        f"ratio   batch full/empty {full['batch_rate'] / empty['batch_rate']:.2f}x (target >= 0.8); "
-        f"single full/empty {full['single_rate'] / empty['single_rate']:.2f}x (target >= 0.9); "
-        f"postgres CPU per batch log {empty['postgres_us_per_log']:.0f} -> {full['postgres_us_per_log']:.0f} µs"
+        f"side    {args.rounds} alternating rounds: empty batch {rate['empty'][0]:,.0f} logs/s, single "
+        f"{rate['empty'][1]:,.0f} req/s; full batch {rate['full'][0]:,.0f} logs/s, single {rate['full'][1]:,.0f} req/s"
+    )
+    print(
+        f"ratio   side by side: batch full/empty {rate['full'][0] / rate['empty'][0]:.2f}x (target >= 0.8), "
+        f"single {rate['full'][1] / rate['empty'][1]:.2f}x (target >= 0.9)"
+    )
+    print(
+        f"ratio   before/after the fill (same database, load may differ): batch "
+        f"{rate['full'][0] / before['batch_rate']:.2f}x, single {rate['full'][1] / before['single_rate']:.2f}x"
     )
     print(f"retain  one retention pass {retention_seconds:.2f} s, dropped {dropped['logs']}")
     for name, (p50, p95, status) in queries.items():
         print(f"query   {name:20} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  (status {status})")
     for name, ms in options.items():
         print(f"dedup   {name:20} {ms:7.1f} ms per 1,000 new keys (median)")
-    acked = len(empty["acked"]) + len(full["acked"])
+    acked = len(before["acked"]) + len(side["full"]["acked"]) + len(side["empty"]["acked"])
     print(
-        f"verify  acknowledged {acked}, missing {check['missing']}, stored twice {check['duplicated']}; "
-        f"load average {os.getloadavg()[0]:.2f} at end"
+        f"verify  acknowledged {acked}; full database: missing {check['missing']}, stored twice "
+        f"{check['duplicated']}; empty database: missing {empty_check['missing']}, stored twice "
+        f"{empty_check['duplicated']}; load average {os.getloadavg()[0]:.2f} at end"
     )
-    ok = check["missing"] == 0 and check["duplicated"] == 0
+    ok = all(c["missing"] == 0 and c["duplicated"] == 0 for c in (check, empty_check))
     print("RESULT  " + ("every acknowledged signal is stored exactly once" if ok else "VERIFICATION FAILED"))
     sys.exit(0 if ok else 1)
 
