@@ -50,7 +50,8 @@ FILL_CHUNK = 1_000_000
 SERVICES = load.SERVICES
 
 FILL_SQL = """
-INSERT INTO logs (project_id, signal_id, trace_id, span_id, service_name, timestamp, level, message, attributes)
+INSERT INTO logs
+    (project_id, signal_id, trace_id, span_id, service_name, timestamp, level, message, attributes)
 SELECT $1::uuid, gen_random_uuid(), md5(n::text), left(md5((n + 1)::text), 16),
        (ARRAY['checkout', 'payments', 'inventory', 'gateway', 'search', 'auth'])[1 + n % 6],
        $2::timestamptz + make_interval(secs => (n - $3) * $4::float8),
@@ -107,7 +108,8 @@ async def sizes(dsn: str) -> dict[str, Any]:
             FROM pg_class pi
             JOIN pg_inherits h ON h.inhparent = pi.oid
             JOIN pg_class c ON c.oid = h.inhrelid
-            WHERE pi.relkind = 'I' AND pi.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = 'logs'::regclass)
+            WHERE pi.relkind = 'I'
+              AND pi.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = 'logs'::regclass)
             GROUP BY pi.relname ORDER BY 2 DESC
             """
         )
@@ -146,7 +148,8 @@ def ingest_phase(
     }
     print(
         f"{label:6}  batch {result['batch_rate']:,.0f} logs/s (p99 {result['batch_p99']:.0f} ms, "
-        f"{result['batch_statuses']}), single {result['single_rate']:,.0f} req/s (p99 {result['single_p99']:.0f} ms,"
+        f"{result['batch_statuses']}), single {result['single_rate']:,.0f} req/s "
+        f"(p99 {result['single_p99']:.0f} ms,"
         f" {result['single_statuses']}); postgres {result['postgres_us_per_log']:.0f} µs CPU per batch log; "
         f"machine {result['machine_busy']:.0%} busy",
         flush=True,
@@ -159,7 +162,8 @@ async def query_latencies(port: int, key: str, dsn: str, repeats: int) -> dict[s
     connection = await asyncpg.connect(dsn)
     try:
         trace_id = await connection.fetchval(
-            "SELECT trace_id FROM logs WHERE timestamp > now() - interval '2 hours' AND trace_id IS NOT NULL LIMIT 1"
+            "SELECT trace_id FROM logs WHERE timestamp > now() - interval '2 hours' "
+            "AND trace_id IS NOT NULL LIMIT 1"
         )
     finally:
         await connection.close()
@@ -362,7 +366,8 @@ def main() -> None:
     )
     print(
         f"side    {args.rounds} alternating rounds: empty batch {rate['empty'][0]:,.0f} logs/s, single "
-        f"{rate['empty'][1]:,.0f} req/s; full batch {rate['full'][0]:,.0f} logs/s, single {rate['full'][1]:,.0f} req/s"
+        f"{rate['empty'][1]:,.0f} req/s; full batch {rate['full'][0]:,.0f} logs/s, "
+        f"single {rate['full'][1]:,.0f} req/s"
     )
     print(
         f"ratio   side by side: batch full/empty {rate['full'][0] / rate['empty'][0]:.2f}x (target >= 0.8), "
@@ -370,7 +375,8 @@ def main() -> None:
     )
     print(
         f"ratio   before/after the fill (same database, load may differ): batch "
-        f"{rate['full'][0] / before['batch_rate']:.2f}x, single {rate['full'][1] / before['single_rate']:.2f}x"
+        f"{rate['full'][0] / before['batch_rate']:.2f}x, "
+        f"single {rate['full'][1] / before['single_rate']:.2f}x"
     )
     print(f"retain  one retention pass {retention_seconds:.2f} s, dropped {dropped['logs']}")
     for name, (p50, p95, status) in queries.items():
