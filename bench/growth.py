@@ -55,7 +55,7 @@ INSERT INTO logs
 SELECT $1::uuid, gen_random_uuid(), md5(n::text), left(md5((n + 1)::text), 16),
        (ARRAY['checkout', 'payments', 'inventory', 'gateway', 'search', 'auth'])[1 + n % 6],
        $2::timestamptz + make_interval(secs => (n - $3) * $4::float8),
-       (ARRAY[10, 20, 20, 20, 30, 40])[1 + n % 6],
+       (ARRAY[10, 20, 20, 20, 30, 40])[1 + (n / 7) % 6],  -- not in step with the service
        'request ' || n || ' handled in ' || (n % 900) || ' ms for user ' || (n % 10000),
        '{"http.method": "GET", "http.status_code": 200, "region": "eu-west-1"}'::jsonb
 FROM generate_series($3::bigint, $5::bigint) AS n
