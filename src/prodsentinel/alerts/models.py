@@ -56,7 +56,9 @@ class Alert(UUIDv7AuditBase):
         UniqueConstraint("project_id", "policy_id", "labels_key"),
         # Composite, so the policy and its alerts live on one shard (co-located by project_id).
         ForeignKeyConstraint(
-            ["project_id", "policy_id"], ["alert_policies.project_id", "alert_policies.id"], ondelete="CASCADE"
+            ["project_id", "policy_id"],
+            ["alert_policies.project_id", "alert_policies.id"],
+            ondelete="CASCADE",
         ),
         Index("ix_alerts_project_state", "project_id", "state"),
     )

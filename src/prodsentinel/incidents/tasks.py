@@ -77,8 +77,10 @@ async def analyse_pending_incidents(ctx: Any) -> dict[str, int]:
     return {"enqueued": await run_pending_analyses(ctx["session_maker"])}
 
 
-async def analyse_incident(ctx: Any, *, incident_id: str) -> dict[str, Any]:
-    result = await run_analysis(ctx["session_maker"], UUID(incident_id), settings=settings_of(ctx))
+async def analyse_incident(ctx: Any, *, project_id: str, incident_id: str) -> dict[str, Any]:
+    result = await run_analysis(
+        ctx["session_maker"], UUID(project_id), UUID(incident_id), settings=settings_of(ctx)
+    )
     return {"incident_id": incident_id, "origin_service": result["origin_service"] if result else None}
 
 
