@@ -122,8 +122,7 @@ class NotificationReportQueries:
 
     async def attempt(self, *, project_id: UUID, attempt_id: UUID) -> DeliveryAttempt | None:
         """One ledger row of the project; None if absent."""
-        row = await self.session.get(DeliveryAttempt, attempt_id)
-        return row if row is not None and row.project_id == project_id else None
+        return await self.session.get(DeliveryAttempt, (project_id, attempt_id))
 
     async def status_totals(self, project_id: UUID) -> dict[str, int]:
         rows = await self.session.execute(
