@@ -214,6 +214,15 @@ class TestAnalyser:
         assert result["origin_service"] == "db"
         assert result["first_error"]["text"] == "replica lag"
         assert await analysis.run_analysis(session_maker, uuid4(), uuid4(), settings=settings) is None
+        # another project's incident id is as unknown as a missing one
+        assert (
+            await analysis.run_analysis(session_maker, uuid4(), incident.id, settings=settings, now=clock)
+        ) is None
+        # a job enqueued before jobs carried the project (rolling upgrade) still analyses its incident
+        legacy = await analysis.run_analysis(session_maker, None, incident.id, settings=settings, now=clock)
+        assert legacy is not None
+        assert legacy["origin_service"] == "db"
+        assert await analysis.run_analysis(session_maker, None, uuid4(), settings=settings) is None
 
 
 class TestAnalysisDedup:

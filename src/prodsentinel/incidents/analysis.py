@@ -316,7 +316,7 @@ def _summary(
 
 async def run_analysis(
     session_maker: async_sessionmaker[AsyncSession],
-    project_id: UUID,
+    project_id: UUID | None,
     incident_id: UUID,
     *,
     settings: Settings,
@@ -324,8 +324,13 @@ async def run_analysis(
 ) -> dict[str, Any] | None:
     """The ``analyse_incident`` job: analyse in one unit of work; the external analyser webhook is
     registered to run once the stored result has committed (``lib.after_commit``), outside the
-    transaction, so a slow receiver never holds the incident's row."""
+    transaction, so a slow receiver never holds the incident's row. ``project_id`` None: a job enqueued
+    before jobs carried it (rolling upgrade); the incident's project is looked up by id first."""
     async with session_scope(session_maker) as session:
+        if project_id is None:
+            project_id = await IncidentRepository(session=session).project_of(incident_id)
+            if project_id is None:
+                return None
         result = await analyse(session, project_id, incident_id, now=now)
         incident = (
             await IncidentRepository(session=session).get_for_project(incident_id, project_id)

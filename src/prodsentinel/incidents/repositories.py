@@ -139,6 +139,11 @@ class IncidentRepository(SQLAlchemyAsyncRepository[Incident]):
         )
         return list(await self.session.scalars(statement))
 
+    async def project_of(self, incident_id: UUID) -> UUID | None:
+        """The project of an incident known by id alone (a job from before jobs carried the project:
+        the one lookup by id without a project, a fan-out on a distributed database)."""
+        return await self.session.scalar(select(Incident.project_id).where(Incident.id == incident_id))
+
     async def save_analysis(
         self, project_id: UUID, incident_id: UUID, analysis: dict[str, Any], now: datetime
     ) -> None:
