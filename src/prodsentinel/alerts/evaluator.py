@@ -138,10 +138,12 @@ async def _known_policies(
     """The evaluated policies plus the (disabled) policies of active instances left over."""
     known = {policy.id: policy for policy in policies}
     missing = {
-        alert.policy_id for alert in existing if alert.state != AlertState.INACTIVE.value
-    } - known.keys()
+        (alert.project_id, alert.policy_id)
+        for alert in existing
+        if alert.state != AlertState.INACTIVE.value and alert.policy_id not in known
+    }
     if missing:
-        known.update((policy.id, policy) for policy in await repository.by_ids(missing))
+        known.update((policy.id, policy) for policy in await repository.by_keys(missing))
     return known
 
 

@@ -8,7 +8,18 @@ from uuid import UUID
 
 from advanced_alchemy.base import UUIDv7AuditBase
 from advanced_alchemy.types import DateTimeUTC
-from sqlalchemy import Boolean, Double, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    Double,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -20,9 +31,10 @@ class AlertPolicy(UUIDv7AuditBase):
     match_labels, min_severity) sit in ``params`` and are validated by the schemas."""
 
     __tablename__ = "alert_policies"
-    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    # Keys lead with project_id: the table is distributed by it (docs/scaling.md, Citus).
+    __table_args__ = (PrimaryKeyConstraint("project_id", "id"), UniqueConstraint("project_id", "name"))
 
-    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(32))
     severity: Mapped[str] = mapped_column(String(16))
@@ -40,12 +52,19 @@ class Alert(UUIDv7AuditBase):
 
     __tablename__ = "alerts"
     __table_args__ = (
-        UniqueConstraint("policy_id", "labels_key"),
+        PrimaryKeyConstraint("project_id", "id"),
+        UniqueConstraint("project_id", "policy_id", "labels_key"),
+        # Composite, so the policy and its alerts live on one shard (co-located by project_id).
+        ForeignKeyConstraint(
+            ["project_id", "policy_id"],
+            ["alert_policies.project_id", "alert_policies.id"],
+            ondelete="CASCADE",
+        ),
         Index("ix_alerts_project_state", "project_id", "state"),
     )
 
-    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
-    policy_id: Mapped[UUID] = mapped_column(ForeignKey("alert_policies.id", ondelete="CASCADE"))
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    policy_id: Mapped[UUID] = mapped_column()
     labels: Mapped[dict[str, str]] = mapped_column(JSONB)
     labels_key: Mapped[str] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16), default="inactive")
@@ -62,9 +81,12 @@ class Alert(UUIDv7AuditBase):
 
 class Silence(UUIDv7AuditBase):
     __tablename__ = "silences"
-    __table_args__ = (Index("ix_silences_project_window", "project_id", "starts_at", "ends_at"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("project_id", "id"),
+        Index("ix_silences_project_window", "project_id", "starts_at", "ends_at"),
+    )
 
-    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
     matchers: Mapped[list[dict[str, str]]] = mapped_column(JSONB)
     starts_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
     ends_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))

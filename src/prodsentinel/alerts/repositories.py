@@ -57,8 +57,15 @@ class PolicyRepository(SQLAlchemyAsyncRepository[AlertPolicy]):
             statement = statement.where(AlertPolicy.project_id == project_id)
         return list(await self.session.scalars(statement.order_by(AlertPolicy.id)))
 
-    async def by_ids(self, policy_ids: Collection[UUID]) -> list[AlertPolicy]:
-        return list(await self.session.scalars(select(AlertPolicy).where(AlertPolicy.id.in_(policy_ids))))
+    async def by_keys(self, policy_keys: Collection[tuple[UUID, UUID]]) -> list[AlertPolicy]:
+        """The policies of these ``(project_id, id)`` keys."""
+        return list(
+            await self.session.scalars(
+                select(AlertPolicy).where(
+                    tuple_(AlertPolicy.project_id, AlertPolicy.id).in_(list(policy_keys))
+                )
+            )
+        )
 
     async def check_regex(self, pattern: str) -> None:
         """Run ``pattern`` through PostgreSQL's ``~*``; raises ``DBAPIError`` when PostgreSQL rejects it."""
@@ -99,6 +106,10 @@ _ALERT_UPDATE_COLUMNS = (
 )
 
 
+#: The join of an alert to its policy: on the composite key, so the join stays on one shard (co-located).
+_POLICY_OF_ALERT = and_(AlertPolicy.project_id == Alert.project_id, AlertPolicy.id == Alert.policy_id)
+
+
 class AlertRepository(SQLAlchemyAsyncRepository[Alert]):
     model_type = Alert
 
@@ -118,7 +129,7 @@ class AlertRepository(SQLAlchemyAsyncRepository[Alert]):
         """Alerts with their policy name, newest activation first (keyset on ``(started_at, id)``)."""
         statement: Select[Alert, str] = (
             select(Alert, AlertPolicy.name)
-            .join(AlertPolicy, AlertPolicy.id == Alert.policy_id)
+            .join(AlertPolicy, _POLICY_OF_ALERT)
             .where(Alert.project_id == project_id)
         )
         if activated_only:
@@ -144,16 +155,20 @@ class AlertRepository(SQLAlchemyAsyncRepository[Alert]):
         row = (
             await self.session.execute(
                 select(Alert, AlertPolicy.name)
-                .join(AlertPolicy, AlertPolicy.id == Alert.policy_id)
+                .join(AlertPolicy, _POLICY_OF_ALERT)
                 .where(Alert.project_id == project_id, Alert.id == alert_id)
             )
         ).first()
         return None if row is None else (row[0], row[1])
 
-    async def firing_of_policy(self, policy_id: UUID) -> list[Alert]:
+    async def firing_of_policy(self, project_id: UUID, policy_id: UUID) -> list[Alert]:
         return list(
             await self.session.scalars(
-                select(Alert).where(Alert.policy_id == policy_id, Alert.state == AlertState.FIRING.value)
+                select(Alert).where(
+                    Alert.project_id == project_id,
+                    Alert.policy_id == policy_id,
+                    Alert.state == AlertState.FIRING.value,
+                )
             )
         )
 
@@ -177,7 +192,8 @@ class AlertRepository(SQLAlchemyAsyncRepository[Alert]):
         """Bulk UPDATE by primary key (one executemany); each row carries every updatable column."""
         if rows:
             await self.session.execute(
-                update(Alert), [{key: row[key] for key in ("id", *_ALERT_UPDATE_COLUMNS)} for row in rows]
+                update(Alert),
+                [{key: row[key] for key in ("project_id", "id", *_ALERT_UPDATE_COLUMNS)} for row in rows],
             )
 
 

@@ -155,7 +155,7 @@ class PolicyService(SQLAlchemyAsyncRepositoryService[AlertPolicy]):
         session = self.session
         policy = await self._policy_or_404(project_id, policy_id)
         now = utcnow()
-        firing = await AlertRepository(session=session).firing_of_policy(policy.id)
+        firing = await AlertRepository(session=session).firing_of_policy(project_id, policy.id)
         silences = await ActiveSilences.load(session, [project_id], now) if firing else ActiveSilences()
         outcome = plan_policy_deletion(policy, firing, silences, actor=actor, now=now)
         deleted = AuditEntry(
@@ -168,7 +168,7 @@ class PolicyService(SQLAlchemyAsyncRepositoryService[AlertPolicy]):
         )
         await audit_services.record(session, *outcome.audit, deleted)
         await notify(session, outcome)
-        await self.repository.delete(policy.id)
+        await self.repository.delete((project_id, policy.id))
 
     async def _policy_or_404(self, project_id: UUID, policy_id: UUID) -> AlertPolicy:
         policy = await self.repository.in_project(project_id, policy_id)

@@ -345,13 +345,15 @@ class ChannelService(SQLAlchemyAsyncRepositoryService[Channel]):
             },
             channel_ids=[channel.id],
         )
-        item = await OutboxRepository(session=session).get_one(event_id=event_id, channel_id=channel.id)
+        item = await OutboxRepository(session=session).get_one(
+            project_id=project_id, event_id=event_id, channel_id=channel.id
+        )
         return ChannelTestOut(event_id=event_id, outbox_id=item.id)
 
     async def delete_channel(self, *, project_id: UUID, channel_id: UUID) -> None:
         """Delete a channel and (by cascade) its outbox items and their attempts."""
         channel = await self._of_project(channel_id, project_id)
-        await self.delete(channel.id)
+        await self.delete((channel.project_id, channel.id))
 
     async def get_channel(self, *, project_id: UUID, channel_id: UUID) -> ChannelOut:
         channel = await self._of_project(channel_id, project_id)

@@ -12,8 +12,10 @@ from sqlalchemy import (
     Boolean,
     Double,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     SmallInteger,
     String,
     Text,
@@ -47,9 +49,10 @@ class Channel(UUIDv7AuditBase):
     """
 
     __tablename__ = "notification_channels"
-    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    # Keys lead with project_id: the table is distributed by it (docs/scaling.md, Citus).
+    __table_args__ = (PrimaryKeyConstraint("project_id", "id"), UniqueConstraint("project_id", "name"))
 
-    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
     kind: Mapped[str] = mapped_column(String(16), default="webhook", server_default="webhook")
     #: None for kinds without a URL (email, a Slack bot channel).
@@ -82,14 +85,22 @@ class ChannelState(PlainBase):
 
     The Slack message ``ts`` (later events update that message), the root mail's ``Message-ID`` (later
     mails reply to it), the PagerDuty ``dedup_key``. Written in the transaction that records the
-    attempt's result, so a replay or a restarted worker finds it.
+    attempt's result, so a replay or a restarted worker finds it. ``project_id`` (the channel's) leads
+    the keys so the row lives on its channel's shard (docs/scaling.md).
     """
 
     __tablename__ = "notification_channel_state"
-
-    channel_id: Mapped[UUID] = mapped_column(
-        ForeignKey("notification_channels.id", ondelete="CASCADE"), primary_key=True
+    __table_args__ = (
+        PrimaryKeyConstraint("project_id", "channel_id", "subject"),
+        ForeignKeyConstraint(
+            ["project_id", "channel_id"],
+            ["notification_channels.project_id", "notification_channels.id"],
+            ondelete="CASCADE",
+        ),
     )
+
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    channel_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
     subject: Mapped[str] = mapped_column(String(200), primary_key=True)
     data: Mapped[dict[str, Any]] = mapped_column(JSONB)
     updated_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
@@ -104,6 +115,13 @@ class OutboxItem(UUIDv7AuditBase):
 
     __tablename__ = "outbox_items"
     __table_args__ = (
+        PrimaryKeyConstraint("project_id", "id"),
+        UniqueConstraint("project_id", "delivery_id"),
+        ForeignKeyConstraint(
+            ["project_id", "channel_id"],
+            ["notification_channels.project_id", "notification_channels.id"],
+            ondelete="CASCADE",
+        ),
         Index(
             "ix_outbox_items_due",
             "next_attempt_at",
@@ -121,12 +139,10 @@ class OutboxItem(UUIDv7AuditBase):
         ),
     )
 
-    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
-    channel_id: Mapped[UUID] = mapped_column(
-        ForeignKey("notification_channels.id", ondelete="CASCADE"), index=True
-    )
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    channel_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), index=True)
     event_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
-    delivery_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), unique=True)
+    delivery_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
     replayed_from_id: Mapped[UUID | None] = mapped_column(PG_UUID(as_uuid=True), default=None)
     event_type: Mapped[str] = mapped_column(String(40))
     severity: Mapped[str] = mapped_column(String(16))
@@ -148,13 +164,17 @@ class DeliveryAttempt(UUIDv7Base):
 
     __tablename__ = "delivery_attempts"
     __table_args__ = (
+        PrimaryKeyConstraint("project_id", "id"),
+        ForeignKeyConstraint(
+            ["project_id", "outbox_id"], ["outbox_items.project_id", "outbox_items.id"], ondelete="CASCADE"
+        ),
         Index("ix_delivery_attempts_project_started", "project_id", "started_at"),
         # Channel health: last success/failure and recent error codes per channel.
         Index("ix_delivery_attempts_channel_started", "channel_id", "started_at"),
     )
 
-    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
-    outbox_id: Mapped[UUID] = mapped_column(ForeignKey("outbox_items.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    outbox_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), index=True)
     channel_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), index=True)
     delivery_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
     event_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))

@@ -75,10 +75,12 @@ SELECT
     WHERE expired_at IS NULL AND starts_at <= now() AND ends_at > now()) AS silences_active,
   (SELECT coalesce(jsonb_agg(jsonb_build_array(coalesce(c.name, a.channel_id::text), a.outcome, a.n,
                                                 a.buckets, a.total_ms)), '[]'::jsonb)
-     FROM (SELECT channel_id, outcome, count(*) AS n, jsonb_build_array({_latency_columns()}) AS buckets,
+     FROM (SELECT project_id, channel_id, outcome, count(*) AS n,
+                  jsonb_build_array({_latency_columns()}) AS buckets,
                   coalesce(sum(duration_ms), 0) AS total_ms
-             FROM delivery_attempts GROUP BY channel_id, outcome) AS a
-     LEFT JOIN notification_channels AS c ON c.id = a.channel_id) AS attempts,
+             FROM delivery_attempts GROUP BY project_id, channel_id, outcome) AS a
+     LEFT JOIN notification_channels AS c ON c.project_id = a.project_id AND c.id = a.channel_id)
+     AS attempts,
   (SELECT count(*) FROM outbox_items WHERE status IN ({_WAITING})) AS outbox_pending,
   (SELECT count(*) FROM outbox_items WHERE status = 'dead') AS outbox_dead,
   (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox_items
