@@ -119,11 +119,14 @@ def _field(item: object, key: str, index: int) -> object:
     return getattr(item, key)
 
 
-def parse_matchers(raw: Iterable[object]) -> list[Matcher]:
+def parse_matchers(raw: Iterable[object], *, allow_match_all: bool = False) -> list[Matcher]:
     """Validate a silence's matchers (dicts or structs with name/op/value).
 
     Errors name the 0-based position of the bad matcher so an API can point
-    at ``matchers[i]``.
+    at ``matchers[i]``. ``allow_match_all`` lifts the silence-only rule that one
+    matcher must not match the empty string: an inhibit rule's side may match
+    every alert (as in Alertmanager), since the other side and ``equal`` still
+    bound what it mutes.
     """
     matchers: list[Matcher] = []
     for index, item in enumerate(raw):
@@ -137,7 +140,7 @@ def parse_matchers(raw: Iterable[object]) -> list[Matcher]:
             raise MatcherError(f"matcher {index}: {exc}") from None
     if not matchers:
         raise MatcherError("at least one matcher is required")
-    if all(m.matches_value("") for m in matchers):
+    if not allow_match_all and all(m.matches_value("") for m in matchers):
         raise MatcherError(
             "at least one matcher must not match the empty string (these would silence every alert)"
         )
