@@ -165,8 +165,12 @@ class SilenceIn(Struct):
     comment: str = ""
 
 
+LABEL_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
 #: A label name as an alert carries it (the policies' label rule).
-LabelName = Annotated[str, msgspec.Meta(pattern="^[A-Za-z_][A-Za-z0-9_]*$", min_length=1, max_length=100)]
+LabelName = Annotated[str, msgspec.Meta(pattern=LABEL_NAME_PATTERN, min_length=1, max_length=100)]
+#: Litestar publishes no constraint of a list's items, so the ``equal`` list repeats them for OpenAPI.
+_LABEL_NAME_ITEMS = {"type": "string", "pattern": LABEL_NAME_PATTERN, "minLength": 1, "maxLength": 100}
+_EQUAL_META = msgspec.Meta(max_length=50, extra_json_schema={"extra": {"items": _LABEL_NAME_ITEMS}})
 #: One side of an inhibit rule: at least one matcher (a side may match the empty string, unlike a silence).
 RuleMatchers = Annotated[list[MatcherIn], msgspec.Meta(min_length=1, max_length=50)]
 
@@ -177,7 +181,7 @@ class InhibitRuleIn(Struct):
 
     source_matchers: RuleMatchers
     target_matchers: RuleMatchers
-    equal: Annotated[list[LabelName], msgspec.Meta(max_length=50)] = msgspec.field(default_factory=list)
+    equal: Annotated[list[LabelName], _EQUAL_META] = msgspec.field(default_factory=list)
 
 
 class InhibitRuleOut(Struct):
