@@ -13,9 +13,11 @@ Alertmanager's semantics (its ``inhibit/inhibit.go``), kept exactly:
 Matchers are ``alerts.matchers`` (the silences' language). The rules of a project are kept oldest
 first; when several rules mute an alert, the oldest one is named.
 
-Cost: :meth:`InhibitRules.against` walks (firing alerts x rules of their project) once per pass and
-keeps, per rule, counts of the sources by their ``equal`` values; each :meth:`Inhibitions.inhibiting`
-is then (rules of the project) matcher checks and dictionary lookups, never a scan of the sources.
+Cost: the rules of a project are indexed by each side's first ``=`` matcher (``_SideIndex``), so a label
+set is tested only against the rules that can hold for it. :meth:`InhibitRules.against` walks the
+firing alerts once per pass and keeps, per rule, counts of the sources by their ``equal`` values; each
+:meth:`Inhibitions.inhibiting` is then a few matcher checks and dictionary lookups, never a scan of the
+sources.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 from uuid import UUID
 
 import structlog
 
-from prodsentinel.alerts.matchers import Matcher, MatcherError, matches_all, parse_matchers
+from prodsentinel.alerts.matchers import Matcher, MatcherError, MatchOp, parse_matchers
 
 __all__ = (
     "InhibitRuleSpec",
@@ -105,20 +107,84 @@ def rule_fingerprint(spec: InhibitRuleSpec) -> str:
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
+_Check = tuple[str, Callable[[str], bool]]
+
+
+def _checks(matchers: Sequence[Matcher]) -> tuple[_Check, ...]:
+    return tuple((m.name, m.predicate()) for m in matchers)
+
+
+def _holds(checks: tuple[_Check, ...], labels: Mapping[str, str]) -> bool:
+    """Every matcher holds (a missing label is ""); the flat form of ``matches_all``."""
+    for name, check in checks:  # noqa: SIM110 - a plain loop: all() over a generator is slower on this hot path
+        if not check(labels.get(name, "")):
+            return False
+    return True
+
+
+def _index_key(matchers: Sequence[Matcher]) -> tuple[str, str] | None:
+    """The first ``=`` matcher of a side: a side can only hold for labels with that exact value."""
+    return next(((m.name, m.value) for m in matchers if m.op is MatchOp.EQ), None)
+
+
 @dataclass(frozen=True, slots=True)
 class _Rule:
     id: UUID
+    order: int
     spec: InhibitRuleSpec
+    source: tuple[_Check, ...]
+    target: tuple[_Check, ...]
+
+    @classmethod
+    def of(cls, rule_id: UUID, order: int, spec: InhibitRuleSpec) -> _Rule:
+        return cls(rule_id, order, spec, _checks(spec.source), _checks(spec.target))
 
     def key(self, labels: Mapping[str, str]) -> tuple[str, ...]:
         return tuple(labels.get(name, "") for name in self.spec.equal)
 
 
 @dataclass(frozen=True, slots=True)
-class InhibitRules:
-    """The rules in force, per project, oldest first (parsed once per pass)."""
+class _SideIndex:
+    """The rules of a project by one side's first ``=`` matcher, so a label set is tested only against
+    the rules that can hold for it (plus those whose side has no ``=`` matcher)."""
 
-    by_project: Mapping[UUID, Sequence[_Rule]] = field(default_factory=dict)
+    by_label: Mapping[str, Mapping[str, Sequence[_Rule]]]
+    rest: Sequence[_Rule]
+
+    @classmethod
+    def of(cls, rules: Sequence[_Rule], side: str) -> _SideIndex:
+        by_label: dict[str, dict[str, list[_Rule]]] = {}
+        rest: list[_Rule] = []
+        for rule in rules:
+            key = _index_key(rule.spec.source if side == "source" else rule.spec.target)
+            if key is None:
+                rest.append(rule)
+            else:
+                by_label.setdefault(key[0], {}).setdefault(key[1], []).append(rule)
+        return cls(by_label, rest)
+
+    def candidates(self, labels: Mapping[str, str]) -> list[_Rule]:
+        found = [
+            rule
+            for name, by_value in self.by_label.items()
+            for rule in by_value.get(labels.get(name, ""), ())
+        ]
+        found.extend(self.rest)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class _ProjectRules:
+    rules: Sequence[_Rule]
+    sources: _SideIndex
+    targets: _SideIndex
+
+
+@dataclass(frozen=True, slots=True)
+class InhibitRules:
+    """The rules in force, per project, oldest first (parsed and indexed once per pass)."""
+
+    by_project: Mapping[UUID, _ProjectRules] = field(default_factory=dict)
 
     @classmethod
     def of(cls, rows: Iterable[RuleRow]) -> InhibitRules:
@@ -129,8 +195,16 @@ class InhibitRules:
             except MatcherError:  # pragma: no cover - validated at creation
                 logger.warning("invalid_stored_inhibit_rule", rule_id=str(row.id))
                 continue
-            parsed.setdefault(row.project_id, []).append(_Rule(row.id, spec))
-        return cls(parsed)
+            rules = parsed.setdefault(row.project_id, [])
+            rules.append(_Rule.of(row.id, len(rules), spec))
+        return cls(
+            {
+                project_id: _ProjectRules(
+                    rules, _SideIndex.of(rules, "source"), _SideIndex.of(rules, "target")
+                )
+                for project_id, rules in parsed.items()
+            }
+        )
 
     def __bool__(self) -> bool:
         return bool(self.by_project)
@@ -141,12 +215,15 @@ class InhibitRules:
         every: dict[UUID, Counter[tuple[str, ...]]] = {}
         one_sided: dict[UUID, Counter[tuple[str, ...]]] = {}
         for project_id, labels in firing:
-            for rule in self.by_project.get(project_id, ()):
-                if not matches_all(rule.spec.source, labels):
+            project = self.by_project.get(project_id)
+            if project is None:
+                continue
+            for rule in project.sources.candidates(labels):
+                if not _holds(rule.source, labels):
                     continue
                 key = rule.key(labels)
                 every.setdefault(rule.id, Counter())[key] += 1
-                if not matches_all(rule.spec.target, labels):
+                if not _holds(rule.target, labels):
                     one_sided.setdefault(rule.id, Counter())[key] += 1
         return Inhibitions(self, every, one_sided)
 
@@ -161,16 +238,22 @@ class Inhibitions:
 
     def inhibiting(self, project_id: UUID, labels: Mapping[str, str]) -> UUID | None:
         """The oldest rule that mutes ``labels`` now, or None."""
-        for rule in self.rules.by_project.get(project_id, ()):
+        project = self.rules.by_project.get(project_id)
+        if project is None or not self.every:
+            return None
+        muting: _Rule | None = None
+        for rule in project.targets.candidates(labels):
+            if muting is not None and rule.order > muting.order:
+                continue
             sources = self.every.get(rule.id)
-            if not sources or not matches_all(rule.spec.target, labels):
+            if not sources or not _holds(rule.target, labels):
                 continue
             # Two-sided (the target matches the source side too): only one-sided sources count, so an
             # alert never inhibits itself (Alertmanager's excludeTwoSidedMatch).
-            if matches_all(rule.spec.source, labels):
+            if _holds(rule.source, labels):
                 sources = self.one_sided.get(rule.id)
                 if not sources:
                     continue
             if sources[rule.key(labels)] > 0:
-                return rule.id
-        return None
+                muting = rule
+        return None if muting is None else muting.id

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -104,6 +104,18 @@ class Matcher:
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         return self.matches_value(labels.get(self.name, ""))
+
+    def predicate(self) -> Callable[[str], bool]:
+        """``matches_value`` as one flat callable, for loops that test many label sets (inhibition)."""
+        if self.op is MatchOp.EQ:
+            return self.value.__eq__
+        if self.op is MatchOp.NE:
+            return self.value.__ne__
+        assert self._regex is not None
+        fullmatch = self._regex.fullmatch
+        if self.op is MatchOp.RE:
+            return lambda value: fullmatch(value) is not None
+        return lambda value: fullmatch(value) is None
 
     def __str__(self) -> str:
         return f"{self.name}{self.op.value}{self.value!r}"
