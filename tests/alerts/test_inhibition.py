@@ -106,6 +106,17 @@ def test_rules_are_per_project_and_the_oldest_muting_rule_is_named() -> None:
     assert elsewhere.inhibiting(PROJECT, {"severity": "warning", "cluster": "a"}) is None
 
 
+def test_the_oldest_rule_is_named_whether_or_not_its_side_has_an_equality_matcher() -> None:
+    """Rules are indexed by a side's first ``=`` matcher; the index must not change which rule is named."""
+    regex_only = Row([m("severity", "=~", "crit.*")], [m("severity", "=~", "warn.*")], [])
+    indexed = Row([m("severity", "=", "critical")], [m("severity", "=", "warning")], [])
+    firing = [{"severity": "critical"}]
+    assert (
+        inhibitions(firing, regex_only, indexed).inhibiting(PROJECT, {"severity": "warning"}) == regex_only.id
+    )
+    assert inhibitions(firing, indexed, regex_only).inhibiting(PROJECT, {"severity": "warning"}) == indexed.id
+
+
 def test_no_source_firing_mutes_nothing() -> None:
     assert inhibitions([], CRITICAL_MUTES_WARNING).inhibiting(PROJECT, {"severity": "warning"}) is None
     assert Inhibitions().inhibiting(PROJECT, {"severity": "warning"}) is None
