@@ -243,6 +243,11 @@ class TestEvaluation:
             ("ALERT_FIRING", "symptom-zoned"),
         ]
 
+        # Receivers never heard the muted alert fire, so they do not hear of its ack either.
+        acked = await client.post(f"/api/v1/alerts/{alerts['symptom']['id']}/ack", headers=tenant.operate)
+        assert acked.status_code == 200
+        assert len(await outbox(session_maker, tenant)) == 2
+
         # The source still fires, but the rule is gone: the next pass announces the held-back alert.
         assert (await client.delete(f"{RULES}/{rule['id']}", headers=tenant.admin)).status_code == 204
         announced = await evaluate_at(session_maker, tenant, t0 + timedelta(seconds=30))

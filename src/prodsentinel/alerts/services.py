@@ -299,12 +299,15 @@ class AlertService(SQLAlchemyAsyncRepositoryService[Alert]):
             )
         details = {"state": alert.state, "labels": alert.labels, "policy_name": name}
         announce = (
-            alert.acked_by is None and alert.state == AlertState.FIRING.value and alert.silenced_by is None
+            alert.acked_by is None
+            and alert.state == AlertState.FIRING.value
+            and alert.silenced_by is None
+            and alert.inhibited_by is None
         )
         out = await self._set_ack(
             alert, name, acked_by=actor, actor=actor, action="alert.ack", details=details
         )
-        if announce:  # receivers heard it fire (not pending, not silenced): they hear of the ack too
+        if announce:  # receivers heard it fire (not pending, silenced or inhibited): they hear of the ack too
             await notification_outbox.add_event(
                 self.session,
                 project_id=alert.project_id,
