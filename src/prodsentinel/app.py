@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from prodsentinel import plugins
 from prodsentinel.alerts.controllers import alerts_router
 from prodsentinel.alerts.policy_file import load_policies_file
+from prodsentinel.alerts.routing_file import load_routing_file
 from prodsentinel.auth.cli import KeysCLIPlugin
 from prodsentinel.auth.controllers import ApiKeyController
 from prodsentinel.auth.guards import PUBLIC_PATHS, provide_principal
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         if settings.run_auto_migrate:
             await asyncio.to_thread(migrate, db_config)
         await load_policies_file(app.state[SESSION_MAKER_STATE_KEY], settings)
+        await load_routing_file(app.state[SESSION_MAKER_STATE_KEY], settings)
         queue = saq.get_queue(settings.queue_name)
         await queue.connect()
         jobs.bind_queue(queue)

@@ -1,4 +1,4 @@
-"""Alert policies, alert instances and silences (the audit trail is ``audit.models``)."""
+"""Alert policies, alert instances, silences and inhibit rules (the audit trail is ``audit.models``)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,15 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
-__all__ = ("Alert", "AlertPolicy", "Silence")
+from prodsentinel.lib.models import PlainBase
+
+__all__ = ("Alert", "AlertPolicy", "InhibitRule", "Silence")
 
 
 class AlertPolicy(UUIDv7AuditBase):
@@ -77,6 +81,8 @@ class Alert(UUIDv7AuditBase):
     acked_by: Mapped[str | None] = mapped_column(Text, default=None)
     acked_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
     silenced_by: Mapped[UUID | None] = mapped_column(default=None)
+    #: The inhibit rule that held back this alert's ALERT_FIRING (cleared once it is announced).
+    inhibited_by: Mapped[UUID | None] = mapped_column(PG_UUID(as_uuid=True), default=None)
 
 
 class Silence(UUIDv7AuditBase):
@@ -93,3 +99,27 @@ class Silence(UUIDv7AuditBase):
     comment: Mapped[str] = mapped_column(Text, default="")
     created_by: Mapped[str] = mapped_column(Text)
     expired_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+
+
+class InhibitRule(PlainBase):
+    """An inhibit rule (SPEC §13): while an alert matching ``source_matchers`` fires, alerts matching
+    ``target_matchers`` with the same values of the ``equal`` labels send no notification.
+
+    Keyed by (project, id) so every lookup and constraint is scoped to a project. ``fingerprint`` is the
+    canonical text of the rule's content: the same rule twice in a project is refused (409), and the
+    routing file is loaded idempotently by it. ``origin`` is ``api`` or ``file``
+    (``PRODSENTINEL_ROUTING_FILE``, whose rules are replaced at each start).
+    """
+
+    __tablename__ = "inhibit_rules"
+    __table_args__ = (UniqueConstraint("project_id", "fingerprint"),)
+
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    source_matchers: Mapped[list[dict[str, str]]] = mapped_column(JSONB)
+    target_matchers: Mapped[list[dict[str, str]]] = mapped_column(JSONB)
+    equal: Mapped[list[str]] = mapped_column(JSONB)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    origin: Mapped[str] = mapped_column(String(8), default="api")
+    created_by: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=text("now()"))

@@ -1,4 +1,4 @@
-"""SQL of the alerting domain's own tables: policies, alert instances and silences.
+"""SQL of the alerting domain's own tables: policies, alert instances, silences and inhibit rules.
 
 One repository per model (advanced-alchemy), each with its hand-written queries as methods. The
 per-kind value SQL of evaluation reads the signal tables, not these, and lives in
@@ -13,17 +13,23 @@ from typing import Any
 from uuid import UUID
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
-from sqlalchemy import Select, and_, insert, or_, select, text, tuple_, update
+from sqlalchemy import Select, and_, delete, insert, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from uuid_utils.compat import uuid7
 
 from prodsentinel.alerts.evaluation import AlertState
-from prodsentinel.alerts.models import Alert, AlertPolicy, Silence
+from prodsentinel.alerts.models import Alert, AlertPolicy, InhibitRule, Silence
 
-__all__ = ("AUDIT_SUBJECTS", "AlertRepository", "PolicyRepository", "SilenceRepository")
+__all__ = (
+    "AUDIT_SUBJECTS",
+    "AlertRepository",
+    "InhibitRuleRepository",
+    "PolicyRepository",
+    "SilenceRepository",
+)
 
 #: Subjects shown by ``GET /alerts/audit`` (the table is shared with other domains' actions).
-AUDIT_SUBJECTS = ("alert", "silence", "policy", "evaluation")
+AUDIT_SUBJECTS = ("alert", "silence", "policy", "evaluation", "inhibit_rule")
 
 
 class PolicyRepository(SQLAlchemyAsyncRepository[AlertPolicy]):
@@ -102,6 +108,7 @@ _ALERT_UPDATE_COLUMNS = (
     "acked_by",
     "acked_at",
     "silenced_by",
+    "inhibited_by",
     "updated_at",
 )
 
@@ -238,3 +245,45 @@ class SilenceRepository(SQLAlchemyAsyncRepository[Silence]):
                 return []
             statement = statement.where(Silence.project_id.in_(project_ids))
         return list(await self.session.scalars(statement.order_by(Silence.created_at, Silence.id)))
+
+
+class InhibitRuleRepository(SQLAlchemyAsyncRepository[InhibitRule]):
+    model_type = InhibitRule
+    id_attribute = "id"
+
+    async def of_projects(self, project_ids: Sequence[UUID] | None) -> list[InhibitRule]:
+        """The rules of the given projects (None: every project), oldest first."""
+        statement = select(InhibitRule)
+        if project_ids is not None:
+            if not project_ids:
+                return []
+            statement = statement.where(InhibitRule.project_id.in_(project_ids))
+        return list(await self.session.scalars(statement.order_by(InhibitRule.created_at, InhibitRule.id)))
+
+    async def in_project(self, project_id: UUID, rule_id: UUID) -> InhibitRule | None:
+        return await self.session.scalar(
+            select(InhibitRule).where(InhibitRule.project_id == project_id, InhibitRule.id == rule_id)
+        )
+
+    async def insert_new(self, row: Mapping[str, Any]) -> InhibitRule | None:
+        """Insert unless the project already has a rule with this fingerprint (then None)."""
+        inserted = await self.session.scalar(
+            pg_insert(InhibitRule)
+            .values(**row)
+            .on_conflict_do_nothing(index_elements=[InhibitRule.project_id, InhibitRule.fingerprint])
+            .returning(InhibitRule)
+        )
+        return inserted
+
+    async def remove(self, project_id: UUID, rule_id: UUID) -> None:
+        await self.session.execute(
+            delete(InhibitRule).where(InhibitRule.project_id == project_id, InhibitRule.id == rule_id)
+        )
+
+    async def file_rules(self) -> list[InhibitRule]:
+        """Every rule loaded from the routing file, all projects."""
+        return list(await self.session.scalars(select(InhibitRule).where(InhibitRule.origin == "file")))
+
+    async def lock_routing_file(self) -> None:
+        """Serialise loads of the routing file's inhibit rules: held until the transaction ends."""
+        await self.session.execute(text("SELECT pg_advisory_xact_lock(hashtext('alerts:routing-file'))"))

@@ -70,6 +70,10 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/alerts/silences"): "listSilences",
     ("POST", "/api/v1/alerts/silences"): "createSilence",
     ("POST", "/api/v1/alerts/silences/{silence_id}/expire"): "expireSilence",
+    ("POST", "/api/v1/alerts/silences/preview"): "previewSilence",
+    ("GET", "/api/v1/alerts/inhibit-rules"): "listInhibitRules",
+    ("POST", "/api/v1/alerts/inhibit-rules"): "createInhibitRule",
+    ("DELETE", "/api/v1/alerts/inhibit-rules/{rule_id}"): "deleteInhibitRule",
     # notifications
     ("GET", "/api/v1/notifications/channels"): "listChannels",
     ("POST", "/api/v1/notifications/channels"): "createChannel",

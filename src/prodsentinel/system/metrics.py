@@ -225,6 +225,11 @@ class StoredStateCollector(Collector):
             "Silences in force now (started, not ended, not expired), all projects.",
             value=state.silences_active,
         )
+        inhibited = GaugeMetricFamily(
+            "prodsentinel_alerts_inhibited",
+            "Firing alerts whose ALERT_FIRING an inhibit rule holds back (not yet announced), all projects.",
+            value=state.alerts_inhibited,
+        )
         attempts = CounterMetricFamily(
             "prodsentinel_notifications_attempts",
             "Webhook delivery attempts in the ledger, by channel name and outcome (delivered|retry|dead).",
@@ -262,7 +267,20 @@ class StoredStateCollector(Collector):
         )
         for loop, timestamp in sorted(state.scheduler_ticks.items()):
             ticks.add_metric([loop], timestamp)
-        return [up, incidents, alerts, transitions, silences, attempts, latency, pending, dead, oldest, ticks]
+        return [
+            up,
+            incidents,
+            alerts,
+            transitions,
+            silences,
+            inhibited,
+            attempts,
+            latency,
+            pending,
+            dead,
+            oldest,
+            ticks,
+        ]
 
 
 def _with_known(found: dict[str, int]) -> list[str]:

@@ -35,6 +35,7 @@ class StoredState:
     alerts_active: dict[str, int] = field(default_factory=dict)
     alert_transitions: int = 0
     silences_active: int = 0
+    alerts_inhibited: int = 0
     #: (channel name, outcome) -> attempts
     attempts: dict[tuple[str, str], int] = field(default_factory=dict)
     #: cumulative counts, one per LATENCY_BUCKETS_SECONDS bound
@@ -73,6 +74,7 @@ SELECT
     AS alert_transitions,
   (SELECT count(*) FROM silences
     WHERE expired_at IS NULL AND starts_at <= now() AND ends_at > now()) AS silences_active,
+  (SELECT count(*) FROM alerts WHERE state = 'firing' AND inhibited_by IS NOT NULL) AS alerts_inhibited,
   (SELECT coalesce(jsonb_agg(jsonb_build_array(coalesce(c.name, a.channel_id::text), a.outcome, a.n,
                                                 a.buckets, a.total_ms)), '[]'::jsonb)
      FROM (SELECT project_id, channel_id, outcome, count(*) AS n,
@@ -116,6 +118,7 @@ class StoredStateQueries:
             alerts_active={str(k): int(v) for k, v in row["alerts_active"].items()},
             alert_transitions=int(row["alert_transitions"]),
             silences_active=int(row["silences_active"]),
+            alerts_inhibited=int(row["alerts_inhibited"]),
             attempts=attempts,
             latency_buckets=buckets,
             latency_count=latency_count,
