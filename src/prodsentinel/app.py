@@ -26,7 +26,13 @@ from prodsentinel.ingest.controllers import IngestController
 from prodsentinel.ingest.otlp_controllers import OtlpController
 from prodsentinel.ingest.plugin import IngestPlugin
 from prodsentinel.lib import jobs
-from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY, alchemy_config, migrate, resolve_database_url
+from prodsentinel.lib.database import (
+    SESSION_MAKER_STATE_KEY,
+    alchemy_config,
+    migrate,
+    resolve_database_url,
+    resolve_direct_url,
+)
 from prodsentinel.lib.errors import exception_to_response
 from prodsentinel.lib.lifeline import watch_supervisor
 from prodsentinel.lib.observability import RequestContextMiddleware, add_response_headers
@@ -53,15 +59,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     watch_supervisor()  # a server process of `prodsentinel run` stops when `run` dies (lib/lifeline.py)
     database_url = resolve_database_url(settings)
-    db_config = alchemy_config(database_url)
+    # Behind PgBouncer (transaction pooling) what needs a session of its own connects directly.
+    direct_url = resolve_direct_url(settings)
+    db_config = alchemy_config(database_url, pooler=settings.database_pooler)
     redis = plugins.redis_client(settings)
     saq = plugins.saq_plugin(settings, database_url)
-    system = SystemPlugin(settings, database_url, redis)
+    system = SystemPlugin(settings, direct_url, redis)
     jwt_auth = jwt_auth_config(settings)
 
     async def on_startup(app: Litestar) -> None:
         if settings.run_auto_migrate:
-            await asyncio.to_thread(migrate, db_config)
+            migrations = db_config if direct_url == database_url else alchemy_config(direct_url)
+            await asyncio.to_thread(migrate, migrations)
         await load_policies_file(app.state[SESSION_MAKER_STATE_KEY], settings)
         queue = saq.get_queue(settings.queue_name)
         await queue.connect()
