@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import structlog
 from litestar import Request
 from litestar.exceptions import ClientException
 from litestar.types import HTTPScope, Message, Receive, Scope, Send
@@ -94,16 +95,32 @@ class IngestFastPath:
         raw_key = key_in(headers.get(b"x-api-key"), headers.get(b"authorization", ""))
         if raw_key is None:
             return False
-        ensure_request_id(scope)  # before the lookup, so its timing header covers it as on Litestar's path
-        principal = await lookup(raw_key)
+        request_id = ensure_request_id(
+            scope
+        )  # before the lookup, so its timing header covers it as on Litestar's path
+        scope["path_template"] = scope["path"]  # type: ignore[typeddict-unknown-key]  # the metrics label
+        try:
+            principal = await lookup(raw_key)
+        except Exception as exc:  # e.g. the database is away: the 503 Litestar's path would give
+            error = exc
+
+            async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+                await self._error(scope, receive, send, error)
+
+            await self._metrics.observe(scope, receive, send, refuse)
+            return True
         if principal is None or not principal.has(KeyScope.INGEST):
             return False  # Litestar answers the 401/403 (the lookup runs again there; rare)
-        scope["path_template"] = scope["path"]  # type: ignore[typeddict-unknown-key]  # the metrics label
 
         async def serve(scope: Scope, receive: Receive, send: Send) -> None:
             await self._serve(scope, receive, send, ingestor, kind, principal.project_id, headers)
 
-        await self._metrics.observe(scope, receive, send, serve)
+        # the request id on every log line of the request, as RequestContextMiddleware binds it
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self._metrics.observe(scope, receive, send, serve)
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
         return True
 
     async def _serve(
