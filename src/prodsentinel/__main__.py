@@ -79,9 +79,9 @@ def _parse_routing_file(settings: Settings) -> None:
 
 def _check_policies_in_database(settings: Settings, path: Path, policies: list[PolicyFileItem]) -> None:
     from prodsentinel.alerts.policy_file import check_policies_file_in_database
-    from prodsentinel.lib.database import resolve_database_url
+    from prodsentinel.lib.database import resolve_direct_url
 
-    asyncio.run(check_policies_file_in_database(resolve_database_url(settings), path, policies))
+    asyncio.run(check_policies_file_in_database(resolve_direct_url(settings), path, policies))
 
 
 def _wants_help(args: list[str]) -> bool:
