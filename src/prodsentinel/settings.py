@@ -154,6 +154,8 @@ class Settings:
     metrics_auth: bool = field(default=True, metadata=_env("PRODSENTINEL_METRICS_AUTH"))
     channels_file: Path | None = field(default=None, metadata=_env("PRODSENTINEL_CHANNELS_FILE"))
     policies_file: Path | None = field(default=None, metadata=_env("PRODSENTINEL_POLICIES_FILE"))
+    #: Routing as code (SPEC §13): a YAML mapping; ``escalations:`` is read by notifications.escalations.
+    routing_file: Path | None = field(default=None, metadata=_env("PRODSENTINEL_ROUTING_FILE"))
     retention_days_logs: int = field(default=14, metadata=_env("PRODSENTINEL_RETENTION_DAYS_LOGS"))
     retention_days_spans: int = field(default=14, metadata=_env("PRODSENTINEL_RETENTION_DAYS_SPANS"))
     retention_days_metrics: int = field(default=30, metadata=_env("PRODSENTINEL_RETENTION_DAYS_METRICS"))
@@ -268,6 +270,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "metrics_auth": _parse_bool,
     "channels_file": lambda raw: Path(raw).expanduser(),
     "policies_file": lambda raw: Path(raw).expanduser(),
+    "routing_file": lambda raw: Path(raw).expanduser(),
     "retention_days_logs": _parse_positive_int,
     "retention_days_spans": _parse_positive_int,
     "retention_days_metrics": _parse_positive_int,
