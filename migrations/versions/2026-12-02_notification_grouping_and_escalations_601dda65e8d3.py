@@ -95,6 +95,7 @@ def schema_upgrades() -> None:
     sa.Column('due_at', sa.DateTimeUTC(timezone=True), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('channel_ids', postgresql.ARRAY(sa.UUID()), nullable=False),
+    sa.Column('schedule', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
     sa.Column('event_type', sa.String(length=40), nullable=False),
     sa.Column('severity', sa.String(length=16), nullable=False),
     sa.Column('payload', postgresql.JSONB(astext_type=sa.Text()), nullable=False),

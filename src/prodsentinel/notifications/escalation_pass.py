@@ -42,7 +42,7 @@ async def send_due_steps(session: AsyncSession, *, limit: int = BATCH_SIZE) -> t
     if not steps:
         return 0, 0
     items = await queries.send_steps(steps, now)
-    await queries.mark_sent(steps, now)
+    await queries.advance(steps, now)
     if items:
         after_commit(session, enqueue_dispatch)
     return len(steps), items

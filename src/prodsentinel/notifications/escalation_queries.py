@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import Table, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prodsentinel.notifications import escalation_rules, routing
@@ -34,6 +34,10 @@ SET status = 'cancelled', finished_at = :now
 FROM unnest(CAST(:projects AS uuid[]), CAST(:subjects AS text[])) AS c(project_id, subject)
 WHERE s.project_id = c.project_id AND s.subject = c.subject AND s.status = 'pending'
 """
+
+
+#: The table itself (a Core INSERT renders None as NULL; see ``apply``).
+_STEPS_TABLE = cast("Table", EscalationStep.__table__)
 
 
 def rule_of(policy: EscalationPolicy) -> EscalationRule:
@@ -71,18 +75,12 @@ class EscalationQueries:
                 text(_CANCEL_SQL),
                 {"now": now, "projects": [p for p, _ in cancel], "subjects": [s for _, s in cancel]},
             )
-        if not plan.steps:
-            return 0
-        written = 0
-        due = [s for s in plan.steps if s["due_at"] <= now]
-        for step in due:
-            step["status"] = "sent"
-            step["finished_at"] = now
-        if due:
-            written = await self.send_steps(due, now)
-        rows = [{k: v for k, v in s.items() if k != "policy_name"} for s in plan.steps]
+        written = await self.send_steps(plan.immediate, now) if plan.immediate else 0
+        rows = plan.runs
         for start in range(0, len(rows), 2000):
-            await self.session.execute(insert(EscalationStep), rows[start : start + 2000])
+            # Core insert of the table: the ORM's bulk INSERT leaves None values out, which splits
+            # rows into one statement per key set.
+            await self.session.execute(insert(_STEPS_TABLE), rows[start : start + 2000])
         return written
 
     async def send_steps(self, steps: Sequence[dict[str, Any]], now: datetime) -> int:
@@ -103,7 +101,7 @@ class EscalationQueries:
                 step=step["step"],
                 round_=step["round"],
             )
-            event_id = escalation_rules.step_event_id(step["id"])
+            event_id = escalation_rules.step_event_id(step["id"], step["step"], step["round"])
             payload["event_id"] = str(event_id)
             payload["occurred_at"] = now.isoformat()
             counts[(step["project_id"], str(step["step"]))] += 1
@@ -154,15 +152,15 @@ class EscalationQueries:
                 "event_type": step.event_type,
                 "severity": step.severity,
                 "payload": step.payload,
+                "schedule": step.schedule,
             }
             for step, name in result.all()
         ]
 
-    async def mark_sent(self, steps: Sequence[dict[str, Any]], now: datetime) -> None:
-        await self.session.execute(
-            text(
-                "UPDATE escalation_steps SET status = 'sent', finished_at = :now "
-                "WHERE id = ANY(CAST(:ids AS uuid[]))"
-            ),
-            {"now": now, "ids": [s["id"] for s in steps]},
-        )
+    async def advance(self, runs: Sequence[dict[str, Any]], now: datetime) -> None:
+        """Runs whose current step was sent: on to their next step, or ``sent`` (bulk by key)."""
+        changes = [escalation_rules.advance(run, now) for run in runs]
+        for keys in ({"status", "finished_at"}, {"step", "round", "due_at", "channel_ids", "schedule"}):
+            batch = [c for c in changes if keys <= c.keys()]
+            if batch:
+                await self.session.execute(update(EscalationStep), batch)

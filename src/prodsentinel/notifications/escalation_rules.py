@@ -29,7 +29,9 @@ __all__ = (
     "STOP_EVENTS",
     "EscalationPlan",
     "EscalationRule",
+    "advance",
     "matching",
+    "schedule_entry",
     "step_channels",
     "step_event_id",
     "step_payload",
@@ -72,9 +74,9 @@ def step_channels(rules: Sequence[EscalationRule]) -> set[UUID]:
     return {channel for rule in rules for _, channels in rule.steps for channel in channels}
 
 
-def step_event_id(step_id: UUID) -> UUID:
-    """The event id of one step notification (stable across retries and replays)."""
-    return uuid.uuid5(_NAMESPACE, str(step_id))
+def step_event_id(run_id: UUID, step: int, round_: int) -> UUID:
+    """The event id of one step notification of one run (stable across retries and replays)."""
+    return uuid.uuid5(_NAMESPACE, f"{run_id}:{round_}:{step}")
 
 
 def step_payload(
@@ -89,13 +91,28 @@ def step_payload(
 
 @dataclass
 class EscalationPlan:
-    """What one write does to escalations: subjects whose pending steps end, steps to schedule."""
+    """What one write does to escalations: subjects whose pending steps end, runs to schedule.
 
-    #: (project_id, subject) whose pending steps are cancelled (before ``steps`` are written).
+    One ``escalation_steps`` row per started escalation (an escalation *run*): its next step
+    (``step``, ``round``, ``due_at``, ``channel_ids``) and the ``schedule`` of the ones after it. The
+    steps due at once (step 0 of round 0) are in ``immediate`` and go out in the event's transaction.
+    """
+
+    #: (project_id, subject) whose pending steps are cancelled (before ``runs`` are written).
     cancel: set[tuple[UUID, str]] = field(default_factory=set)
-    #: escalation_steps rows; ``due_at`` <= ``now`` ones are sent in the same transaction.
-    steps: list[dict[str, Any]] = field(default_factory=list)
+    #: per (project_id, subject): (rows to insert, steps to send now)
+    by_subject: dict[tuple[UUID, str], tuple[list[dict[str, Any]], list[dict[str, Any]]]] = field(
+        default_factory=dict
+    )
     now: datetime | None = None
+
+    @property
+    def runs(self) -> list[dict[str, Any]]:
+        return [row for rows, _ in self.by_subject.values() for row in rows]
+
+    @property
+    def immediate(self) -> list[dict[str, Any]]:
+        return [step for _, steps in self.by_subject.values() for step in steps]
 
     def add(
         self,
@@ -111,31 +128,79 @@ class EscalationPlan:
             return
         self.now = now
         self.cancel.add((project_id, subject))
-        # A later event of the same subject in this write wins over steps planned earlier in it.
-        self.steps = [
-            s for s in self.steps if not (s["project_id"] == project_id and s["subject"] == subject)
-        ]
+        # A later event of the same subject in this write wins over runs planned earlier in it.
+        rows: list[dict[str, Any]] = []
+        immediate: list[dict[str, Any]] = []
+        self.by_subject[(project_id, subject)] = (rows, immediate)
         if event_type not in START_EVENTS:
             return
         for rule in matched:
-            for round_ in range(rule.repeat + 1):
-                start = now + timedelta(seconds=round_ * rule.period)
-                for index, (after, channels) in enumerate(rule.steps):
-                    self.steps.append(
-                        {
-                            "project_id": project_id,
-                            "id": uuid.uuid4(),
-                            "policy_id": rule.id,
-                            "policy_name": rule.name,
-                            "subject": subject,
-                            "step": index,
-                            "round": round_,
-                            "due_at": start + timedelta(seconds=after),
-                            "status": "pending",
-                            "channel_ids": list(channels),
-                            "event_type": event_type,
-                            "severity": severity,
-                            "payload": body,
-                            "created_at": now,
-                        }
-                    )
+            run_id = uuid.uuid4()
+            common = {
+                "project_id": project_id,
+                "id": run_id,
+                "policy_id": rule.id,
+                "subject": subject,
+                "event_type": event_type,
+                "severity": severity,
+                "payload": body,
+            }
+            timeline = [
+                (index, round_, now + timedelta(seconds=round_ * rule.period + after), channels)
+                for round_ in range(rule.repeat + 1)
+                for index, (after, channels) in enumerate(rule.steps)
+            ]
+            later = [t for t in timeline if t[2] > now]
+            for index, round_, _, channels in (t for t in timeline if t[2] <= now):
+                immediate.append(
+                    {
+                        **common,
+                        "policy_name": rule.name,
+                        "step": index,
+                        "round": round_,
+                        "channel_ids": list(channels),
+                    }
+                )
+            if not later:
+                continue
+            (index, round_, due_at, channels), rest = later[0], later[1:]
+            rows.append(
+                {
+                    **common,
+                    "step": index,
+                    "round": round_,
+                    "due_at": due_at,
+                    "channel_ids": list(channels),
+                    "schedule": [schedule_entry(*entry) for entry in rest],
+                    "status": "pending",
+                    "created_at": now,
+                    "finished_at": None,
+                }
+            )
+
+
+def schedule_entry(step: int, round_: int, due_at: datetime, channels: Sequence[UUID]) -> dict[str, Any]:
+    """A later step of a run as stored in its ``schedule`` (JSON)."""
+    return {
+        "step": step,
+        "round": round_,
+        "due_at": due_at.isoformat(),
+        "channel_ids": [str(c) for c in channels],
+    }
+
+
+def advance(run: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """The stored change of a run whose current step was just sent: its next step, or ``sent``."""
+    schedule = list(run["schedule"] or ())
+    if not schedule:
+        return {"project_id": run["project_id"], "id": run["id"], "status": "sent", "finished_at": now}
+    following = schedule.pop(0)
+    return {
+        "project_id": run["project_id"],
+        "id": run["id"],
+        "step": following["step"],
+        "round": following["round"],
+        "due_at": datetime.fromisoformat(following["due_at"]),
+        "channel_ids": [UUID(c) for c in following["channel_ids"]],
+        "schedule": schedule,
+    }

@@ -105,14 +105,14 @@ class GroupQueries:
             for _, u in sorted(groups.items(), key=lambda kv: (str(kv[0][1]), kv[0][2]))
         ]
         ids: dict[tuple[UUID, str], UUID] = {}
+        # executemany form (SQLAlchemy's insertmanyvalues batches it): no per-row statement compiling.
+        base = pg_insert(NotificationGroup)
+        groups_upsert = base.on_conflict_do_update(
+            index_elements=["project_id", "channel_id", "group_key"],
+            set_={"updated_at": base.excluded.updated_at},
+        ).returning(NotificationGroup.id, NotificationGroup.channel_id, NotificationGroup.group_key)
         for chunk in _chunks(rows):
-            statement = pg_insert(NotificationGroup).values(chunk)
-            result = await self.session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["project_id", "channel_id", "group_key"],
-                    set_={"updated_at": statement.excluded.updated_at},
-                ).returning(NotificationGroup.id, NotificationGroup.channel_id, NotificationGroup.group_key)
-            )
+            result = await self.session.execute(groups_upsert, chunk)
             ids.update({(r.channel_id, r.group_key): r.id for r in result})
         alerts: dict[tuple[UUID, UUID], dict[str, Any]] = {}
         for u in updates:
@@ -126,17 +126,15 @@ class GroupQueries:
                 "alert": u.alert,
                 "updated_at": now,
             }
+        alerts_upsert = pg_insert(NotificationGroupAlert)
+        alerts_upsert = alerts_upsert.on_conflict_do_update(
+            index_elements=["project_id", "group_id", "alert_id"],
+            set_={
+                name: alerts_upsert.excluded[name] for name in ("firing", "severity", "alert", "updated_at")
+            },
+        )
         for chunk in _chunks(list(alerts.values())):
-            statement = pg_insert(NotificationGroupAlert).values(chunk)
-            await self.session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["project_id", "group_id", "alert_id"],
-                    set_={
-                        name: statement.excluded[name]
-                        for name in ("firing", "severity", "alert", "updated_at")
-                    },
-                )
-            )
+            await self.session.execute(alerts_upsert, chunk)
 
     async def claim_due(self, now: datetime, limit: int) -> list[DueGroup]:
         """Due groups (``next_flush_at`` passed) locked for this transaction, with their alerts."""

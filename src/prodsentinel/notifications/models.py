@@ -263,11 +263,13 @@ class EscalationPolicy(PlainBase):
 
 
 class EscalationStep(PlainBase):
-    """One scheduled step notification of one escalation of one alert or incident (its ``subject``).
+    """One run of one escalation for one alert or incident (its ``subject``): its next step.
 
-    Written, all rounds at once, by the transaction of the firing/opening event; sent by the
-    escalation cron when due (``pending`` -> ``sent``, its outbox items written in the same
-    transaction), or ``cancelled`` by an acknowledgement, a resolution or a re-fire.
+    Written by the transaction of the firing/opening event (whose step 0 goes out in that same
+    transaction), holding the next step (``step``, ``round``, ``due_at``, ``channel_ids``) and the
+    ``schedule`` of the later ones. The escalation cron sends the step when due and, in the same
+    transaction, moves the row on to the next one (``sent`` after the last); an acknowledgement, a
+    resolution or a re-fire sets ``cancelled``. One row per run, whatever its number of steps.
     """
 
     __tablename__ = "escalation_steps"
@@ -296,6 +298,8 @@ class EscalationStep(PlainBase):
     #: pending | sent | cancelled
     status: Mapped[str] = mapped_column(String(16), default="pending")
     channel_ids: Mapped[list[UUID]] = mapped_column(ARRAY(PG_UUID(as_uuid=True)))
+    #: The steps after this one: ``[{"step", "round", "due_at", "channel_ids"}]``.
+    schedule: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
     event_type: Mapped[str] = mapped_column(String(40))
     severity: Mapped[str] = mapped_column(String(16))
     #: The body of the event that started the escalation (the step notification adds ``escalation``).

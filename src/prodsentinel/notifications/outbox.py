@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -78,6 +78,19 @@ class _Route:
 class _ProjectRoutes:
     channels: list[_Route]
     escalations: list[EscalationRule]
+    #: The label names the escalations' matchers read, and their matching results by those labels'
+    #: values: alerts of one group share them, so 1,000 alerts cost one match per distinct value set.
+    escalation_labels: tuple[str, ...] = ()
+    matched: dict[tuple[str, ...], list[EscalationRule]] = field(default_factory=dict)
+
+    def escalations_of(self, event_type: str, labels: dict[str, str]) -> list[EscalationRule]:
+        if not self.escalations:
+            return []
+        key = (event_type[:5], *(labels.get(name, "") for name in self.escalation_labels))
+        found = self.matched.get(key)
+        if found is None:
+            found = self.matched[key] = escalation_rules.matching(self.escalations, event_type, labels)
+        return found
 
 
 async def add_event(
@@ -172,7 +185,7 @@ async def add_events(session: AsyncSession, events: Sequence[OutboxEvent]) -> li
         labels = routing.event_labels(event.event_type, event.payload)
         subject = routing.subject_of(event.event_type, event.payload)
         body = event_body(event_id, event.event_type, event.severity, event.project_id, event.payload, now)
-        matched = escalation_rules.matching(project.escalations, event.event_type, labels)
+        matched = project.escalations_of(event.event_type, labels)
         plan.add(event.project_id, event.event_type, event.severity, subject, body, matched, now)
         escalated = escalation_rules.step_channels(matched)
         alert_id = event.payload.get("alert_id")
@@ -223,7 +236,8 @@ async def add_events(session: AsyncSession, events: Sequence[OutboxEvent]) -> li
     if rows:
         await OutboxRepository(session=session).insert_rows(rows)
     await GroupQueries(session).apply(group_updates, now)
-    if rows or await EscalationQueries(session).apply(plan):
+    escalated_items = await EscalationQueries(session).apply(plan)
+    if rows or escalated_items:
         after_commit(session, enqueue_dispatch)
     return ids
 
@@ -252,7 +266,9 @@ def event_body(
 async def _routes_of(session: AsyncSession, project_id: UUID) -> _ProjectRoutes:
     """The project's enabled channels (matchers compiled) and escalations: read once per write."""
     channels = await ChannelRepository(session=session).enabled_of_project(project_id)
+    escalations = await EscalationQueries(session).rules_of(project_id)
     return _ProjectRoutes(
+        escalation_labels=tuple(sorted({m.name for rule in escalations for m in rule.matchers})),
         channels=[
             _Route(
                 id=c.id,
@@ -264,7 +280,7 @@ async def _routes_of(session: AsyncSession, project_id: UUID) -> _ProjectRoutes:
             )
             for c in channels
         ],
-        escalations=await EscalationQueries(session).rules_of(project_id),
+        escalations=escalations,
     )
 
 
