@@ -164,15 +164,20 @@ async def notify(session: AsyncSession, outcome: Outcome) -> None:
 
     ``add_event`` registers the dispatcher's wake-up on the session itself (``lib.after_commit``).
     """
-    for notification in outcome.notifications:
-        await notification_services.add_event(
-            session,
-            project_id=notification.project_id,
-            event_type=notification.event_type,
-            severity=notification.severity,
-            payload=notification.payload,
-            event_id=notification.event_id,
-        )
+    # One batch: routing state (channels, escalations) is read once and rows are written set-based.
+    await notification_services.add_events(
+        session,
+        [
+            notification_services.OutboxEvent(
+                project_id=n.project_id,
+                event_type=n.event_type,
+                severity=n.severity,
+                payload=n.payload,
+                event_id=n.event_id,
+            )
+            for n in outcome.notifications
+        ],
+    )
     for live in outcome.live_events:
         events.publish_after_commit(session, live.event_type, live.project_id, live.data)
 

@@ -36,6 +36,7 @@ __all__ = (
     "ItemResult",
     "OutboxRepository",
     "new_id",
+    "outbox_row",
 )
 
 #: Error code of the ledger row written when a claim expired: the worker died (or stalled) mid-send.
@@ -60,6 +61,13 @@ class ChannelRepository(SQLAlchemyAsyncRepository[Channel]):
                 Channel.enabled.is_(True),
                 or_(Channel.event_types.is_(None), literal(event_type) == any_(Channel.event_types)),
             )
+        )
+        return list(channels)
+
+    async def enabled_of_project(self, project_id: UUID) -> list[Channel]:
+        """The project's enabled channels (the write side routes each event over all of them)."""
+        channels = await self.session.scalars(
+            select(Channel).where(Channel.project_id == project_id, Channel.enabled.is_(True))
         )
         return list(channels)
 
@@ -341,46 +349,43 @@ _REPLAY_COLUMNS = """
 """
 
 
+def outbox_row(
+    *,
+    project_id: UUID,
+    channel_id: UUID,
+    event_id: UUID,
+    event_type: str,
+    severity: str,
+    payload: dict[str, Any],
+    now: datetime,
+    subject: str | None,
+) -> dict[str, Any]:
+    """One pending outbox item, due now, with its own ``delivery_id`` (for ``insert_rows``)."""
+    return {
+        "id": new_id(),
+        "project_id": project_id,
+        "channel_id": channel_id,
+        "event_id": event_id,
+        "delivery_id": uuid.uuid4(),
+        "event_type": event_type,
+        "severity": severity,
+        "subject": subject,
+        "payload": payload,
+        "status": OutboxStatus.PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+    }
+
+
 class OutboxRepository(SQLAlchemyAsyncRepository[OutboxItem]):
     """The outbox's writes: new items, the dispatcher's claim and results, replays."""
 
     model_type = OutboxItem
 
-    async def insert_items(
-        self,
-        *,
-        project_id: UUID,
-        channel_ids: Sequence[UUID],
-        event_id: UUID,
-        event_type: str,
-        severity: str,
-        payload: dict[str, Any],
-        now: datetime,
-        subject: str | None = None,
-    ) -> None:
-        """One pending item per channel, due at ``now``, each with its own ``delivery_id``."""
-        if not channel_ids:
-            return
-        await self.session.execute(
-            insert(OutboxItem),
-            [
-                {
-                    "id": new_id(),
-                    "project_id": project_id,
-                    "channel_id": channel_id,
-                    "event_id": event_id,
-                    "delivery_id": uuid.uuid4(),
-                    "event_type": event_type,
-                    "severity": severity,
-                    "subject": subject,
-                    "payload": payload,
-                    "status": OutboxStatus.PENDING,
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                }
-                for channel_id in channel_ids
-            ],
-        )
+    async def insert_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Items built by ``outbox.outbox_row`` (many events at once), in multi-row INSERTs."""
+        for start in range(0, len(rows), 2000):
+            await self.session.execute(insert(OutboxItem), list(rows[start : start + 2000]))
 
     async def claim_due(
         self,

@@ -35,6 +35,7 @@ from prodsentinel.auth.guards import requires_scope
 from prodsentinel.auth.scopes import Scope
 from prodsentinel.lib import vocabulary
 from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY, session_scope
+from prodsentinel.notifications.grouping import REASONS as GROUP_REASONS
 from prodsentinel.settings import Settings
 from prodsentinel.system.state_queries import LATENCY_BUCKETS_SECONDS, StoredState, StoredStateQueries
 
@@ -272,7 +273,21 @@ class StoredStateCollector(Collector):
         )
         for loop, timestamp in sorted(state.scheduler_ticks.items()):
             ticks.add_metric([loop], timestamp)
-        return [
+        grouped = CounterMetricFamily(
+            "prodsentinel_notifications_grouped",
+            "Group notifications written (SPEC §13), by reason, all projects.",
+            labels=["reason"],
+        )
+        for reason in [*GROUP_REASONS, *sorted(set(state.grouped) - set(GROUP_REASONS))]:
+            grouped.add_metric([reason], state.grouped.get(reason, 0))
+        steps = CounterMetricFamily(
+            "prodsentinel_escalation_steps",
+            "Escalation step notifications sent (SPEC §13), by step index (0 = first), all projects.",
+            labels=["step"],
+        )
+        for step, count in sorted(state.escalation_steps.items(), key=lambda kv: int(kv[0])):
+            steps.add_metric([step], count)
+        families = [
             up,
             incidents,
             alerts,
@@ -284,8 +299,8 @@ class StoredStateCollector(Collector):
             pending,
             dead,
             oldest,
-            ticks,
         ]
+        return [*families, ticks, grouped, steps]
 
 
 def _with_known(found: dict[str, int]) -> list[str]:

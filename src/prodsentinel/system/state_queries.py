@@ -47,6 +47,9 @@ class StoredState:
     outbox_oldest_pending_age_seconds: float = 0.0
     #: loop -> unix seconds of the last tick
     scheduler_ticks: dict[str, float] = field(default_factory=dict)
+    #: grouped notifications by reason; escalation step notifications by step index (SPEC §13)
+    grouped: dict[str, int] = field(default_factory=dict)
+    escalation_steps: dict[str, int] = field(default_factory=dict)
 
 
 def _latency_columns() -> str:
@@ -88,7 +91,14 @@ SELECT
   (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox_items
     WHERE status IN ({_WAITING})) AS outbox_oldest_pending_age,
   (SELECT coalesce(jsonb_object_agg(loop, extract(epoch FROM last_tick_at)), '{{}}'::jsonb)
-     FROM scheduler_ticks) AS scheduler_ticks
+     FROM scheduler_ticks) AS scheduler_ticks,
+  (SELECT coalesce(jsonb_object_agg(label, n), '{{}}'::jsonb)
+     FROM (SELECT label, sum(value) AS n FROM notification_counters WHERE name = 'grouped'
+            GROUP BY label) AS g)
+     AS grouped,
+  (SELECT coalesce(jsonb_object_agg(label, n), '{{}}'::jsonb)
+     FROM (SELECT label, sum(value) AS n FROM notification_counters WHERE name = 'escalation_step'
+            GROUP BY label) AS e) AS escalation_steps
 """
 
 
@@ -127,4 +137,6 @@ class StoredStateQueries:
             outbox_dead=int(row["outbox_dead"]),
             outbox_oldest_pending_age_seconds=max(0.0, float(row["outbox_oldest_pending_age"])),
             scheduler_ticks={str(k): float(v) for k, v in row["scheduler_ticks"].items()},
+            grouped={str(k): int(v) for k, v in row["grouped"].items()},
+            escalation_steps={str(k): int(v) for k, v in row["escalation_steps"].items()},
         )
