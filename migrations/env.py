@@ -5,7 +5,9 @@ Differences from advanced-alchemy's template, on purpose:
 - SAQ's own tables (``saq_*``) live in the same database and are never touched by autogenerate;
 - migrations run under a transaction-scoped advisory lock, so several processes starting at once
   (granian workers, replicas) apply them once;
-- a fresh NullPool engine is always used: the app's pooled engine belongs to another event loop.
+- a fresh NullPool engine is always used: the app's pooled engine belongs to another event loop;
+- behind PgBouncer (``PRODSENTINEL_DATABASE_POOLER=pgbouncer``) it connects to
+  ``PRODSENTINEL_DATABASE_DIRECT_URL`` instead: the migration lock is session-level.
 """
 
 import asyncio
@@ -35,6 +37,17 @@ MIGRATION_LOCK = "prodsentinel:migrations"
 def _include_name(name: "str | None", type_: str, parent_names: "dict[str, Any]") -> bool:
     """Keep SAQ's tables (saq_jobs, saq_stats, saq_versions) out of autogenerate."""
     return not (type_ == "table" and name is not None and name.startswith("saq_"))
+
+
+def _migration_url() -> str:
+    """The configured URL, or the direct one when the configured one is a transaction pooler."""
+    from prodsentinel.lib.database import resolve_direct_url
+    from prodsentinel.settings import get_settings
+
+    settings = get_settings()
+    if settings.database_pooler == "pgbouncer":
+        return resolve_direct_url(settings)
+    return config.db_url
 
 
 def run_migrations_offline() -> None:
@@ -103,7 +116,7 @@ async def run_migrations_online() -> None:
         RuntimeError: If the engine cannot be created from the config.
     """
     configuration = config.get_section(config.config_ini_section) or {}
-    configuration["sqlalchemy.url"] = config.db_url
+    configuration["sqlalchemy.url"] = _migration_url()
 
     connectable = async_engine_from_config(configuration, prefix="sqlalchemy.", poolclass=pool.NullPool)
 

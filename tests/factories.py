@@ -211,6 +211,11 @@ class ChannelFactory(_RowFactory):
     disabled_at = None
     reenabled_at = None
     throttled_until = None
+    #: Not grouped (SPEC §13 grouping is opt-in): one outbox item per event, as the tests expect.
+    group_by = None
+    group_wait = 30
+    group_interval = 300
+    repeat_interval = 14400
     created_at = Use(lambda: datetime.now(UTC))
     updated_at = Use(lambda: datetime.now(UTC))
 

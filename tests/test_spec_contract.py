@@ -618,6 +618,7 @@ SPEC_METRICS = [
     ("prodsentinel_alerts_active", "gauge"),
     ("prodsentinel_alert_transitions_total", "counter"),
     ("prodsentinel_silences_active", "gauge"),
+    ("prodsentinel_alerts_inhibited", "gauge"),
     ("prodsentinel_notifications_attempts_total", "counter"),
     ("prodsentinel_notifications_delivery_latency_seconds", "histogram"),
     ("prodsentinel_outbox_pending", "gauge"),

@@ -19,7 +19,7 @@ Downgrade converts back to plain tables (the old keys and indexes). Should two s
 one with the smallest id.
 
 Revision ID: 5e1a7c9d2b40
-Revises: 51cd6369386a
+Revises: 601dda65e8d3
 Create Date: 2026-12-02 11:30:00.000000
 
 """
@@ -31,7 +31,7 @@ from alembic import op
 __all__ = ("downgrade", "upgrade")
 
 revision = "5e1a7c9d2b40"
-down_revision = "51cd6369386a"
+down_revision = "601dda65e8d3"
 branch_labels = None
 depends_on = None
 

@@ -42,7 +42,7 @@ def main() -> None:
 
 
 def _checked_settings(args: list[str]) -> Settings:
-    """The settings and the policies file they name, validated before any command runs.
+    """The settings and the policies and routing files they name, validated before any command runs.
 
     Every problem is a :class:`SettingsError` (one line naming the variable). ``run`` also checks the
     file's regular expressions in PostgreSQL here, so nothing is left to fail inside the server's start.
@@ -51,6 +51,7 @@ def _checked_settings(args: list[str]) -> Settings:
     if args[:1] == ["run"] and not _wants_help(args):
         _refuse_served_port(args, settings)
     policies = _parse_policies_file(settings)
+    _parse_routing_file(settings)
     if settings.embedded and _needs_database(args):
         _start_embedded_database(settings, worker_only=args[:1] == ["workers"])
         settings = get_settings()
@@ -67,11 +68,20 @@ def _parse_policies_file(settings: Settings) -> list[PolicyFileItem]:
     return parse_policies_file(settings.policies_file)
 
 
+def _parse_routing_file(settings: Settings) -> None:
+    """``PRODSENTINEL_ROUTING_FILE``'s inhibit rules, validated before any command (SettingsError)."""
+    if settings.routing_file is None:
+        return
+    from prodsentinel.alerts.routing_file import parse_routing_file
+
+    parse_routing_file(settings.routing_file)
+
+
 def _check_policies_in_database(settings: Settings, path: Path, policies: list[PolicyFileItem]) -> None:
     from prodsentinel.alerts.policy_file import check_policies_file_in_database
-    from prodsentinel.lib.database import resolve_database_url
+    from prodsentinel.lib.database import resolve_direct_url
 
-    asyncio.run(check_policies_file_in_database(resolve_database_url(settings), path, policies))
+    asyncio.run(check_policies_file_in_database(resolve_direct_url(settings), path, policies))
 
 
 def _wants_help(args: list[str]) -> bool:

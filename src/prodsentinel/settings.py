@@ -108,6 +108,13 @@ def _parse_database_url(raw: str) -> str:
     return value
 
 
+def _parse_pooler(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"none", "pgbouncer"}:
+        raise ValueError("expected none or pgbouncer")
+    return value
+
+
 def _parse_redis_url(raw: str) -> str:
     value = raw.strip()
     if not re.match(r"^rediss?://", value):
@@ -152,6 +159,12 @@ class Settings:
     """Every setting of the service. Field metadata ``env`` names the variable."""
 
     database_url: str | None = field(default=None, metadata=_env("DATABASE_URL"))
+    #: ``pgbouncer``: DATABASE_URL points at PgBouncer in transaction pooling mode (no named prepared
+    #: statements, no session state on it); see docs/scaling.md.
+    database_pooler: str = field(default="none", metadata=_env("PRODSENTINEL_DATABASE_POOLER"))
+    #: A direct (or session-pooled) connection for what needs a session of its own: migrations (a
+    #: session advisory lock) and, without REDIS_URL, SAQ's PostgreSQL queue and live events (LISTEN).
+    database_direct_url: str | None = field(default=None, metadata=_env("PRODSENTINEL_DATABASE_DIRECT_URL"))
     redis_url: str | None = field(default=None, metadata=_env("REDIS_URL"))
     log_level: str = field(default="INFO", metadata=_env("LOG_LEVEL"))
     log_format: str = field(default="json", metadata=_env("LOG_FORMAT"))
@@ -165,6 +178,7 @@ class Settings:
     metrics_auth: bool = field(default=True, metadata=_env("PRODSENTINEL_METRICS_AUTH"))
     channels_file: Path | None = field(default=None, metadata=_env("PRODSENTINEL_CHANNELS_FILE"))
     policies_file: Path | None = field(default=None, metadata=_env("PRODSENTINEL_POLICIES_FILE"))
+    routing_file: Path | None = field(default=None, metadata=_env("PRODSENTINEL_ROUTING_FILE"))
     retention_days_logs: int = field(default=14, metadata=_env("PRODSENTINEL_RETENTION_DAYS_LOGS"))
     retention_days_spans: int = field(default=14, metadata=_env("PRODSENTINEL_RETENTION_DAYS_SPANS"))
     retention_days_metrics: int = field(default=30, metadata=_env("PRODSENTINEL_RETENTION_DAYS_METRICS"))
@@ -224,6 +238,14 @@ class Settings:
     login_limit_address: str = field(default="20/minute", metadata=_env("PRODSENTINEL_LOGIN_LIMIT_ADDRESS"))
 
     def __post_init__(self) -> None:
+        if self.database_pooler == "pgbouncer" and (
+            self.database_url is None or self.database_direct_url is None
+        ):
+            raise SettingsError(
+                "invalid configuration: PRODSENTINEL_DATABASE_POOLER='pgbouncer' needs DATABASE_URL (the "
+                "PgBouncer address) and PRODSENTINEL_DATABASE_DIRECT_URL (a direct connection for the "
+                "migrations, SAQ's PostgreSQL queue and LISTEN/NOTIFY events, which need sessions)"
+            )
         if (
             self.notify_visibility_seconds is not None
             and self.notify_visibility_seconds <= self.notify_timeout_seconds
@@ -270,6 +292,8 @@ class Settings:
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "database_url": _parse_database_url,
+    "database_pooler": _parse_pooler,
+    "database_direct_url": _parse_database_url,
     "redis_url": _parse_redis_url,
     "log_level": _parse_log_level,
     "log_format": _parse_log_format,
@@ -281,6 +305,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "metrics_auth": _parse_bool,
     "channels_file": lambda raw: Path(raw).expanduser(),
     "policies_file": lambda raw: Path(raw).expanduser(),
+    "routing_file": lambda raw: Path(raw).expanduser(),
     "retention_days_logs": _parse_positive_int,
     "retention_days_spans": _parse_positive_int,
     "retention_days_metrics": _parse_positive_int,

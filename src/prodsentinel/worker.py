@@ -18,7 +18,7 @@ from prodsentinel.auth.guards import requires_scope
 from prodsentinel.auth.scopes import Scope
 from prodsentinel.incidents import tasks as incident_tasks
 from prodsentinel.lib import events, jobs
-from prodsentinel.lib.database import libpq_url
+from prodsentinel.lib.database import engine_connect_args, libpq_url, resolve_direct_url
 from prodsentinel.notifications import tasks as notification_tasks
 from prodsentinel.settings import Settings
 from prodsentinel.signals import tasks as signal_tasks
@@ -37,19 +37,26 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
 
 
 def saq_config(settings: Settings, database_url: str) -> SAQConfig:
-    dsn = settings.redis_url or libpq_url(database_url)
+    # SAQ's PostgreSQL queue LISTENs and holds session advisory locks: never through a transaction pooler.
+    direct_dsn = libpq_url(resolve_direct_url(settings)) if settings.database_url else libpq_url(database_url)
+    dsn = settings.redis_url or direct_dsn
 
     async def startup(ctx: Context) -> None:
         # litestar-saq never connects the queue of an in-process worker (STACK_FACTS §4); connect is
         # idempotent, so doing it for separate processes too is harmless.
         await ctx["worker"].queue.connect()
         jobs.bind_queue(ctx["worker"].queue)
-        engine = create_async_engine(database_url, pool_size=5, max_overflow=5)
+        engine = create_async_engine(
+            database_url,
+            pool_size=5,
+            max_overflow=5,
+            connect_args=engine_connect_args(settings.database_pooler),
+        )
         ctx["engine"] = engine  # type: ignore[typeddict-unknown-key]
         ctx["session_maker"] = async_sessionmaker(engine, expire_on_commit=False)  # type: ignore[typeddict-unknown-key]
         ctx["settings"] = settings  # type: ignore[typeddict-unknown-key]
         # Workers have no Litestar app: publish live events through the same channels backend class.
-        ctx["event_publisher"] = await events.start_publisher(settings, libpq_url(database_url))  # type: ignore[typeddict-unknown-key]
+        ctx["event_publisher"] = await events.start_publisher(settings, direct_dsn)  # type: ignore[typeddict-unknown-key]
         tracing.instrument_worker(settings)
 
     async def shutdown(ctx: Context) -> None:

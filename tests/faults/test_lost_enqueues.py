@@ -57,12 +57,12 @@ async def test_an_analysis_whose_enqueue_was_lost_is_announced_again_and_runs(
         # the cron's pass is over and the minor one was never announced (no job to wait for)
         assert await queue.job(f"{queue.name}:analyse:{minor}") is None
     async with session_maker() as session:
-        stored = await session.get(Incident, serious)
-        unanalysed = await session.get(Incident, minor)
+        stored = await session.get(Incident, (tenant.project_id, serious))
+        unanalysed = await session.get(Incident, (tenant.project_id, minor))
     assert stored is not None
     assert stored.analysed_at is not None
     assert unanalysed is not None
     assert unanalysed.analysed_at is None
     async with session_maker() as session:  # analysed now: no later run announces it again
-        pending = await IncidentRepository(session=session).unanalysed_ids(["critical"], limit=100_000)
-    assert serious not in pending
+        pending = await IncidentRepository(session=session).unanalysed_keys(["critical"], limit=100_000)
+    assert (tenant.project_id, serious) not in pending

@@ -143,7 +143,9 @@ class TestAnalyser:
             configured = settings.with_overrides(
                 analysis_webhook_url=receiver.url, analysis_webhook_secret="s3cret"
             )
-            result = await analysis.run_analysis(session_maker, incident.id, settings=configured, now=clock)
+            result = await analysis.run_analysis(
+                session_maker, incident.project_id, incident.id, settings=configured, now=clock
+            )
 
             assert result is not None
             assert result["version"] == 1
@@ -204,12 +206,23 @@ class TestAnalyser:
         [incident] = [
             i for i in await incidents_of(session_maker, tenant.project_id) if i.service_name == "api"
         ]
-        result = await analysis.run_analysis(session_maker, incident.id, settings=settings, now=clock)
+        result = await analysis.run_analysis(
+            session_maker, incident.project_id, incident.id, settings=settings, now=clock
+        )
         assert result is not None
         assert result["origin_span"] is None
         assert result["origin_service"] == "db"
         assert result["first_error"]["text"] == "replica lag"
-        assert await analysis.run_analysis(session_maker, uuid4(), settings=settings) is None
+        assert await analysis.run_analysis(session_maker, uuid4(), uuid4(), settings=settings) is None
+        # another project's incident id is as unknown as a missing one
+        assert (
+            await analysis.run_analysis(session_maker, uuid4(), incident.id, settings=settings, now=clock)
+        ) is None
+        # a job enqueued before jobs carried the project (rolling upgrade) still analyses its incident
+        legacy = await analysis.run_analysis(session_maker, None, incident.id, settings=settings, now=clock)
+        assert legacy is not None
+        assert legacy["origin_service"] == "db"
+        assert await analysis.run_analysis(session_maker, None, uuid4(), settings=settings) is None
 
 
 class TestAnalysisDedup:
@@ -230,8 +243,8 @@ class TestAnalysisDedup:
         runs: list[str] = []
 
         @functools.wraps(tasks.analyse_incident)  # the same job name; counts the runs that finished
-        async def analyse_incident(ctx: Any, *, incident_id: str) -> dict[str, Any]:
-            result = await tasks.analyse_incident(ctx, incident_id=incident_id)
+        async def analyse_incident(ctx: Any, *, project_id: str, incident_id: str) -> dict[str, Any]:
+            result = await tasks.analyse_incident(ctx, project_id=project_id, incident_id=incident_id)
             if incident_id == str(incident.id):
                 runs.append("complete")
             return result
@@ -246,7 +259,9 @@ class TestAnalysisDedup:
                 settings=settings,
             )
 
-        accepted = await asyncio.gather(*(transitions.enqueue_analysis(incident.id) for _ in range(50)))
+        accepted = await asyncio.gather(
+            *(transitions.enqueue_analysis(incident.project_id, incident.id) for _ in range(50))
+        )
         assert sum(accepted) == 1
         await run_analysis_job()
         assert runs == ["complete"]
@@ -256,9 +271,9 @@ class TestAnalysisDedup:
 
         # SAQ re-queues a finished key only for a later schedule second: refused until the clock ticks
         deadline = time.monotonic() + 5
-        while not await transitions.enqueue_analysis(incident.id):
+        while not await transitions.enqueue_analysis(incident.project_id, incident.id):
             assert time.monotonic() < deadline, "a finished analysis was never re-queued"
             await asyncio.sleep(0.05)
-        assert await transitions.enqueue_analysis(incident.id) is False
+        assert await transitions.enqueue_analysis(incident.project_id, incident.id) is False
         await run_analysis_job()
         assert runs == ["complete", "complete"]

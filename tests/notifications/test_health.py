@@ -27,7 +27,7 @@ Client = AsyncTestClient[Litestar]
 
 async def channel_row(session_maker: SessionMaker, channel_id: str) -> Channel:
     async with session_scope(session_maker) as session:
-        channel = await session.get(Channel, UUID(channel_id))
+        channel = await session.scalar(select(Channel).where(Channel.id == UUID(channel_id)))
         assert channel is not None
         return channel
 

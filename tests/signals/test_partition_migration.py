@@ -19,7 +19,7 @@ from advanced_alchemy.alembic.commands import AlembicCommands
 from prodsentinel.lib.database import alchemy_config, libpq_url, migrate
 from prodsentinel.signals.writes import LOGS, write_rows
 
-BEFORE = "51cd6369386a"  # the last revision with plain signal tables
+BEFORE = "601dda65e8d3"  # the last revision with plain signal tables
 PROJECT = uuid.UUID("00000000-0000-4000-8000-00000000a11d")
 
 # Rows over six days (0..5 days old) and one 40 days old, per table.

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from prodsentinel import worker
 from prodsentinel.alerts.tasks import evaluate_alerts
 from prodsentinel.incidents.tasks import detect_anomalies, group_new_errors_cron
-from prodsentinel.notifications.tasks import dispatch_due_cron
+from prodsentinel.notifications.tasks import dispatch_due_cron, escalation_cron, group_flush_cron
 from prodsentinel.settings import Settings
 from prodsentinel.signals.tasks import purge_expired_signals
 from prodsentinel.system.models import SchedulerTick
@@ -34,6 +34,8 @@ async def last_tick(session_maker: async_sessionmaker[AsyncSession], loop: str) 
         (detect_anomalies, "anomalies"),
         (purge_expired_signals, "retention"),
         (dispatch_due_cron, "dispatch"),
+        (group_flush_cron, "group_flush"),
+        (escalation_cron, "escalations"),
     ],
 )
 async def test_cron_records_its_tick(
@@ -53,6 +55,8 @@ async def test_cron_records_its_tick(
 # meant "every second of every even minute" (no dispatch safety net in odd minutes).
 CRON_PERIODS = {
     "dispatch_due_cron": 2,
+    "group_flush_cron": 1,  # SPEC §13 grouping timers
+    "escalation_cron": 1,  # SPEC §13 escalation steps
     "group_new_errors_cron": 10,
     "auto_resolve_incidents": 60,
     "detect_anomalies": 60,

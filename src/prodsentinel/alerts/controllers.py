@@ -1,4 +1,5 @@
-"""HTTP surface of alerting (SPEC §7): policies, alerts, silences, audit and manual evaluation.
+"""HTTP surface of alerting (SPEC §7, §13): policies, alerts, silences, inhibit rules, audit and manual
+evaluation.
 
 Thin: authorise (guards), call one service method, return a Struct. The services are built on the
 request's ``db_session`` (Litestar DI), which commits when the handler succeeds (advanced-alchemy
@@ -18,11 +19,15 @@ from litestar.params import Body, Parameter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.alerts.evaluator import run_evaluation
+from prodsentinel.alerts.inhibit_rules import InhibitRuleService
 from prodsentinel.alerts.schemas import (
     AlertOut,
     AlertPage,
     AuditPage,
     EvaluationSummary,
+    InhibitRuleIn,
+    InhibitRuleList,
+    InhibitRuleOut,
     PolicyIn,
     PolicyList,
     PolicyOut,
@@ -40,7 +45,14 @@ from prodsentinel.lib.pagination import DEFAULT_LIMIT, Cursor, Limit, Since, Unt
 from prodsentinel.lib.vocabulary import ALERT_SEVERITIES
 from prodsentinel.settings import Settings
 
-__all__ = ("AlertController", "AuditController", "PolicyController", "SilenceController", "alerts_router")
+__all__ = (
+    "AlertController",
+    "AuditController",
+    "InhibitRuleController",
+    "PolicyController",
+    "SilenceController",
+    "alerts_router",
+)
 
 READ = [requires_scope(Scope.READ)]
 OPERATE = [requires_scope(Scope.OPERATE)]
@@ -61,6 +73,10 @@ async def provide_alert_service(db_session: AsyncSession) -> AlertService:
 
 async def provide_silence_service(db_session: AsyncSession) -> SilenceService:
     return SilenceService(session=db_session)
+
+
+async def provide_inhibit_rule_service(db_session: AsyncSession) -> InhibitRuleService:
+    return InhibitRuleService(session=db_session)
 
 
 class PolicyController(Controller):
@@ -102,7 +118,7 @@ class SilenceController(Controller):
 
     path = "/silences"
     tags = ["alerts"]
-    dependencies = {"silences": Provide(provide_silence_service)}
+    dependencies = {"silences": Provide(provide_silence_service), "alerts": Provide(provide_alert_service)}
 
     @get("/", guards=READ, summary="List silences (newest first)")
     async def list_silences(
@@ -123,11 +139,58 @@ class SilenceController(Controller):
     ) -> SilenceOut:
         return await silences.create_silence(principal.project_id, data, actor=principal.actor)
 
+    @post(
+        "/preview",
+        guards=READ,
+        status_code=200,
+        summary="The active alerts a silence would hold now",
+        description="The body of a silence (validated as at creation); nothing is stored.",
+    )
+    async def preview_silence(
+        self, alerts: AlertService, principal: Principal, data: SilenceIn = Body()
+    ) -> AlertPage:
+        return await alerts.preview_silence(principal.project_id, data)
+
     @post("/{silence_id:uuid}/expire", guards=OPERATE, status_code=200, summary="Expire a silence now")
     async def expire_silence(
         self, silences: SilenceService, principal: Principal, silence_id: UUID
     ) -> SilenceOut:
         return await silences.expire(principal.project_id, silence_id, actor=principal.actor)
+
+
+class InhibitRuleController(Controller):
+    """Inhibit rules (SPEC §13): list with read, create and delete with admin."""
+
+    path = "/inhibit-rules"
+    tags = ["alerts"]
+    dependencies = {"rules": Provide(provide_inhibit_rule_service)}
+
+    @get("/", guards=READ, summary="List the project's inhibit rules (oldest first)")
+    async def list_rules(self, rules: InhibitRuleService, principal: Principal) -> InhibitRuleList:
+        return InhibitRuleList(items=await rules.list_rules(principal.project_id))
+
+    @post(
+        "/",
+        guards=ADMIN,
+        summary="Create an inhibit rule",
+        description="Alertmanager semantics: while an alert matching every source matcher fires, alerts "
+        "matching every target matcher with equal values of the `equal` labels (missing = empty) send no "
+        "notification; an alert matching both sides is never inhibited by itself. "
+        "409 for the same rule twice.",
+    )
+    async def create_rule(
+        self, rules: InhibitRuleService, principal: Principal, data: InhibitRuleIn = Body()
+    ) -> InhibitRuleOut:
+        return await rules.create_rule(principal.project_id, data, actor=principal.actor)
+
+    @delete(
+        "/{rule_id:uuid}",
+        guards=ADMIN,
+        summary="Delete an inhibit rule",
+        description="Alerts it held back are announced at the next evaluation pass.",
+    )
+    async def delete_rule(self, rules: InhibitRuleService, principal: Principal, rule_id: UUID) -> None:
+        await rules.delete_rule(principal.project_id, rule_id, actor=principal.actor)
 
 
 class AuditController(Controller):
@@ -143,7 +206,7 @@ class AuditController(Controller):
         action: str | None = Parameter(default=None, description="e.g. alert.firing, alert.ack"),
         actor: str | None = None,
         subject_type: str | None = Parameter(
-            default=None, description="alert | silence | policy | evaluation"
+            default=None, description="alert | silence | policy | evaluation | inhibit_rule"
         ),
         subject_id: UUID | None = None,
         since: Since = None,
@@ -240,5 +303,11 @@ class AlertController(Controller):
 
 alerts_router = Router(
     path="/api/v1/alerts",
-    route_handlers=[PolicyController, SilenceController, AuditController, AlertController],
+    route_handlers=[
+        PolicyController,
+        SilenceController,
+        InhibitRuleController,
+        AuditController,
+        AlertController,
+    ],
 )

@@ -3,13 +3,14 @@
 One pass over every enabled policy in scope, in one transaction:
 
 1. load: the enabled policies, their values (one SQL statement per policy kind,
-   ``alerts.value_queries``; set-based, no per-signal Python), the stored instances and the silences
-   in force;
+   ``alerts.value_queries``; set-based, no per-signal Python), the stored instances, the silences
+   in force and the inhibit rules;
 2. plan (pure, ``alerts.plan.plan_tick``): the state machine of ``alerts.evaluation`` over every
    instance, giving the rows, audit rows, outbox events and live events of the tick;
 3. transitions (:func:`write_transitions`): new and changed instances and one audit row per
    transition, in bulk;
-4. notify (:func:`notify`): one outbox event per notifying transition of an alert no silence matches
+4. notify (:func:`notify`): one outbox event per notifying transition of an alert no silence or inhibit
+   rule mutes
    (``notifications.outbox.add_event``, which wakes the dispatcher after the commit) and the live
    events, published after the commit (``lib.events.publish_after_commit``).
 
@@ -31,9 +32,10 @@ from msgspec import to_builtins
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.alerts.evaluation import AlertState
+from prodsentinel.alerts.inhibition import InhibitRules
 from prodsentinel.alerts.models import Alert, AlertPolicy
 from prodsentinel.alerts.plan import Outcome, plan_tick
-from prodsentinel.alerts.repositories import AlertRepository, PolicyRepository
+from prodsentinel.alerts.repositories import AlertRepository, InhibitRuleRepository, PolicyRepository
 from prodsentinel.alerts.schemas import EvaluationSummary
 from prodsentinel.alerts.silences import ActiveSilences
 from prodsentinel.alerts.value_queries import ValueQueries
@@ -117,15 +119,17 @@ async def evaluate(
     policies = await policy_repository.enabled(project_id)
     values = await value_queries.values(policies, now)
     existing = await AlertRepository(session=session).for_evaluation([p.id for p in policies], project_id)
+    scope = None if project_id is None else [project_id]
     outcome = plan_tick(
         policies=policies,
         known=await _known_policies(policy_repository, policies, existing),
         values=values,
         existing=existing,
-        silences=await ActiveSilences.load(session, None if project_id is None else [project_id], now),
+        silences=await ActiveSilences.load(session, scope, now),
         now=now,
         interval_seconds=interval_seconds,
         actor=actor,
+        inhibit_rules=InhibitRules.of(await InhibitRuleRepository(session=session).of_projects(scope)),
     )
     await write_transitions(session, outcome)
     await notify(session, outcome)
@@ -138,10 +142,12 @@ async def _known_policies(
     """The evaluated policies plus the (disabled) policies of active instances left over."""
     known = {policy.id: policy for policy in policies}
     missing = {
-        alert.policy_id for alert in existing if alert.state != AlertState.INACTIVE.value
-    } - known.keys()
+        (alert.project_id, alert.policy_id)
+        for alert in existing
+        if alert.state != AlertState.INACTIVE.value and alert.policy_id not in known
+    }
     if missing:
-        known.update((policy.id, policy) for policy in await repository.by_ids(missing))
+        known.update((policy.id, policy) for policy in await repository.by_keys(missing))
     return known
 
 
@@ -158,15 +164,20 @@ async def notify(session: AsyncSession, outcome: Outcome) -> None:
 
     ``add_event`` registers the dispatcher's wake-up on the session itself (``lib.after_commit``).
     """
-    for notification in outcome.notifications:
-        await notification_services.add_event(
-            session,
-            project_id=notification.project_id,
-            event_type=notification.event_type,
-            severity=notification.severity,
-            payload=notification.payload,
-            event_id=notification.event_id,
-        )
+    # One batch: routing state (channels, escalations) is read once and rows are written set-based.
+    await notification_services.add_events(
+        session,
+        [
+            notification_services.OutboxEvent(
+                project_id=n.project_id,
+                event_type=n.event_type,
+                severity=n.severity,
+                payload=n.payload,
+                event_id=n.event_id,
+            )
+            for n in outcome.notifications
+        ],
+    )
     for live in outcome.live_events:
         events.publish_after_commit(session, live.event_type, live.project_id, live.data)
 

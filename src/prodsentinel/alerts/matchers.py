@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -105,6 +105,18 @@ class Matcher:
     def matches(self, labels: Mapping[str, str]) -> bool:
         return self.matches_value(labels.get(self.name, ""))
 
+    def predicate(self) -> Callable[[str], bool]:
+        """``matches_value`` as one flat callable, for loops that test many label sets (inhibition)."""
+        if self.op is MatchOp.EQ:
+            return self.value.__eq__
+        if self.op is MatchOp.NE:
+            return self.value.__ne__
+        assert self._regex is not None
+        fullmatch = self._regex.fullmatch
+        if self.op is MatchOp.RE:
+            return lambda value: fullmatch(value) is not None
+        return lambda value: fullmatch(value) is None
+
     def __str__(self) -> str:
         return f"{self.name}{self.op.value}{self.value!r}"
 
@@ -119,11 +131,14 @@ def _field(item: object, key: str, index: int) -> object:
     return getattr(item, key)
 
 
-def parse_matchers(raw: Iterable[object]) -> list[Matcher]:
+def parse_matchers(raw: Iterable[object], *, allow_match_all: bool = False) -> list[Matcher]:
     """Validate a silence's matchers (dicts or structs with name/op/value).
 
     Errors name the 0-based position of the bad matcher so an API can point
-    at ``matchers[i]``.
+    at ``matchers[i]``. ``allow_match_all`` lifts the silence-only rule that one
+    matcher must not match the empty string: an inhibit rule's side may match
+    every alert (as in Alertmanager), since the other side and ``equal`` still
+    bound what it mutes.
     """
     matchers: list[Matcher] = []
     for index, item in enumerate(raw):
@@ -137,7 +152,7 @@ def parse_matchers(raw: Iterable[object]) -> list[Matcher]:
             raise MatcherError(f"matcher {index}: {exc}") from None
     if not matchers:
         raise MatcherError("at least one matcher is required")
-    if all(m.matches_value("") for m in matchers):
+    if not allow_match_all and all(m.matches_value("") for m in matchers):
         raise MatcherError(
             "at least one matcher must not match the empty string (these would silence every alert)"
         )

@@ -12,10 +12,12 @@ Keeping the decisions here, apart from the SQL, makes them readable as rules:
   settles through the same state machine;
 - a new activation (inactive/resolved -> pending/firing) starts a new cycle: own clocks, no ack;
 - every transition is audited; fired/resolved ones are also notified (one outbox event) unless a
-  silence in force matches the labels, and announced live (``alert_firing``/``alert_resolved``),
-  silenced or not;
-- a firing alert whose ALERT_FIRING a silence suppressed is announced once no silence holds it any
-  more, as in Alertmanager (:func:`_announce_if_unsilenced`).
+  silence in force matches the labels or (for a firing one) an inhibit rule mutes it given the alerts
+  firing at the end of the tick (``alerts.inhibition``), and announced live
+  (``alert_firing``/``alert_resolved``), muted or not; the resolution of an alert whose ALERT_FIRING
+  an inhibit rule held back is not notified either (receivers never heard it fire);
+- a firing alert whose ALERT_FIRING a silence or an inhibit rule suppressed is announced once neither
+  holds it any more, as in Alertmanager (:func:`_announce_if_unmuted`).
 
 Deleting a policy resolves its firing alerts with the same notification and audit shapes
 (:func:`plan_policy_deletion`).
@@ -36,6 +38,7 @@ from sqlalchemy import inspect as sa_inspect
 from uuid_utils.compat import uuid7
 
 from prodsentinel.alerts.evaluation import AlertState, Transition, compare, next_state
+from prodsentinel.alerts.inhibition import Inhibitions, InhibitRules
 from prodsentinel.alerts.models import Alert, AlertPolicy
 from prodsentinel.audit.services import AuditEntry
 from prodsentinel.lib.vocabulary import stream_type
@@ -146,9 +149,13 @@ def plan_tick(
     now: datetime,
     interval_seconds: int,
     actor: str,
+    inhibit_rules: InhibitRules | None = None,
 ) -> Outcome:
     """Plan one tick: ``policies`` are the evaluated (enabled) ones, ``known`` every policy an
-    ``existing`` instance belongs to, ``values`` the policies' values at ``now``."""
+    ``existing`` instance belongs to, ``values`` the policies' values at ``now``.
+
+    Inhibition is decided after every instance has stepped: the sources are the alerts firing at the
+    end of the tick, so a source and its target that fire in the same tick already mute."""
     outcome = Outcome(evaluated=len(policies))
     notify: list[_Change] = []
     unannounced: list[_Change] = []
@@ -163,13 +170,29 @@ def plan_tick(
                 notify.append(item)
             else:
                 outcome.audit.append(_transition_audit(item.row, item.policy, item.from_state, actor, now))
-        elif transition.new_state is AlertState.FIRING and item.row["silenced_by"] is not None:
+        elif transition.new_state is AlertState.FIRING and (
+            item.row["silenced_by"] is not None or item.row["inhibited_by"] is not None
+        ):
             unannounced.append(item)
+    inhibitions = _inhibitions(inhibit_rules, outcome)
     for item in notify:
-        _notify(item, silences, actor, now, outcome)
+        _notify(item, silences, inhibitions, actor, now, outcome)
     for item in unannounced:
-        _announce_if_unsilenced(item, silences, actor, now, outcome)
+        _announce_if_unmuted(item, silences, inhibitions, actor, now, outcome)
     return outcome
+
+
+def _inhibitions(rules: InhibitRules | None, outcome: Outcome) -> Inhibitions:
+    """The rules against the alerts firing at the end of the tick (every active instance in scope has a
+    row in the outcome, so these are all of them)."""
+    if not rules:
+        return Inhibitions()
+    firing = AlertState.FIRING.value
+    return rules.against(
+        (row["project_id"], row["labels"])
+        for row in (*outcome.inserts, *outcome.updates)
+        if row["state"] == firing
+    )
 
 
 def _instances(
@@ -218,7 +241,9 @@ def _step(
     row.update(state=transition.new_state.value, value=instance.value, last_evaluated_at=now, updated_at=now)
     if transition.changed and transition.new_state in ACTIVE and state not in ACTIVE:
         # A new activation: a new cycle with its own clocks and no ack from the last one.
-        row.update(started_at=now, fired_at=None, resolved_at=None, acked_by=None, acked_at=None)
+        row.update(
+            started_at=now, fired_at=None, resolved_at=None, acked_by=None, acked_at=None, inhibited_by=None
+        )
     if transition.fired:
         row["fired_at"] = now
         outcome.fired += 1
@@ -244,6 +269,7 @@ def _new_row(instance: _Instance, now: datetime) -> dict[str, Any]:
         "acked_by": None,
         "acked_at": None,
         "silenced_by": None,
+        "inhibited_by": None,
         "created_at": now,
     }
 
@@ -255,55 +281,74 @@ def _alert_row(alert: Alert) -> dict[str, Any]:
 def _notify(
     item: _Change,
     silences: Silences,
+    inhibitions: Inhibitions,
     actor: str,
     now: datetime,
     outcome: Outcome,
     extra: Mapping[str, Any] | None = None,
 ) -> None:
-    """A fired/resolved transition: one outbox event unless silenced, its audit row, one live event."""
+    """A fired/resolved transition: one outbox event unless muted, its audit row, one live event.
+
+    Muted: a silence in force matches, or (firing) an inhibit rule mutes the alert now, or (resolved)
+    an inhibit rule held back its ALERT_FIRING and it was never announced (``inhibited_by`` still set).
+    """
     row, policy = item.row, item.policy
     silence_id = silences.silencing(row["project_id"], row["labels"])
-    row["silenced_by"] = silence_id
-    event_type = "ALERT_FIRING" if row["state"] == AlertState.FIRING.value else "ALERT_RESOLVED"
+    firing = row["state"] == AlertState.FIRING.value
+    rule_id = inhibitions.inhibiting(row["project_id"], row["labels"]) if firing else row["inhibited_by"]
+    row["silenced_by"], row["inhibited_by"] = silence_id, rule_id
+    event_type = "ALERT_FIRING" if firing else "ALERT_RESOLVED"
     payload = {**_payload(row, policy), **(extra or {})}
     event_id = None
-    if silence_id is None:
+    if silence_id is None and rule_id is None:
         event_id = uuid.uuid4()
         outcome.notifications.append(
             Notification(row["project_id"], event_type, row["severity"], payload, event_id)
         )
-    outcome.audit.append(_transition_audit(row, policy, item.from_state, actor, now, event_id, silence_id))
-    live = {**payload, "severity": row["severity"], "silenced_by": _str_or_none(silence_id)}
+    outcome.audit.append(
+        _transition_audit(row, policy, item.from_state, actor, now, event_id, silence_id, rule_id)
+    )
+    live = {
+        **payload,
+        "severity": row["severity"],
+        "silenced_by": _str_or_none(silence_id),
+        "inhibited_by": _str_or_none(rule_id),
+    }
     outcome.live_events.append(LiveEvent(stream_type(event_type), row["project_id"], live))
 
 
-def _announce_if_unsilenced(
-    item: _Change, silences: Silences, actor: str, now: datetime, outcome: Outcome
+def _announce_if_unmuted(
+    item: _Change, silences: Silences, inhibitions: Inhibitions, actor: str, now: datetime, outcome: Outcome
 ) -> None:
-    """Announce a still-firing alert whose ALERT_FIRING a silence suppressed, once no silence holds it.
+    """Announce a still-firing alert whose ALERT_FIRING a silence or an inhibit rule suppressed, once
+    neither holds it any more.
 
-    As in Alertmanager, receivers hear of an alert that outlived its silence. ``silenced_by`` on the
-    row names the silence that suppressed the last notification; clearing it marks the alert announced,
-    so this writes one outbox event per suppressed firing. An alert that a newer silence holds stays
-    quiet, now under that silence's id. Not a transition: no second live event.
+    As in Alertmanager, receivers hear of an alert that outlived its silence or its inhibiting source.
+    ``silenced_by``/``inhibited_by`` on the row name what suppressed the last notification; clearing
+    them marks the alert announced, so this writes one outbox event per suppressed firing. An alert
+    that a newer silence or another rule holds stays quiet, now under that id. Not a transition: no
+    second live event.
     """
     row, policy = item.row, item.policy
     silence_id = silences.silencing(row["project_id"], row["labels"])
-    if silence_id is not None:
-        row["silenced_by"] = silence_id
+    rule_id = inhibitions.inhibiting(row["project_id"], row["labels"])
+    if silence_id is not None or rule_id is not None:
+        row["silenced_by"], row["inhibited_by"] = silence_id, rule_id
         return
-    previously_silenced_by = row["silenced_by"]
-    row["silenced_by"] = None
+    previously_silenced_by, previously_inhibited_by = row["silenced_by"], row["inhibited_by"]
+    row["silenced_by"], row["inhibited_by"] = None, None
     event_id = uuid.uuid4()
     outcome.notifications.append(
         Notification(row["project_id"], "ALERT_FIRING", row["severity"], _payload(row, policy), event_id)
     )
-    entry = _transition_audit(row, policy, AlertState.FIRING.value, actor, now, event_id, None)
-    details = {
-        **entry.details,
-        "notification": "announced: the silence that suppressed it has ended",
-        "previously_silenced_by": str(previously_silenced_by),
-    }
+    entry = _transition_audit(row, policy, AlertState.FIRING.value, actor, now, event_id)
+    details = dict(entry.details)
+    if previously_silenced_by is not None:
+        details["notification"] = "announced: the silence that suppressed it has ended"
+        details["previously_silenced_by"] = str(previously_silenced_by)
+    if previously_inhibited_by is not None:
+        details["notification"] = "announced: the inhibit rule that suppressed it no longer holds"
+        details["previously_inhibited_by"] = str(previously_inhibited_by)
     outcome.audit.append(dataclasses.replace(entry, details=details))
 
 
@@ -320,7 +365,7 @@ def plan_policy_deletion(
         outcome.resolved += 1
         outcome.transitions += 1
         item = _Change(row, policy, AlertState.FIRING.value)
-        _notify(item, silences, actor, now, outcome, extra={"reason": "policy_deleted"})
+        _notify(item, silences, Inhibitions(), actor, now, outcome, extra={"reason": "policy_deleted"})
     return outcome
 
 
@@ -359,6 +404,7 @@ def _transition_audit(
     now: datetime,
     event_id: UUID | None = None,
     silence_id: UUID | None = None,
+    rule_id: UUID | None = None,
 ) -> AuditEntry:
     details: dict[str, Any] = {
         "from": from_state,
@@ -375,6 +421,13 @@ def _transition_audit(
     if silence_id is not None:
         details["silenced_by"] = str(silence_id)
         details["notification"] = "suppressed by silence"
+    if rule_id is not None:
+        details["inhibited_by"] = str(rule_id)
+        details["notification"] = (
+            "suppressed by inhibit rule"
+            if row["state"] != AlertState.RESOLVED.value
+            else "suppressed: its ALERT_FIRING was held back by an inhibit rule and never announced"
+        )
     return AuditEntry(
         project_id=row["project_id"],
         actor=actor,

@@ -1,4 +1,4 @@
-"""SQL of the alerting domain's own tables: policies, alert instances and silences.
+"""SQL of the alerting domain's own tables: policies, alert instances, silences and inhibit rules.
 
 One repository per model (advanced-alchemy), each with its hand-written queries as methods. The
 per-kind value SQL of evaluation reads the signal tables, not these, and lives in
@@ -13,17 +13,23 @@ from typing import Any
 from uuid import UUID
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
-from sqlalchemy import Select, and_, insert, or_, select, text, tuple_, update
+from sqlalchemy import Select, and_, delete, insert, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from uuid_utils.compat import uuid7
 
 from prodsentinel.alerts.evaluation import AlertState
-from prodsentinel.alerts.models import Alert, AlertPolicy, Silence
+from prodsentinel.alerts.models import Alert, AlertPolicy, InhibitRule, Silence
 
-__all__ = ("AUDIT_SUBJECTS", "AlertRepository", "PolicyRepository", "SilenceRepository")
+__all__ = (
+    "AUDIT_SUBJECTS",
+    "AlertRepository",
+    "InhibitRuleRepository",
+    "PolicyRepository",
+    "SilenceRepository",
+)
 
 #: Subjects shown by ``GET /alerts/audit`` (the table is shared with other domains' actions).
-AUDIT_SUBJECTS = ("alert", "silence", "policy", "evaluation")
+AUDIT_SUBJECTS = ("alert", "silence", "policy", "evaluation", "inhibit_rule")
 
 
 class PolicyRepository(SQLAlchemyAsyncRepository[AlertPolicy]):
@@ -57,8 +63,15 @@ class PolicyRepository(SQLAlchemyAsyncRepository[AlertPolicy]):
             statement = statement.where(AlertPolicy.project_id == project_id)
         return list(await self.session.scalars(statement.order_by(AlertPolicy.id)))
 
-    async def by_ids(self, policy_ids: Collection[UUID]) -> list[AlertPolicy]:
-        return list(await self.session.scalars(select(AlertPolicy).where(AlertPolicy.id.in_(policy_ids))))
+    async def by_keys(self, policy_keys: Collection[tuple[UUID, UUID]]) -> list[AlertPolicy]:
+        """The policies of these ``(project_id, id)`` keys."""
+        return list(
+            await self.session.scalars(
+                select(AlertPolicy).where(
+                    tuple_(AlertPolicy.project_id, AlertPolicy.id).in_(list(policy_keys))
+                )
+            )
+        )
 
     async def check_regex(self, pattern: str) -> None:
         """Run ``pattern`` through PostgreSQL's ``~*``; raises ``DBAPIError`` when PostgreSQL rejects it."""
@@ -95,8 +108,13 @@ _ALERT_UPDATE_COLUMNS = (
     "acked_by",
     "acked_at",
     "silenced_by",
+    "inhibited_by",
     "updated_at",
 )
+
+
+#: The join of an alert to its policy: on the composite key, so the join stays on one shard (co-located).
+_POLICY_OF_ALERT = and_(AlertPolicy.project_id == Alert.project_id, AlertPolicy.id == Alert.policy_id)
 
 
 class AlertRepository(SQLAlchemyAsyncRepository[Alert]):
@@ -118,7 +136,7 @@ class AlertRepository(SQLAlchemyAsyncRepository[Alert]):
         """Alerts with their policy name, newest activation first (keyset on ``(started_at, id)``)."""
         statement: Select[Alert, str] = (
             select(Alert, AlertPolicy.name)
-            .join(AlertPolicy, AlertPolicy.id == Alert.policy_id)
+            .join(AlertPolicy, _POLICY_OF_ALERT)
             .where(Alert.project_id == project_id)
         )
         if activated_only:
@@ -144,16 +162,20 @@ class AlertRepository(SQLAlchemyAsyncRepository[Alert]):
         row = (
             await self.session.execute(
                 select(Alert, AlertPolicy.name)
-                .join(AlertPolicy, AlertPolicy.id == Alert.policy_id)
+                .join(AlertPolicy, _POLICY_OF_ALERT)
                 .where(Alert.project_id == project_id, Alert.id == alert_id)
             )
         ).first()
         return None if row is None else (row[0], row[1])
 
-    async def firing_of_policy(self, policy_id: UUID) -> list[Alert]:
+    async def firing_of_policy(self, project_id: UUID, policy_id: UUID) -> list[Alert]:
         return list(
             await self.session.scalars(
-                select(Alert).where(Alert.policy_id == policy_id, Alert.state == AlertState.FIRING.value)
+                select(Alert).where(
+                    Alert.project_id == project_id,
+                    Alert.policy_id == policy_id,
+                    Alert.state == AlertState.FIRING.value,
+                )
             )
         )
 
@@ -177,7 +199,8 @@ class AlertRepository(SQLAlchemyAsyncRepository[Alert]):
         """Bulk UPDATE by primary key (one executemany); each row carries every updatable column."""
         if rows:
             await self.session.execute(
-                update(Alert), [{key: row[key] for key in ("id", *_ALERT_UPDATE_COLUMNS)} for row in rows]
+                update(Alert),
+                [{key: row[key] for key in ("project_id", "id", *_ALERT_UPDATE_COLUMNS)} for row in rows],
             )
 
 
@@ -222,3 +245,45 @@ class SilenceRepository(SQLAlchemyAsyncRepository[Silence]):
                 return []
             statement = statement.where(Silence.project_id.in_(project_ids))
         return list(await self.session.scalars(statement.order_by(Silence.created_at, Silence.id)))
+
+
+class InhibitRuleRepository(SQLAlchemyAsyncRepository[InhibitRule]):
+    model_type = InhibitRule
+    id_attribute = "id"
+
+    async def of_projects(self, project_ids: Sequence[UUID] | None) -> list[InhibitRule]:
+        """The rules of the given projects (None: every project), oldest first."""
+        statement = select(InhibitRule)
+        if project_ids is not None:
+            if not project_ids:
+                return []
+            statement = statement.where(InhibitRule.project_id.in_(project_ids))
+        return list(await self.session.scalars(statement.order_by(InhibitRule.created_at, InhibitRule.id)))
+
+    async def in_project(self, project_id: UUID, rule_id: UUID) -> InhibitRule | None:
+        return await self.session.scalar(
+            select(InhibitRule).where(InhibitRule.project_id == project_id, InhibitRule.id == rule_id)
+        )
+
+    async def insert_new(self, row: Mapping[str, Any]) -> InhibitRule | None:
+        """Insert unless the project already has a rule with this fingerprint (then None)."""
+        inserted = await self.session.scalar(
+            pg_insert(InhibitRule)
+            .values(**row)
+            .on_conflict_do_nothing(index_elements=[InhibitRule.project_id, InhibitRule.fingerprint])
+            .returning(InhibitRule)
+        )
+        return inserted
+
+    async def remove(self, project_id: UUID, rule_id: UUID) -> None:
+        await self.session.execute(
+            delete(InhibitRule).where(InhibitRule.project_id == project_id, InhibitRule.id == rule_id)
+        )
+
+    async def file_rules(self) -> list[InhibitRule]:
+        """Every rule loaded from the routing file, all projects."""
+        return list(await self.session.scalars(select(InhibitRule).where(InhibitRule.origin == "file")))
+
+    async def lock_routing_file(self) -> None:
+        """Serialise loads of the routing file's inhibit rules: held until the transaction ends."""
+        await self.session.execute(text("SELECT pg_advisory_xact_lock(hashtext('alerts:routing-file'))"))

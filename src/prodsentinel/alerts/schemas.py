@@ -1,4 +1,5 @@
-"""Wire format of the alerting API (SPEC §7): flat policies, alerts, silences, audit rows."""
+"""Wire format of the alerting API (SPEC §7, §13): flat policies, alerts, silences, inhibit rules, audit
+rows."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ __all__ = (
     "AuditOut",
     "AuditPage",
     "EvaluationSummary",
+    "InhibitRuleIn",
+    "InhibitRuleList",
+    "InhibitRuleOut",
     "MatcherIn",
     "PolicyIn",
     "PolicyList",
@@ -120,7 +124,8 @@ class PolicyList(Struct):
 
 
 class AlertOut(Struct):
-    """One alert instance (per policy and label set); ``silenced_by`` is the silence active now."""
+    """One alert instance (per policy and label set); ``silenced_by`` is the silence active now,
+    ``inhibited_by`` the inhibit rule holding back its ALERT_FIRING (null once it is announced)."""
 
     id: UUID
     policy_id: UUID
@@ -135,6 +140,7 @@ class AlertOut(Struct):
     acked_by: str | None
     acked_at: datetime | None
     silenced_by: UUID | None
+    inhibited_by: UUID | None
     last_evaluated_at: datetime | None
     updated_at: datetime
 
@@ -157,6 +163,39 @@ class SilenceIn(Struct):
     ends_at: datetime
     starts_at: datetime | None = None
     comment: str = ""
+
+
+LABEL_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
+#: A label name as an alert carries it (the policies' label rule).
+LabelName = Annotated[str, msgspec.Meta(pattern=LABEL_NAME_PATTERN, min_length=1, max_length=100)]
+#: Litestar publishes no constraint of a list's items, so the ``equal`` list repeats them for OpenAPI.
+_LABEL_NAME_ITEMS = {"type": "string", "pattern": LABEL_NAME_PATTERN, "minLength": 1, "maxLength": 100}
+_EQUAL_META = msgspec.Meta(max_length=50, extra_json_schema={"extra": {"items": _LABEL_NAME_ITEMS}})
+#: One side of an inhibit rule: at least one matcher (a side may match the empty string, unlike a silence).
+RuleMatchers = Annotated[list[MatcherIn], msgspec.Meta(min_length=1, max_length=50)]
+
+
+class InhibitRuleIn(Struct):
+    """SPEC §13: while an alert matching every ``source_matchers`` fires, alerts matching every
+    ``target_matchers`` with the same values of the ``equal`` labels send no notification."""
+
+    source_matchers: RuleMatchers
+    target_matchers: RuleMatchers
+    equal: Annotated[list[LabelName], _EQUAL_META] = msgspec.field(default_factory=list)
+
+
+class InhibitRuleOut(Struct):
+    id: UUID
+    source_matchers: list[MatcherIn]
+    target_matchers: list[MatcherIn]
+    equal: list[str]
+    origin: Literal["api", "file"]
+    created_by: str
+    created_at: datetime
+
+
+class InhibitRuleList(Struct):
+    items: list[InhibitRuleOut]
 
 
 class SilenceOut(Struct):

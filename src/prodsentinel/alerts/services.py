@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, cast
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from advanced_alchemy.exceptions import DuplicateKeyError
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
@@ -30,8 +30,8 @@ from prodsentinel.alerts.models import Alert, AlertPolicy
 from prodsentinel.alerts.plan import plan_policy_deletion
 from prodsentinel.alerts.policies import COMMON_FIELDS, PolicyError, PolicySpec, normalise, q_regex, to_wire
 from prodsentinel.alerts.repositories import AUDIT_SUBJECTS, AlertRepository, PolicyRepository
-from prodsentinel.alerts.schemas import AlertOut, AlertPage, AuditOut, AuditPage, PolicyOut
-from prodsentinel.alerts.silences import ActiveSilences
+from prodsentinel.alerts.schemas import AlertOut, AlertPage, AuditOut, AuditPage, PolicyOut, SilenceIn
+from prodsentinel.alerts.silences import ActiveSilences, silence_matchers, silence_window
 from prodsentinel.audit import services as audit_services
 from prodsentinel.audit.services import AuditEntry
 from prodsentinel.lib.errors import BadRequestError, ConflictError, NotFoundError, ValidationError
@@ -155,7 +155,7 @@ class PolicyService(SQLAlchemyAsyncRepositoryService[AlertPolicy]):
         session = self.session
         policy = await self._policy_or_404(project_id, policy_id)
         now = utcnow()
-        firing = await AlertRepository(session=session).firing_of_policy(policy.id)
+        firing = await AlertRepository(session=session).firing_of_policy(project_id, policy.id)
         silences = await ActiveSilences.load(session, [project_id], now) if firing else ActiveSilences()
         outcome = plan_policy_deletion(policy, firing, silences, actor=actor, now=now)
         deleted = AuditEntry(
@@ -168,7 +168,7 @@ class PolicyService(SQLAlchemyAsyncRepositoryService[AlertPolicy]):
         )
         await audit_services.record(session, *outcome.audit, deleted)
         await notify(session, outcome)
-        await self.repository.delete(policy.id)
+        await self.repository.delete((project_id, policy.id))
 
     async def _policy_or_404(self, project_id: UUID, policy_id: UUID) -> AlertPolicy:
         policy = await self.repository.in_project(project_id, policy_id)
@@ -209,6 +209,7 @@ def _alert_out(alert: Alert, policy_name: str, silences: ActiveSilences) -> Aler
         acked_by=alert.acked_by,
         acked_at=alert.acked_at,
         silenced_by=silenced_by,
+        inhibited_by=alert.inhibited_by,
         last_evaluated_at=alert.last_evaluated_at,
         updated_at=alert.updated_at,
     )
@@ -229,6 +230,22 @@ class AlertService(SQLAlchemyAsyncRepositoryService[Alert]):
         rows = await self.repository.page(project_id, states=ACTIVE_STATES)
         silences = await self._silences_now(project_id)
         return [_alert_out(alert, name, silences) for alert, name in rows]
+
+    async def preview_silence(self, project_id: UUID, data: SilenceIn) -> AlertPage:
+        """The active (pending or firing) alerts the silence would hold now: the body is validated as at
+        creation and matched by the same code the evaluator uses (``ActiveSilences``)."""
+        matchers = silence_matchers(data)
+        silence_window(data, utcnow())
+        would = ActiveSilences({project_id: [(uuid4(), matchers)]})
+        rows = await self.repository.page(project_id, states=ACTIVE_STATES)
+        silences = await self._silences_now(project_id)
+        return AlertPage(
+            items=[
+                _alert_out(alert, name, silences)
+                for alert, name in rows
+                if would.silencing(project_id, alert.labels) is not None
+            ]
+        )
 
     async def history(
         self,
@@ -282,12 +299,15 @@ class AlertService(SQLAlchemyAsyncRepositoryService[Alert]):
             )
         details = {"state": alert.state, "labels": alert.labels, "policy_name": name}
         announce = (
-            alert.acked_by is None and alert.state == AlertState.FIRING.value and alert.silenced_by is None
+            alert.acked_by is None
+            and alert.state == AlertState.FIRING.value
+            and alert.silenced_by is None
+            and alert.inhibited_by is None
         )
         out = await self._set_ack(
             alert, name, acked_by=actor, actor=actor, action="alert.ack", details=details
         )
-        if announce:  # receivers heard it fire (not pending, not silenced): they hear of the ack too
+        if announce:  # receivers heard it fire (not pending, silenced or inhibited): they hear of the ack too
             await notification_outbox.add_event(
                 self.session,
                 project_id=alert.project_id,

@@ -27,7 +27,14 @@ from prodsentinel.lib.errors import BadRequestError, NotFoundError, ValidationEr
 from prodsentinel.lib.pagination import Keyset
 from prodsentinel.lib.time import as_utc, utcnow
 
-__all__ = ("SILENCE_KEYSET", "STATUSES", "ActiveSilences", "SilenceService", "silence_status")
+__all__ = (
+    "SILENCE_KEYSET",
+    "STATUSES",
+    "ActiveSilences",
+    "SilenceService",
+    "silence_matchers",
+    "silence_status",
+)
 
 logger = structlog.get_logger("prodsentinel.alerts")
 
@@ -80,6 +87,27 @@ class ActiveSilences:
         return None
 
 
+def silence_matchers(data: SilenceIn) -> list[Matcher]:
+    """A silence body's matchers, validated (422 naming the matcher); shared by create and preview."""
+    try:
+        return parse_matchers([{"name": m.name, "op": m.op, "value": m.value} for m in data.matchers])
+    except MatcherError as exc:
+        raise ValidationError(f"Invalid matchers: {exc}.") from None
+
+
+def silence_window(data: SilenceIn, now: datetime) -> tuple[datetime, datetime]:
+    """A silence body's (starts_at, ends_at), validated: ends after it starts, and in the future."""
+    starts_at = (
+        as_utc(data.starts_at, "starts_at", error=ValidationError) if data.starts_at is not None else now
+    )
+    ends_at = as_utc(data.ends_at, "ends_at", error=ValidationError)
+    if ends_at <= starts_at:
+        raise ValidationError("ends_at must be after starts_at.")
+    if ends_at <= now:
+        raise ValidationError("ends_at must be in the future.")
+    return starts_at, ends_at
+
+
 def _silence_out(silence: Silence, now: datetime) -> SilenceOut:
     return SilenceOut(
         id=silence.id,
@@ -107,18 +135,8 @@ class SilenceService(SQLAlchemyAsyncRepositoryService[Silence]):
 
     async def create_silence(self, project_id: UUID, data: SilenceIn, *, actor: str) -> SilenceOut:
         now = utcnow()
-        try:
-            matchers = parse_matchers([{"name": m.name, "op": m.op, "value": m.value} for m in data.matchers])
-        except MatcherError as exc:
-            raise ValidationError(f"Invalid matchers: {exc}.") from None
-        starts_at = (
-            as_utc(data.starts_at, "starts_at", error=ValidationError) if data.starts_at is not None else now
-        )
-        ends_at = as_utc(data.ends_at, "ends_at", error=ValidationError)
-        if ends_at <= starts_at:
-            raise ValidationError("ends_at must be after starts_at.")
-        if ends_at <= now:
-            raise ValidationError("ends_at must be in the future.")
+        matchers = silence_matchers(data)
+        starts_at, ends_at = silence_window(data, now)
         silence = await self.repository.add(
             Silence(
                 project_id=project_id,

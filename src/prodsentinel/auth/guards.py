@@ -25,6 +25,7 @@ __all__ = (
     "PUBLIC_PATHS",
     "authorized_principal",
     "extract_key",
+    "key_in",
     "provide_principal",
     "requires_scope",
     "unauthorized",
@@ -45,15 +46,24 @@ MONITOR_CHALLENGE = {
 }
 
 
-def extract_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
-    """The request's API key, if it sends one; a bearer that is not ``ps_…`` is a session token."""
-    key = connection.headers.get("x-api-key")
-    if key:
-        return key
-    authorization = connection.headers.get("authorization", "")
+def key_in(x_api_key: str | None, authorization: str) -> str | None:
+    """The API key in these header values, if any: ``X-API-Key``, else ``Authorization: Bearer ps_…``
+    (a bearer that is not ``ps_…`` is a session token)."""
+    if x_api_key:
+        return x_api_key
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() == "bearer" and credentials.strip().startswith(f"{KEY_PREFIX}_"):
         return credentials.strip()
+    return None
+
+
+def extract_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The request's API key, if it sends one (:func:`key_in`; the SAQ monitor also takes Basic auth)."""
+    authorization = connection.headers.get("authorization", "")
+    key = key_in(connection.headers.get("x-api-key"), authorization)
+    if key is not None:
+        return key
+    scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() == "basic" and connection.scope["path"].startswith(MONITOR_PREFIX):
         return _basic_password(credentials.strip())
     return None

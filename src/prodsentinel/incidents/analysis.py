@@ -70,13 +70,13 @@ def analysis_window(incident: Incident) -> tuple[datetime, datetime]:
 
 
 async def analyse(
-    session: AsyncSession, incident_id: UUID, *, now: datetime | None = None
+    session: AsyncSession, project_id: UUID, incident_id: UUID, *, now: datetime | None = None
 ) -> dict[str, Any] | None:
     """Analyse one incident and store the result (the caller commits); ``None`` if it no longer exists."""
     now = now or utcnow()
     repo = IncidentRepository(session=session)
     queries = AnalysisQueries(session)
-    incident = await session.get(Incident, incident_id, populate_existing=True)
+    incident = await repo.get_for_project(incident_id, project_id)
     if incident is None:
         return None
     traces = list(incident.sample_trace_ids or [])
@@ -97,7 +97,7 @@ async def analyse(
         ),
         window=(since, until),
     )
-    await repo.save_analysis(incident.id, result, now)
+    await repo.save_analysis(incident.project_id, incident.id, result, now)
     return result
 
 
@@ -316,6 +316,7 @@ def _summary(
 
 async def run_analysis(
     session_maker: async_sessionmaker[AsyncSession],
+    project_id: UUID | None,
     incident_id: UUID,
     *,
     settings: Settings,
@@ -323,10 +324,19 @@ async def run_analysis(
 ) -> dict[str, Any] | None:
     """The ``analyse_incident`` job: analyse in one unit of work; the external analyser webhook is
     registered to run once the stored result has committed (``lib.after_commit``), outside the
-    transaction, so a slow receiver never holds the incident's row."""
+    transaction, so a slow receiver never holds the incident's row. ``project_id`` None: a job enqueued
+    before jobs carried it (rolling upgrade); the incident's project is looked up by id first."""
     async with session_scope(session_maker) as session:
-        result = await analyse(session, incident_id, now=now)
-        incident = await session.get(Incident, incident_id) if result is not None else None
+        if project_id is None:
+            project_id = await IncidentRepository(session=session).project_of(incident_id)
+            if project_id is None:
+                return None
+        result = await analyse(session, project_id, incident_id, now=now)
+        incident = (
+            await IncidentRepository(session=session).get_for_project(incident_id, project_id)
+            if result is not None
+            else None
+        )
         if result is not None and incident is not None and settings.analysis_webhook_url:
             after_commit(session, post_webhook, settings, msgspec.to_builtins(incident_out(incident)), result)
     return result

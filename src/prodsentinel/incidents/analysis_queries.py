@@ -59,7 +59,7 @@ class AnalysisQueries:
                 )
                 SELECT s.signal_id, s.trace_id, s.span_id, s.service_name, s.name, s.start_time,
                        s.end_time, max(t.depth) AS depth
-                FROM tree t JOIN spans s ON s.id = t.id
+                FROM tree t JOIN spans s ON s.project_id = :pid AND s.id = t.id
                 WHERE s.status = {_ERROR_STATUS}
                 GROUP BY s.project_id, s.start_time, s.id  -- the primary key
                 ORDER BY max(t.depth) DESC, s.start_time, s.id

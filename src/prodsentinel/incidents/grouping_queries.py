@@ -173,7 +173,7 @@ class GroupingQueries:
                 WHERE s.id > :after_id AND s.{source.error_filter}
                   AND NOT EXISTS (
                       SELECT 1 FROM incident_occurrences o
-                      WHERE o.source = :source AND o.signal_pk = s.id
+                      WHERE o.project_id = s.project_id AND o.source = :source AND o.signal_pk = s.id
                   )
                 ORDER BY s.id
                 LIMIT :limit
@@ -212,7 +212,7 @@ class GroupingQueries:
                        {source.level_expr}
                 -- the error filter lets the planner use the partial error index on id
                 FROM batch b JOIN {source.table} s ON s.id = b.id AND s.{source.error_filter}
-                ON CONFLICT (source, signal_pk) DO NOTHING
+                ON CONFLICT (project_id, source, signal_pk) DO NOTHING
                 RETURNING project_id, fingerprint, ts, trace_id, level
             ),
             -- Correlated subqueries instead of joins between CTEs: CTE row estimates are poor, and a
@@ -345,8 +345,8 @@ class GroupingQueries:
         result = await self.session.execute(
             text(
                 """
-                DELETE FROM incident_occurrences WHERE id IN (
-                    SELECT o.id FROM incident_occurrences o
+                DELETE FROM incident_occurrences WHERE (project_id, id) IN (
+                    SELECT o.project_id, o.id FROM incident_occurrences o
                     JOIN incident_grouping_cursors c ON c.source = (
                         CASE o.source WHEN 'log' THEN 'logs' ELSE 'spans' END)
                     WHERE o.grouped_at < :cutoff AND o.signal_pk <= c.high_water_id

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     SmallInteger,
     String,
     Text,
@@ -61,10 +62,12 @@ INCIDENT_STATUSES: tuple[str, ...] = (
 class Incident(UUIDv7AuditBase):
     __tablename__ = "incidents"
     __table_args__ = (
+        # Keys lead with project_id: the table is distributed by it (docs/scaling.md, Citus). The list
+        # endpoint pages by id within a project on this primary key.
+        PrimaryKeyConstraint("project_id", "id"),
         UniqueConstraint("project_id", "fingerprint"),
         Index("ix_incidents_project_status_last_seen", "project_id", "status", "last_seen"),
-        # The list endpoint pages by id within a project; auto-resolve scans unresolved rows by last_seen.
-        Index("ix_incidents_project_id", "project_id", "id"),
+        # Auto-resolve scans unresolved rows by last_seen.
         Index(
             "ix_incidents_unresolved_last_seen", "last_seen", postgresql_where=text("status <> 'resolved'")
         ),
@@ -72,7 +75,7 @@ class Incident(UUIDv7AuditBase):
         Index("ix_incidents_project_problem", "project_id", "problem_id"),
     )
 
-    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
     title: Mapped[str] = mapped_column(Text)
     service_name: Mapped[str] = mapped_column(Text)
@@ -100,11 +103,12 @@ class Anomaly(UUIDv7Base):
 
     __tablename__ = "anomalies"
     __table_args__ = (
+        PrimaryKeyConstraint("project_id", "id"),
         UniqueConstraint("project_id", "metric_name", "service_name", "labels_key", "ts"),
         Index("ix_anomalies_project_ts", "project_id", "ts"),
     )
 
-    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
     metric_name: Mapped[str] = mapped_column(Text)
     service_name: Mapped[str] = mapped_column(Text)
     labels: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
@@ -122,21 +126,24 @@ class IncidentOccurrence(PlainBase):
     """One error signal folded into an incident (log or span row, by its bigint id).
 
     Written set-based by the grouping job in the same transaction as the incident upsert. The unique
-    ``(source, signal_pk)`` makes re-processing idempotent (a signal is counted once however often the
-    job sees it), and ``(project_id, fingerprint, ts)`` serves the 5-minute rate window. Rows are pruned
-    after a day once the high-water mark has passed them.
+    ``(project_id, source, signal_pk)`` makes re-processing idempotent (a signal is counted once however
+    often the job sees it; ``project_id`` leads every key so the table can be distributed by project), and
+    ``(project_id, fingerprint, ts)`` serves the 5-minute rate window. Rows are pruned after a day once
+    the high-water mark has passed them.
     """
 
     __tablename__ = "incident_occurrences"
     __table_args__ = (
-        UniqueConstraint("source", "signal_pk"),
+        PrimaryKeyConstraint("project_id", "id"),
+        UniqueConstraint("project_id", "source", "signal_pk"),
         Index("ix_incident_occurrences_fingerprint_ts", "project_id", "fingerprint", "ts"),
         Index("ix_incident_occurrences_grouped_at", "grouped_at"),
-        # The correlation pass reads a batch's occurrences back by (source, signal_pk): the unique index.
+        # The correlation pass reads a batch's occurrences back by (project_id, source, signal_pk): the
+        # unique index.
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
-    project_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
+    project_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
     #: log | span
     source: Mapped[str] = mapped_column(String(8))

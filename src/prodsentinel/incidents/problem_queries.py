@@ -305,7 +305,7 @@ class ProblemQueries:
                 WITH k AS MATERIALIZED (
                     SELECT k.project_id, i.problem_id, k.key, k.trace_id, k.first_ts, k.span_pk
                     FROM problem_batch_keys k
-                    JOIN incidents i ON i.id = k.incident_id
+                    JOIN incidents i ON i.project_id = k.project_id AND i.id = k.incident_id
                     JOIN problems p ON p.project_id = i.project_id AND p.id = i.problem_id
                     WHERE {_OPEN} AND k.incident_id = ANY(:incidents)
                 ),
@@ -541,7 +541,7 @@ class ProblemQueries:
                 ),
                 up AS (
                     SELECT s.id AS origin, s.trace_id, s.parent_span_id, 0 AS depth
-                    FROM sample JOIN spans s ON s.id = sample.span_pk
+                    FROM sample JOIN spans s ON s.project_id = :pid AND s.id = sample.span_pk
                     UNION ALL
                     SELECT up.origin, up.trace_id, p.parent_span_id, up.depth + 1
                     FROM up JOIN spans p ON p.project_id = :pid AND p.trace_id = up.trace_id
@@ -551,8 +551,8 @@ class ProblemQueries:
                 SELECT s.id, s.span_id, s.service_name, s.end_time, max(up.depth) AS depth,
                        (SELECT i.id FROM incident_occurrences o
                         JOIN incidents i ON i.project_id = o.project_id AND i.fingerprint = o.fingerprint
-                        WHERE o.source = 'span' AND o.signal_pk = s.id) AS incident_id
-                FROM up JOIN spans s ON s.id = up.origin
+                        WHERE o.project_id = :pid AND o.source = 'span' AND o.signal_pk = s.id) AS incident_id
+                FROM up JOIN spans s ON s.project_id = :pid AND s.id = up.origin
                 GROUP BY s.project_id, s.start_time, s.id  -- the primary key
                 ORDER BY max(up.depth) DESC, s.end_time, s.id
                 LIMIT 1

@@ -49,16 +49,15 @@ class IncidentRepository(SQLAlchemyAsyncRepository[Incident]):
         ``SKIP LOCKED``: an incident being folded right now is skipped (it just had an occurrence).
         """
         candidates = (
-            select(Incident.id)
+            select(Incident.project_id, Incident.id)
             .where(Incident.status != IncidentStatus.RESOLVED, Incident.last_seen < cutoff)
             .order_by(Incident.last_seen)
             .limit(limit)
             .with_for_update(skip_locked=True)
-            .scalar_subquery()
         )
         result = await self.session.scalars(
             update(Incident)
-            .where(Incident.id.in_(candidates))
+            .where(tuple_(Incident.project_id, Incident.id).in_(candidates))
             .values(
                 status=IncidentStatus.RESOLVED,
                 resolved_at=now,
@@ -148,15 +147,25 @@ class IncidentRepository(SQLAlchemyAsyncRepository[Incident]):
         )
         return list(await self.session.scalars(statement))
 
-    async def save_analysis(self, incident_id: UUID, analysis: dict[str, Any], now: datetime) -> None:
+    async def project_of(self, incident_id: UUID) -> UUID | None:
+        """The project of an incident known by id alone (a job from before jobs carried the project:
+        the one lookup by id without a project, a fan-out on a distributed database)."""
+        return await self.session.scalar(select(Incident.project_id).where(Incident.id == incident_id))
+
+    async def save_analysis(
+        self, project_id: UUID, incident_id: UUID, analysis: dict[str, Any], now: datetime
+    ) -> None:
         await self.session.execute(
-            update(Incident).where(Incident.id == incident_id).values(analysis=analysis, analysed_at=now)
+            update(Incident)
+            .where(Incident.project_id == project_id, Incident.id == incident_id)
+            .values(analysis=analysis, analysed_at=now)
         )
 
-    async def unanalysed_ids(self, severities: Sequence[str], *, limit: int) -> list[UUID]:
-        """Unresolved incidents of ``severities`` never analysed: their analysis job was lost."""
-        ids = await self.session.scalars(
-            select(Incident.id)
+    async def unanalysed_keys(self, severities: Sequence[str], *, limit: int) -> list[tuple[UUID, UUID]]:
+        """``(project_id, id)`` of unresolved incidents of ``severities`` never analysed: their analysis
+        job was lost. Across projects (a cron's pass)."""
+        rows = await self.session.execute(
+            select(Incident.project_id, Incident.id)
             .where(
                 Incident.status != IncidentStatus.RESOLVED,
                 Incident.severity.in_(severities),
@@ -165,7 +174,7 @@ class IncidentRepository(SQLAlchemyAsyncRepository[Incident]):
             .order_by(Incident.id)
             .limit(limit)
         )
-        return list(ids)
+        return [(row.project_id, row.id) for row in rows]
 
 
 class AnomalyRepository(SQLAlchemyAsyncRepository[Anomaly]):

@@ -77,8 +77,15 @@ async def analyse_pending_incidents(ctx: Any) -> dict[str, int]:
     return {"enqueued": await run_pending_analyses(ctx["session_maker"])}
 
 
-async def analyse_incident(ctx: Any, *, incident_id: str) -> dict[str, Any]:
-    result = await run_analysis(ctx["session_maker"], UUID(incident_id), settings=settings_of(ctx))
+async def analyse_incident(ctx: Any, *, incident_id: str, project_id: str | None = None) -> dict[str, Any]:
+    # ``project_id`` is None only for a job enqueued by a process older than the project-scoped keys
+    # (a rolling upgrade); ``run_analysis`` then finds the incident's project first.
+    result = await run_analysis(
+        ctx["session_maker"],
+        UUID(project_id) if project_id else None,
+        UUID(incident_id),
+        settings=settings_of(ctx),
+    )
     return {"incident_id": incident_id, "origin_service": result["origin_service"] if result else None}
 
 

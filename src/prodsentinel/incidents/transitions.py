@@ -92,7 +92,7 @@ class Transition:
         return self.incident.severity
 
     def analysis(self) -> tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]] | None:
-        return (enqueue_analysis, (self.incident.id,)) if self.wants_analysis else None
+        return (enqueue_analysis, (self.project_id, self.incident.id)) if self.wants_analysis else None
 
     def payload(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -186,7 +186,7 @@ async def record_transitions(
     await audit_services.record(session, *audit)
 
 
-async def enqueue_analysis(incident_id: UUID) -> bool:
+async def enqueue_analysis(project_id: UUID, incident_id: UUID) -> bool:
     """At most one queued or running analysis per incident: SAQ dedups on the job key.
 
     Registered after commit by :func:`record_transitions`; a lost enqueue (Redis down, a crash between
@@ -196,6 +196,7 @@ async def enqueue_analysis(incident_id: UUID) -> bool:
         "analyse_incident",
         key=f"analyse:{incident_id}",
         timeout=ANALYSIS_TIMEOUT_SECONDS,
+        project_id=str(project_id),
         incident_id=str(incident_id),
     )
 
@@ -208,7 +209,7 @@ async def run_pending_analyses(session_maker: async_sessionmaker[AsyncSession]) 
     never analysed. The job key dedups against an analysis already queued or running.
     """
     async with session_scope(session_maker) as session:
-        ids = await IncidentRepository(session=session).unanalysed_ids(
+        keys = await IncidentRepository(session=session).unanalysed_keys(
             sorted(ANALYSED_SEVERITIES), limit=PENDING_ANALYSES_LIMIT
         )
-    return sum([await enqueue_analysis(incident_id) for incident_id in ids])
+    return sum([await enqueue_analysis(project_id, incident_id) for project_id, incident_id in keys])

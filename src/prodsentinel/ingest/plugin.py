@@ -22,7 +22,7 @@ from prodsentinel.auth.lookup import (
     CoalescingSessionLookup,
 )
 from prodsentinel.ingest.services import Ingestor
-from prodsentinel.lib.database import CONNECT_TIMEOUT_SECONDS, libpq_url
+from prodsentinel.lib.database import CONNECT_TIMEOUT_SECONDS, asyncpg_pool_args, libpq_url
 from prodsentinel.settings import Settings
 
 __all__ = ("INGESTOR_STATE_KEY", "IngestPlugin")
@@ -58,6 +58,7 @@ class IngestPlugin(InitPluginProtocol):
             server_settings={"application_name": "prodsentinel-ingest"},
             reset=_keep_session,
             timeout=CONNECT_TIMEOUT_SECONDS,
+            **asyncpg_pool_args(self._settings.database_pooler),
         )
         ingestor = Ingestor(self._settings, pool)
         ingestor.start()

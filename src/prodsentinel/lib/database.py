@@ -23,9 +23,12 @@ from prodsentinel.settings import Settings
 __all__ = (
     "SESSION_MAKER_STATE_KEY",
     "alchemy_config",
+    "asyncpg_pool_args",
+    "engine_connect_args",
     "libpq_url",
     "migrate",
     "resolve_database_url",
+    "resolve_direct_url",
     "session_scope",
     "session_scope_for_app",
 )
@@ -49,12 +52,49 @@ def resolve_database_url(settings: Settings) -> str:
     return f"postgresql+asyncpg://{rest}"
 
 
+def resolve_direct_url(settings: Settings) -> str:
+    """The SQLAlchemy (asyncpg) URL of a direct connection: ``PRODSENTINEL_DATABASE_DIRECT_URL``, else the
+    database URL. For what needs a session of its own and must bypass a transaction pooler: migrations
+    (session advisory lock), SAQ's PostgreSQL queue (LISTEN, session advisory locks) and the LISTEN/NOTIFY
+    events backend."""
+    if settings.database_direct_url is None:
+        return resolve_database_url(settings)
+    return "postgresql+asyncpg://" + settings.database_direct_url.split("://", 1)[1]
+
+
+def engine_connect_args(pooler: str = "none") -> dict[str, Any]:
+    """asyncpg ``connect_args`` of every SQLAlchemy engine of the service.
+
+    Behind PgBouncer in transaction pooling mode (``pooler="pgbouncer"``) consecutive transactions of one
+    client connection may run on different server connections, so a named prepared statement made in one
+    transaction can be missing (or, made by another client under the same name, already present) in the
+    next. Both caches off: asyncpg's own (``statement_cache_size``) and SQLAlchemy's
+    (``prepared_statement_cache_size``). With both at 0 SQLAlchemy prepares with ``name=None``, which
+    asyncpg (>= 0.29) turns into the *unnamed* statement, re-parsed at execution inside the same
+    transaction (SQLAlchemy's asyncpg dialect always opens one). That is the documented setting without
+    its sharp edge: the alternative, unique names from ``prepared_statement_name_func``, leaves a named
+    statement behind on a server connection per query (PgBouncer 1.18, Debian's, runs no ``DISCARD`` in
+    transaction mode) and asyncpg closes a collected named statement lazily, possibly through another
+    server connection. The cost: every statement is parsed again at each execution (docs/scaling.md).
+    """
+    args: dict[str, Any] = {"timeout": CONNECT_TIMEOUT_SECONDS}
+    if pooler == "pgbouncer":
+        args |= {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+    return args
+
+
+def asyncpg_pool_args(pooler: str = "none") -> dict[str, Any]:
+    """Keyword arguments for a raw ``asyncpg.create_pool`` behind ``pooler`` (see
+    :func:`engine_connect_args`): asyncpg >= 0.30 then also runs ``COPY`` with the unnamed statement."""
+    return {"statement_cache_size": 0} if pooler == "pgbouncer" else {}
+
+
 def libpq_url(sqlalchemy_url: str) -> str:
     """The same database as a plain ``postgresql://`` URL (psycopg, SAQ, asyncpg.connect)."""
     return "postgresql://" + sqlalchemy_url.split("://", 1)[1]
 
 
-def alchemy_config(database_url: str, *, pool_size: int = 10) -> SQLAlchemyAsyncConfig:
+def alchemy_config(database_url: str, *, pool_size: int = 10, pooler: str = "none") -> SQLAlchemyAsyncConfig:
     config = SQLAlchemyAsyncConfig(
         connection_string=database_url,
         session_config=AsyncSessionConfig(expire_on_commit=False),
@@ -66,7 +106,7 @@ def alchemy_config(database_url: str, *, pool_size: int = 10) -> SQLAlchemyAsync
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_pre_ping=True,
-            connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
+            connect_args=engine_connect_args(pooler),
         ),
         alembic_config=AlembicAsyncConfig(
             script_location=str(MIGRATIONS_DIR),

@@ -153,6 +153,10 @@ def _columns(spec: dict[str, Any]) -> dict[str, Any]:
         "min_severity": spec.get("min_severity") or "low",
         "event_types": _event_types(spec.get("event_types")),
         "enabled": spec.get("enabled", True),
+        "group_by": list(dict.fromkeys(spec["group_by"])) if spec.get("group_by") else None,
+        "group_wait": spec.get("group_wait", 30),
+        "group_interval": spec.get("group_interval", 300),
+        "repeat_interval": spec.get("repeat_interval", 14400),
     }
 
 
@@ -170,6 +174,10 @@ def _spec_of(channel: Channel) -> dict[str, Any]:
         "min_severity": channel.min_severity,
         "event_types": channel.event_types,
         "enabled": channel.enabled,
+        "group_by": list(channel.group_by) if channel.group_by else None,
+        "group_wait": channel.group_wait,
+        "group_interval": channel.group_interval,
+        "repeat_interval": channel.repeat_interval,
     }
     if channel.secret is not None or channel.kind in _CREDENTIAL:
         spec[inline_name] = channel.secret
@@ -254,6 +262,10 @@ def _channel_out(channel: Channel, health: ChannelHealth | None = None) -> Chann
         disabled_at=channel.disabled_at,
         created_at=channel.created_at,
         updated_at=channel.updated_at,
+        group_by=list(channel.group_by) if channel.group_by else None,
+        group_wait=channel.group_wait,
+        group_interval=channel.group_interval,
+        repeat_interval=channel.repeat_interval,
         health=health,
     )
 
@@ -345,13 +357,15 @@ class ChannelService(SQLAlchemyAsyncRepositoryService[Channel]):
             },
             channel_ids=[channel.id],
         )
-        item = await OutboxRepository(session=session).get_one(event_id=event_id, channel_id=channel.id)
+        item = await OutboxRepository(session=session).get_one(
+            project_id=project_id, event_id=event_id, channel_id=channel.id
+        )
         return ChannelTestOut(event_id=event_id, outbox_id=item.id)
 
     async def delete_channel(self, *, project_id: UUID, channel_id: UUID) -> None:
         """Delete a channel and (by cascade) its outbox items and their attempts."""
         channel = await self._of_project(channel_id, project_id)
-        await self.delete(channel.id)
+        await self.delete((channel.project_id, channel.id))
 
     async def get_channel(self, *, project_id: UUID, channel_id: UUID) -> ChannelOut:
         channel = await self._of_project(channel_id, project_id)

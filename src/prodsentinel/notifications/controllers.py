@@ -24,6 +24,7 @@ from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY
 from prodsentinel.lib.pagination import DEFAULT_LIMIT, Cursor, Limit, Since, Until, time_range
 from prodsentinel.notifications.channels import ChannelService
 from prodsentinel.notifications.dispatcher import run_dispatch
+from prodsentinel.notifications.escalations import EscalationService
 from prodsentinel.notifications.outbox import OutboxService
 from prodsentinel.notifications.reports import HEALTH_WINDOW, ReportService
 from prodsentinel.notifications.schemas import (
@@ -35,6 +36,10 @@ from prodsentinel.notifications.schemas import (
     ChannelTestOut,
     ChannelUpdate,
     DispatchOut,
+    EscalationCreate,
+    EscalationList,
+    EscalationOut,
+    EscalationUpdate,
     OutboxItemOut,
     OutboxPage,
     ReplayDeadOut,
@@ -42,7 +47,7 @@ from prodsentinel.notifications.schemas import (
     TrendsOut,
 )
 
-__all__ = ("ChannelController", "NotificationController", "notifications_router")
+__all__ = ("ChannelController", "EscalationController", "NotificationController", "notifications_router")
 
 _ADMIN = [requires_scope(Scope.ADMIN)]
 #: POST /dispatch works for at most this long (then answers with what it did).
@@ -275,6 +280,56 @@ class NotificationController(Controller):
         )
 
 
+async def provide_escalation_service(db_session: AsyncSession) -> EscalationService:
+    return EscalationService(db_session)
+
+
+class EscalationController(Controller):
+    """Escalation policies of the caller's project (SPEC §13); changes are admin and audited."""
+
+    path = "/escalations"
+    tags = ["notifications"]
+    guards = [requires_scope(Scope.READ)]
+    dependencies = {"escalations": Provide(provide_escalation_service)}
+
+    @get("/", summary="List escalation policies")
+    async def list_escalations(self, escalations: EscalationService, principal: Principal) -> EscalationList:
+        return EscalationList(items=await escalations.list_all(principal.project_id))
+
+    @post("/", guards=_ADMIN, summary="Create an escalation policy (admin)")
+    async def create_escalation(
+        self, escalations: EscalationService, principal: Principal, data: EscalationCreate = Body()
+    ) -> EscalationOut:
+        return await escalations.create(principal.project_id, data, actor=principal.actor)
+
+    @get("/{escalation_id:uuid}", summary="One escalation policy")
+    async def get_escalation(
+        self, escalations: EscalationService, principal: Principal, escalation_id: UUID
+    ) -> EscalationOut:
+        return await escalations.get(principal.project_id, escalation_id)
+
+    @patch("/{escalation_id:uuid}", guards=_ADMIN, summary="Change an escalation policy (admin)")
+    async def update_escalation(
+        self,
+        escalations: EscalationService,
+        principal: Principal,
+        escalation_id: UUID,
+        data: EscalationUpdate = Body(),
+    ) -> EscalationOut:
+        return await escalations.update(principal.project_id, escalation_id, data, actor=principal.actor)
+
+    @delete(
+        "/{escalation_id:uuid}",
+        guards=_ADMIN,
+        summary="Delete an escalation policy and its pending steps (admin)",
+    )
+    async def delete_escalation(
+        self, escalations: EscalationService, principal: Principal, escalation_id: UUID
+    ) -> None:
+        await escalations.delete(principal.project_id, escalation_id, actor=principal.actor)
+
+
 notifications_router = Router(
-    path="/api/v1/notifications", route_handlers=[ChannelController, NotificationController]
+    path="/api/v1/notifications",
+    route_handlers=[ChannelController, EscalationController, NotificationController],
 )

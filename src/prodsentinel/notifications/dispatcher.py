@@ -87,9 +87,9 @@ async def dispatch_batch(
     facts = await delivery.send_batch(claim.items, settings, concurrency=settings.notify_concurrency)
     results: list[ItemResult] = []
     records: list[AttemptRecord] = []
-    states: list[tuple[UUID, str, dict[str, Any]]] = []
-    throttles: dict[UUID, float] = {}
-    failed_channels: set[UUID] = set()
+    states: list[tuple[UUID, UUID, str, dict[str, Any]]] = []
+    throttles: dict[tuple[UUID, UUID], float] = {}
+    failed_channels: set[tuple[UUID, UUID]] = set()
     for fact in facts:
         decision = (
             retry.RetryDecision("delivered")
@@ -104,16 +104,17 @@ async def dispatch_batch(
             )
         )
         if fact.state is not None and fact.item.subject is not None:
-            states.append((fact.item.channel_id, fact.item.subject, fact.state))
+            states.append((fact.item.project_id, fact.item.channel_id, fact.item.subject, fact.state))
         if fact.http_status in retry.RETRY_AFTER_STATUSES and fact.retry_after_seconds:
-            channel = fact.item.channel_id
+            channel = (fact.item.project_id, fact.item.channel_id)
             throttles[channel] = max(throttles.get(channel, 0.0), fact.retry_after_seconds)
         if decision.outcome != "delivered":
-            failed_channels.add(fact.item.channel_id)
+            failed_channels.add((fact.item.project_id, fact.item.channel_id))
         status = _FINAL_STATUS[decision.outcome]
         results.append(
             ItemResult(
                 id=fact.item.id,
+                project_id=fact.item.project_id,
                 attempt=fact.item.attempt,
                 status=status,
                 delay_seconds=decision.delay_seconds or 0.0,
@@ -139,13 +140,13 @@ async def dispatch_batch(
             counts.dead += 1
     async with session_scope(session_maker) as session:
         outbox = OutboxRepository(session=session)
-        present = await outbox.lock_present([record.item.id for record in records])
+        present = await outbox.lock_present([(record.item.project_id, record.item.id) for record in records])
         present_channels = {record.item.channel_id for record in records if record.item.id in present}
         await DeliveryAttemptRepository(session=session).insert_records(
             [record for record in records if record.item.id in present]
         )
         updated = await outbox.record_results(results)
-        await ChannelStateRepository(session=session).save([s for s in states if s[0] in present_channels])
+        await ChannelStateRepository(session=session).save([s for s in states if s[1] in present_channels])
         if throttles:
             await ChannelRepository(session=session).throttle(throttles)
         if failed_channels:

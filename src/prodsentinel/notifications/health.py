@@ -51,20 +51,27 @@ def disable_reason(
 
 
 async def check_channels(
-    session: AsyncSession, channel_ids: Iterable[UUID], *, after_seconds: int, min_failures: int
+    session: AsyncSession,
+    channel_keys: Iterable[tuple[UUID, UUID]],
+    *,
+    after_seconds: int,
+    min_failures: int,
 ) -> list[UUID]:
-    """Disable the channels among ``channel_ids`` (ones that just failed) that meet the rule."""
+    """Disable the channels among ``channel_keys`` (``(project_id, channel_id)`` of ones that just
+    failed) that meet the rule."""
     channels = ChannelRepository(session=session)
     now = utcnow()
     disabled: list[UUID] = []
-    for streak in await channels.failure_streaks(sorted(set(channel_ids))):
+    for streak in await channels.failure_streaks(sorted(set(channel_keys))):
         reason = disable_reason(streak, now=now, after_seconds=after_seconds, min_failures=min_failures)
         if reason is None:
             continue
-        channel = await channels.disable(streak.channel_id, reason)
+        channel = await channels.disable(streak.project_id, streak.channel_id, reason)
         if channel is None:
             continue
-        killed = await OutboxRepository(session=session).kill_active(channel.id, CHANNEL_DISABLED_CODE)
+        killed = await OutboxRepository(session=session).kill_active(
+            channel.project_id, channel.id, CHANNEL_DISABLED_CODE
+        )
         await audit_services.record(
             session,
             AuditEntry(

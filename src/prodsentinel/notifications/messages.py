@@ -59,6 +59,8 @@ def summarize(event: dict[str, Any]) -> Summary:
     status, phase = _STATUS.get(event_type, (event_type, "info"))
     severity = str(event.get("severity", "low"))
     facts: list[tuple[str, str]] = [("Severity", severity)]
+    if event.get("grouped"):
+        return _grouped(event, event_type, status, phase, severity, facts)
     if event_type.startswith("ALERT_"):
         title = str(event.get("policy_name") or "alert")
         labels = event.get("labels") or {}
@@ -85,6 +87,53 @@ def summarize(event: dict[str, Any]) -> Summary:
     else:
         title = str(event.get("message") or "ProdSentinel test notification")
         text = f"{title}: this channel is set up correctly."
+    if event.get("escalation"):
+        facts.append(("Escalation", _escalation_text(event["escalation"])))
+    facts.append(("Event", event_type))
+    return Summary(
+        event_type=event_type,
+        status=status,
+        phase=phase,
+        title=title,
+        severity=severity,
+        text=text,
+        facts=facts,
+        occurred_at=str(event.get("occurred_at", "")),
+    )
+
+
+#: Alerts a grouped message lists one by one (the rest are counted).
+GROUP_LISTED: Final = 10
+
+
+def _escalation_text(escalation: dict[str, Any]) -> str:
+    return (
+        f"{escalation.get('name', '')} step {escalation.get('step', 0)} (round {escalation.get('round', 0)})"
+    )
+
+
+def _grouped(
+    event: dict[str, Any],
+    event_type: str,
+    status: str,
+    phase: Phase,
+    severity: str,
+    facts: list[tuple[str, str]],
+) -> Summary:
+    """A group notification (SPEC §13): ``[FIRING:3] team=db``, its reason, then its alerts."""
+    alerts = event.get("alerts") or []
+    firing = int(event.get("firing_count", 0))
+    resolved = int(event.get("resolved_count", 0))
+    labels = event.get("labels") or {}
+    title = _labels_text(labels) or "alert group"
+    status = f"{status}:{firing}" if firing else status
+    text = f"{firing} firing, {resolved} resolved ({event.get('reason', '')})"
+    facts += [("Reason", str(event.get("reason", ""))), ("Group", title)]
+    for alert in alerts[:GROUP_LISTED]:
+        name = str(alert.get("policy_name") or "alert")
+        facts.append((name, f"{alert.get('status', '')} {_labels_text(alert.get('labels') or {})}".strip()))
+    if len(alerts) > GROUP_LISTED:
+        facts.append(("More", f"{len(alerts) - GROUP_LISTED} more alerts"))
     facts.append(("Event", event_type))
     return Summary(
         event_type=event_type,

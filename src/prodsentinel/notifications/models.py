@@ -9,11 +9,14 @@ from uuid import UUID
 from advanced_alchemy.base import UUIDv7AuditBase, UUIDv7Base
 from advanced_alchemy.types import DateTimeUTC
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Double,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     SmallInteger,
     String,
     Text,
@@ -26,7 +29,18 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from prodsentinel.lib.models import PlainBase
 
-__all__ = ("Channel", "ChannelState", "DeliveryAttempt", "OutboxItem", "OutboxStatus")
+__all__ = (
+    "Channel",
+    "ChannelState",
+    "DeliveryAttempt",
+    "EscalationPolicy",
+    "EscalationStep",
+    "NotificationCounter",
+    "NotificationGroup",
+    "NotificationGroupAlert",
+    "OutboxItem",
+    "OutboxStatus",
+)
 
 
 class OutboxStatus:
@@ -47,9 +61,10 @@ class Channel(UUIDv7AuditBase):
     """
 
     __tablename__ = "notification_channels"
-    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    # Keys lead with project_id: the table is distributed by it (docs/scaling.md, Citus).
+    __table_args__ = (PrimaryKeyConstraint("project_id", "id"), UniqueConstraint("project_id", "name"))
 
-    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
     kind: Mapped[str] = mapped_column(String(16), default="webhook", server_default="webhook")
     #: None for kinds without a URL (email, a Slack bot channel).
@@ -75,6 +90,11 @@ class Channel(UUIDv7AuditBase):
     reenabled_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
     #: A receiver's ``429``/``503`` + ``Retry-After`` pauses this channel (only) until then.
     throttled_until: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    #: Grouping (SPEC §13): label names; None = one notification per transition (§8).
+    group_by: Mapped[list[str] | None] = mapped_column(ARRAY(Text), default=None)
+    group_wait: Mapped[int] = mapped_column(Integer, default=30, server_default="30")
+    group_interval: Mapped[int] = mapped_column(Integer, default=300, server_default="300")
+    repeat_interval: Mapped[int] = mapped_column(Integer, default=14400, server_default="14400")
 
 
 class ChannelState(PlainBase):
@@ -82,14 +102,22 @@ class ChannelState(PlainBase):
 
     The Slack message ``ts`` (later events update that message), the root mail's ``Message-ID`` (later
     mails reply to it), the PagerDuty ``dedup_key``. Written in the transaction that records the
-    attempt's result, so a replay or a restarted worker finds it.
+    attempt's result, so a replay or a restarted worker finds it. ``project_id`` (the channel's) leads
+    the keys so the row lives on its channel's shard (docs/scaling.md).
     """
 
     __tablename__ = "notification_channel_state"
-
-    channel_id: Mapped[UUID] = mapped_column(
-        ForeignKey("notification_channels.id", ondelete="CASCADE"), primary_key=True
+    __table_args__ = (
+        PrimaryKeyConstraint("project_id", "channel_id", "subject"),
+        ForeignKeyConstraint(
+            ["project_id", "channel_id"],
+            ["notification_channels.project_id", "notification_channels.id"],
+            ondelete="CASCADE",
+        ),
     )
+
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    channel_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
     subject: Mapped[str] = mapped_column(String(200), primary_key=True)
     data: Mapped[dict[str, Any]] = mapped_column(JSONB)
     updated_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
@@ -104,6 +132,13 @@ class OutboxItem(UUIDv7AuditBase):
 
     __tablename__ = "outbox_items"
     __table_args__ = (
+        PrimaryKeyConstraint("project_id", "id"),
+        UniqueConstraint("project_id", "delivery_id"),
+        ForeignKeyConstraint(
+            ["project_id", "channel_id"],
+            ["notification_channels.project_id", "notification_channels.id"],
+            ondelete="CASCADE",
+        ),
         Index(
             "ix_outbox_items_due",
             "next_attempt_at",
@@ -121,12 +156,10 @@ class OutboxItem(UUIDv7AuditBase):
         ),
     )
 
-    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
-    channel_id: Mapped[UUID] = mapped_column(
-        ForeignKey("notification_channels.id", ondelete="CASCADE"), index=True
-    )
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    channel_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), index=True)
     event_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
-    delivery_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), unique=True)
+    delivery_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
     replayed_from_id: Mapped[UUID | None] = mapped_column(PG_UUID(as_uuid=True), default=None)
     event_type: Mapped[str] = mapped_column(String(40))
     severity: Mapped[str] = mapped_column(String(16))
@@ -148,13 +181,17 @@ class DeliveryAttempt(UUIDv7Base):
 
     __tablename__ = "delivery_attempts"
     __table_args__ = (
+        PrimaryKeyConstraint("project_id", "id"),
+        ForeignKeyConstraint(
+            ["project_id", "outbox_id"], ["outbox_items.project_id", "outbox_items.id"], ondelete="CASCADE"
+        ),
         Index("ix_delivery_attempts_project_started", "project_id", "started_at"),
         # Channel health: last success/failure and recent error codes per channel.
         Index("ix_delivery_attempts_channel_started", "channel_id", "started_at"),
     )
 
-    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
-    outbox_id: Mapped[UUID] = mapped_column(ForeignKey("outbox_items.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    outbox_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), index=True)
     channel_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), index=True)
     delivery_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
     event_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
@@ -165,3 +202,143 @@ class DeliveryAttempt(UUIDv7Base):
     error_code: Mapped[str | None] = mapped_column(String(40), default=None)
     #: delivered | retry | dead (``error_code`` ``worker_lost``: the worker died mid-send; no response known)
     outcome: Mapped[str] = mapped_column(String(16))
+
+
+# --- grouping and escalation (SPEC §13) -------------------------------------------------------------
+
+
+class NotificationGroup(PlainBase):
+    """One aggregation group of a grouped channel: alerts with equal values of its ``group_by`` labels.
+
+    Alertmanager's ``aggrGroup`` plus its notification-log entry in one row: ``next_flush_at`` is the
+    group's timer (``group_wait`` after creation, then every ``group_interval``), ``notified_firing`` /
+    ``notified_resolved`` / ``last_notified_at`` what the last notification said (the dedup stage's
+    input). ``sequence`` counts notifications: (id, sequence) names each one, so its event id is stable.
+    """
+
+    __tablename__ = "notification_groups"
+    __table_args__ = (
+        UniqueConstraint("project_id", "channel_id", "group_key"),
+        ForeignKeyConstraint(
+            ["project_id", "channel_id"],
+            ["notification_channels.project_id", "notification_channels.id"],
+            ondelete="CASCADE",
+        ),
+        Index("ix_notification_groups_due", "next_flush_at"),
+    )
+
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    channel_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
+    #: Canonical JSON of the group labels (the unique key within a channel).
+    group_key: Mapped[str] = mapped_column(Text)
+    group_labels: Mapped[dict[str, str]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
+    next_flush_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
+    last_notified_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    notified_firing: Mapped[list[UUID]] = mapped_column(ARRAY(PG_UUID(as_uuid=True)), default=list)
+    notified_resolved: Mapped[list[UUID]] = mapped_column(ARRAY(PG_UUID(as_uuid=True)), default=list)
+    sequence: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class NotificationGroupAlert(PlainBase):
+    """An alert's latest state within one group (its last event's payload); a resolved alert leaves the
+    group at the first flush after its resolution (as in Alertmanager)."""
+
+    __tablename__ = "notification_group_alerts"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["project_id", "group_id"],
+            ["notification_groups.project_id", "notification_groups.id"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    project_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    group_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    alert_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    firing: Mapped[bool] = mapped_column(Boolean)
+    severity: Mapped[str] = mapped_column(String(16))
+    alert: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    updated_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
+
+
+class EscalationPolicy(PlainBase):
+    """Who is told, and when, while an alert fires or an incident is open and nobody acknowledged it.
+
+    ``steps``: ``[{"after_seconds", "channel_ids"}]``, ``after_seconds`` counted from the start of the
+    round (step 0: 0). ``repeat``: further rounds, each ``repeat_after_seconds`` after the previous
+    round's last step.
+    """
+
+    __tablename__ = "escalation_policies"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    matchers: Mapped[list[dict[str, str]]] = mapped_column(JSONB)
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    repeat: Mapped[int] = mapped_column(Integer, default=0)
+    repeat_after_seconds: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
+
+
+class EscalationStep(PlainBase):
+    """One run of one escalation for one alert or incident (its ``subject``): its next step.
+
+    Written by the transaction of the firing/opening event (whose step 0 goes out in that same
+    transaction), holding the next step (``step``, ``round``, ``due_at``, ``channel_ids``) and the
+    ``schedule`` of the later ones. The escalation cron sends the step when due and, in the same
+    transaction, moves the row on to the next one (``sent`` after the last); an acknowledgement, a
+    resolution or a re-fire sets ``cancelled``. One row per run, whatever its number of steps.
+    """
+
+    __tablename__ = "escalation_steps"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["project_id", "policy_id"],
+            ["escalation_policies.project_id", "escalation_policies.id"],
+            ondelete="CASCADE",
+        ),
+        Index("ix_escalation_steps_due", "due_at", postgresql_where=text("status = 'pending'")),
+        Index(
+            "ix_escalation_steps_subject",
+            "project_id",
+            "subject",
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+    project_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    policy_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True))
+    subject: Mapped[str] = mapped_column(String(200))
+    step: Mapped[int] = mapped_column(SmallInteger)
+    round: Mapped[int] = mapped_column(SmallInteger)
+    due_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
+    #: pending | sent | cancelled
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    channel_ids: Mapped[list[UUID]] = mapped_column(ARRAY(PG_UUID(as_uuid=True)))
+    #: The steps after this one: ``[{"step", "round", "due_at", "channel_ids"}]``.
+    schedule: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    event_type: Mapped[str] = mapped_column(String(40))
+    severity: Mapped[str] = mapped_column(String(16))
+    #: The body of the event that started the escalation (the step notification adds ``escalation``).
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+
+
+class NotificationCounter(PlainBase):
+    """Monotonic counters kept in the database so ``/metrics`` is right with many workers:
+    ``grouped`` by reason, ``escalation_step`` by step index."""
+
+    __tablename__ = "notification_counters"
+
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    label: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)

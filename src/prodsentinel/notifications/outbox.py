@@ -10,29 +10,87 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from prodsentinel.alerts.matchers import Matcher
 from prodsentinel.lib import jobs, vocabulary
 from prodsentinel.lib.after_commit import after_commit
 from prodsentinel.lib.errors import ConflictError, NotFoundError
 from prodsentinel.lib.pagination import check_limit
 from prodsentinel.lib.time import utcnow
-from prodsentinel.notifications import routing
+from prodsentinel.notifications import escalation_rules, grouping, routing
+from prodsentinel.notifications.escalation_queries import EscalationQueries
+from prodsentinel.notifications.escalation_rules import EscalationRule
+from prodsentinel.notifications.group_queries import GroupQueries, GroupUpdate
 from prodsentinel.notifications.models import OutboxItem
 from prodsentinel.notifications.reports import ReportService
-from prodsentinel.notifications.repositories import ChannelRepository, OutboxRepository
+from prodsentinel.notifications.repositories import ChannelRepository, OutboxRepository, outbox_row
 from prodsentinel.notifications.schemas import OutboxItemOut, ReplayDeadOut
 
-__all__ = ("DISPATCH_JOB", "DISPATCH_JOB_TIMEOUT", "OutboxService", "add_event", "enqueue_dispatch")
+__all__ = (
+    "DISPATCH_JOB",
+    "DISPATCH_JOB_TIMEOUT",
+    "OutboxEvent",
+    "OutboxService",
+    "add_event",
+    "add_events",
+    "enqueue_dispatch",
+    "event_body",
+    "outbox_row",
+)
 
 #: The SAQ function a commit that wrote outbox items enqueues (see :func:`enqueue_dispatch`).
 DISPATCH_JOB = "dispatch_due"
 #: SAQ timeout of one dispatch job; its loop stops claiming after ``dispatcher.DISPATCH_BUDGET_SECONDS``.
 DISPATCH_JOB_TIMEOUT = 120
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One event for :func:`add_events` (``event_id`` None: a new one)."""
+
+    project_id: UUID
+    event_type: str
+    severity: str
+    payload: dict[str, Any]
+    event_id: UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """A channel as routing needs it, its matchers compiled once per write."""
+
+    id: UUID
+    event_types: frozenset[str] | None
+    min_severity: str
+    matchers: list[Matcher]
+    group_by: list[str] | None
+    group_wait: int
+
+
+@dataclass(slots=True)
+class _ProjectRoutes:
+    channels: list[_Route]
+    escalations: list[EscalationRule]
+    #: The label names the escalations' matchers read, and their matching results by those labels'
+    #: values: alerts of one group share them, so 1,000 alerts cost one match per distinct value set.
+    escalation_labels: tuple[str, ...] = ()
+    matched: dict[tuple[str, ...], list[EscalationRule]] = field(default_factory=dict)
+
+    def escalations_of(self, event_type: str, labels: dict[str, str]) -> list[EscalationRule]:
+        if not self.escalations:
+            return []
+        key = (event_type[:5], *(labels.get(name, "") for name in self.escalation_labels))
+        found = self.matched.get(key)
+        if found is None:
+            found = self.matched[key] = escalation_rules.matching(self.escalations, event_type, labels)
+        return found
 
 
 async def add_event(
@@ -45,43 +103,157 @@ async def add_event(
     event_id: UUID | None = None,
     channel_ids: Sequence[UUID] | None = None,
 ) -> UUID:
-    """Write one outbox item per enabled channel of the project that wants this event.
-
-    A channel wants it when the event type is one of its ``event_types`` and ``routing.passes``
-    (``min_severity``, ``matchers`` over the event's labels). ``channel_ids`` (a TEST event) sends to
-    those channels only, whatever their filters.
+    """Write one event: :func:`add_events` of one, or (``channel_ids``, a TEST event) one item per
+    named enabled channel, whatever their filters, grouping and escalations.
 
     Flushes, never commits: the caller's transaction makes the state change and its notifications
-    durable together. Returns the ``event_id`` (new unless given). It registers :func:`enqueue_dispatch`
-    to run after that commit (``lib.after_commit``), so delivery starts at once instead of at the next
-    cron tick, whichever service wrote the event; callers do nothing more.
-
-    The body is ``{"event_id", "event_type", "severity", "occurred_at", "project_id", **payload}``.
+    durable together. Returns the ``event_id`` (new unless given).
     """
-    if event_type not in vocabulary.EVENT_TYPES:
-        raise ValueError(f"unknown outbox event type {event_type!r}")
-    level = vocabulary.Severity(severity)  # an unknown severity is a caller's bug: ValueError
+    if channel_ids is None:
+        [written] = await add_events(
+            session,
+            [
+                OutboxEvent(
+                    project_id=project_id,
+                    event_type=event_type,
+                    severity=severity,
+                    payload=payload,
+                    event_id=event_id,
+                )
+            ],
+        )
+        return written
+    _check(event_type, severity)
     event_id = event_id or uuid.uuid4()
     repository = ChannelRepository(session=session)
-    if channel_ids is not None:
-        wanted = [c.id for c in await repository.of_project(project_id) if c.id in channel_ids and c.enabled]
-    else:
-        channels = await repository.for_event(project_id=project_id, event_type=event_type)
-        labels = routing.event_labels(event_type, payload)
-        wanted = [
-            channel.id
-            for channel in channels
-            if routing.passes(
-                severity=level,
-                min_severity=channel.min_severity,
-                matchers=routing.compile_matchers(channel.matchers),
-                labels=labels,
-            )
-        ]
-    if not wanted:
-        return event_id
+    wanted = [c.id for c in await repository.of_project(project_id) if c.id in channel_ids and c.enabled]
+    if wanted:
+        now = utcnow()
+        body = event_body(event_id, event_type, severity, project_id, payload, now)
+        subject = routing.subject_of(event_type, payload)
+        await OutboxRepository(session=session).insert_rows(
+            [
+                outbox_row(
+                    project_id=project_id,
+                    channel_id=channel_id,
+                    event_id=event_id,
+                    event_type=event_type,
+                    severity=severity,
+                    payload=body,
+                    now=now,
+                    subject=subject,
+                )
+                for channel_id in wanted
+            ]
+        )
+        after_commit(session, enqueue_dispatch)
+    return event_id
+
+
+async def add_events(session: AsyncSession, events: Sequence[OutboxEvent]) -> list[UUID]:
+    """Write many events in the caller's transaction (routing state read once per project).
+
+    Per event and enabled channel of its project: the channel wants it when the event type is one of
+    its ``event_types`` and ``routing.passes`` (``min_severity``, ``matchers`` over the event's labels).
+    Then (SPEC §13):
+
+    - a channel named in a step of an escalation whose matchers hold over an alert or incident event
+      gets that event only through the escalation's steps, never directly;
+    - a channel with ``group_by`` gets ``ALERT_FIRING``/``ALERT_RESOLVED`` through its alert groups
+      (``group_queries``; the group flush sends them), the resolution even when ``event_types`` leaves
+      it out (the group must learn that the alert stopped firing);
+    - every other wanted channel gets one outbox item;
+    - a firing alert or an opened/reopened incident (re)starts the matching escalations; a resolution
+      or an acknowledgement cancels the steps of its alert or incident not yet sent.
+
+    Registers :func:`enqueue_dispatch` to run after the commit when items were written. The body is
+    ``{"event_id", "event_type", "severity", "occurred_at", "project_id", **payload}``.
+    """
     now = utcnow()
-    body = {
+    routes: dict[UUID, _ProjectRoutes] = {}
+    rows: list[dict[str, Any]] = []
+    group_updates: list[GroupUpdate] = []
+    plan = escalation_rules.EscalationPlan()
+    ids: list[UUID] = []
+    for event in events:
+        _check(event.event_type, event.severity)
+        event_id = event.event_id or uuid.uuid4()
+        ids.append(event_id)
+        project = routes.get(event.project_id)
+        if project is None:
+            project = routes[event.project_id] = await _routes_of(session, event.project_id)
+        labels = routing.event_labels(event.event_type, event.payload)
+        subject = routing.subject_of(event.event_type, event.payload)
+        body = event_body(event_id, event.event_type, event.severity, event.project_id, event.payload, now)
+        matched = project.escalations_of(event.event_type, labels)
+        plan.add(event.project_id, event.event_type, event.severity, subject, body, matched, now)
+        escalated = escalation_rules.step_channels(matched)
+        alert_id = event.payload.get("alert_id")
+        for channel in project.channels:
+            if channel.id in escalated:
+                continue
+            grouped = (
+                channel.group_by is not None and event.event_type in grouping.GROUPED_EVENTS and alert_id
+            )
+            unwanted = channel.event_types is not None and event.event_type not in channel.event_types
+            if unwanted and not (grouped and event.event_type == "ALERT_RESOLVED"):
+                continue
+            if not routing.passes(
+                severity=event.severity,
+                min_severity=channel.min_severity,
+                matchers=channel.matchers,
+                labels=labels,
+            ):
+                continue
+            if grouped:
+                key, group_labels = grouping.group_labels(labels, channel.group_by or ())
+                group_updates.append(
+                    GroupUpdate(
+                        project_id=event.project_id,
+                        channel_id=channel.id,
+                        group_wait=channel.group_wait,
+                        group_key=key,
+                        group_labels=group_labels,
+                        alert_id=UUID(str(alert_id)),
+                        firing=event.event_type == "ALERT_FIRING",
+                        severity=event.severity,
+                        alert=body,
+                    )
+                )
+                continue
+            rows.append(
+                outbox_row(
+                    project_id=event.project_id,
+                    channel_id=channel.id,
+                    event_id=event_id,
+                    event_type=event.event_type,
+                    severity=event.severity,
+                    payload=body,
+                    now=now,
+                    subject=subject,
+                )
+            )
+    if rows:
+        await OutboxRepository(session=session).insert_rows(rows)
+    await GroupQueries(session).apply(group_updates, now)
+    escalated_items = await EscalationQueries(session).apply(plan)
+    if rows or escalated_items:
+        after_commit(session, enqueue_dispatch)
+    return ids
+
+
+def _check(event_type: str, severity: str) -> None:
+    """An unknown event type or severity is a caller's bug: ValueError."""
+    if event_type not in vocabulary.EVENT_TYPES:
+        raise ValueError(f"unknown outbox event type {event_type!r}")
+    vocabulary.Severity(severity)
+
+
+def event_body(
+    event_id: UUID, event_type: str, severity: str, project_id: UUID, payload: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    """What a receiver gets: the envelope, then the emitting domain's fields."""
+    return {
         "event_id": str(event_id),
         "event_type": event_type,
         "severity": severity,
@@ -89,18 +261,27 @@ async def add_event(
         "project_id": str(project_id),
         **payload,
     }
-    await OutboxRepository(session=session).insert_items(
-        project_id=project_id,
-        channel_ids=wanted,
-        event_id=event_id,
-        event_type=event_type,
-        severity=severity,
-        payload=body,
-        now=now,
-        subject=routing.subject_of(event_type, payload),
+
+
+async def _routes_of(session: AsyncSession, project_id: UUID) -> _ProjectRoutes:
+    """The project's enabled channels (matchers compiled) and escalations: read once per write."""
+    channels = await ChannelRepository(session=session).enabled_of_project(project_id)
+    escalations = await EscalationQueries(session).rules_of(project_id)
+    return _ProjectRoutes(
+        escalation_labels=tuple(sorted({m.name for rule in escalations for m in rule.matchers})),
+        channels=[
+            _Route(
+                id=c.id,
+                event_types=frozenset(c.event_types) if c.event_types is not None else None,
+                min_severity=c.min_severity,
+                matchers=routing.compile_matchers(c.matchers),
+                group_by=list(c.group_by) if c.group_by else None,
+                group_wait=c.group_wait,
+            )
+            for c in channels
+        ],
+        escalations=escalations,
     )
-    after_commit(session, enqueue_dispatch)
-    return event_id
 
 
 async def enqueue_dispatch() -> bool:

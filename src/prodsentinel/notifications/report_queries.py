@@ -33,7 +33,10 @@ class NotificationReportQueries:
         row = (
             await self.session.execute(
                 select(OutboxItem, Channel.name)
-                .join(Channel, Channel.id == OutboxItem.channel_id)
+                .join(
+                    Channel,
+                    and_(Channel.project_id == OutboxItem.project_id, Channel.id == OutboxItem.channel_id),
+                )
                 .where(OutboxItem.id == item_id, OutboxItem.project_id == project_id)
             )
         ).first()
@@ -57,7 +60,10 @@ class NotificationReportQueries:
         order_column = OutboxItem.updated_at if order_by_updated else OutboxItem.created_at
         statement: Select[OutboxItem, str] = (
             select(OutboxItem, Channel.name)
-            .join(Channel, Channel.id == OutboxItem.channel_id)
+            .join(
+                Channel,
+                and_(Channel.project_id == OutboxItem.project_id, Channel.id == OutboxItem.channel_id),
+            )
             .where(OutboxItem.project_id == project_id)
         )
         if statuses:
@@ -116,8 +122,7 @@ class NotificationReportQueries:
 
     async def attempt(self, *, project_id: UUID, attempt_id: UUID) -> DeliveryAttempt | None:
         """One ledger row of the project; None if absent."""
-        row = await self.session.get(DeliveryAttempt, attempt_id)
-        return row if row is not None and row.project_id == project_id else None
+        return await self.session.get(DeliveryAttempt, (project_id, attempt_id))
 
     async def status_totals(self, project_id: UUID) -> dict[str, int]:
         rows = await self.session.execute(
@@ -233,16 +238,16 @@ class NotificationReportQueries:
                 LEFT JOIN LATERAL (
                     SELECT count(*) AS attempts, count(*) FILTER (WHERE d.outcome = 'delivered') AS succeeded
                     FROM delivery_attempts AS d
-                    WHERE d.channel_id = c.id AND d.started_at >= :since
+                    WHERE d.project_id = c.project_id AND d.channel_id = c.id AND d.started_at >= :since
                 ) AS h ON true
                 LEFT JOIN LATERAL (
                     SELECT d.started_at FROM delivery_attempts AS d
-                    WHERE d.channel_id = c.id AND d.outcome = 'delivered'
+                    WHERE d.project_id = c.project_id AND d.channel_id = c.id AND d.outcome = 'delivered'
                     ORDER BY d.started_at DESC LIMIT 1
                 ) AS ls ON true
                 LEFT JOIN LATERAL (
                     SELECT d.started_at, d.error_code FROM delivery_attempts AS d
-                    WHERE d.channel_id = c.id AND d.outcome <> 'delivered'
+                    WHERE d.project_id = c.project_id AND d.channel_id = c.id AND d.outcome <> 'delivered'
                     ORDER BY d.started_at DESC LIMIT 1
                 ) AS lf ON true
                 LEFT JOIN LATERAL (
@@ -250,7 +255,7 @@ class NotificationReportQueries:
                                AS pending,
                            count(*) FILTER (WHERE o.status = 'dead') AS dead
                     FROM outbox_items AS o
-                    WHERE o.channel_id = c.id
+                    WHERE o.project_id = c.project_id AND o.channel_id = c.id
                 ) AS q ON true
                 WHERE c.project_id = :project_id {channel_filter}
                 """

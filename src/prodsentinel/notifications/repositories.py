@@ -17,7 +17,7 @@ from uuid import UUID
 
 import uuid_utils.compat as uuid_compat
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
-from sqlalchemy import any_, insert, literal, or_, select, text
+from sqlalchemy import any_, insert, literal, or_, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from prodsentinel.lib.time import utcnow
@@ -36,6 +36,7 @@ __all__ = (
     "ItemResult",
     "OutboxRepository",
     "new_id",
+    "outbox_row",
 )
 
 #: Error code of the ledger row written when a claim expired: the worker died (or stalled) mid-send.
@@ -63,30 +64,44 @@ class ChannelRepository(SQLAlchemyAsyncRepository[Channel]):
         )
         return list(channels)
 
-    async def throttle(self, delays: dict[UUID, float]) -> None:
-        """Pause channels whose receiver asked for it (``Retry-After``): nothing of theirs is claimed
-        before then, while other channels keep going."""
-        for channel_id, seconds in delays.items():
+    async def enabled_of_project(self, project_id: UUID) -> list[Channel]:
+        """The project's enabled channels (the write side routes each event over all of them)."""
+        channels = await self.session.scalars(
+            select(Channel).where(Channel.project_id == project_id, Channel.enabled.is_(True))
+        )
+        return list(channels)
+
+    async def throttle(self, delays: dict[tuple[UUID, UUID], float]) -> None:
+        """Pause channels (keyed ``(project_id, channel_id)``) whose receiver asked for it
+        (``Retry-After``): nothing of theirs is claimed before then, while other channels keep going."""
+        for (project_id, channel_id), seconds in delays.items():
             await self.session.execute(
                 text(
                     """
                     UPDATE notification_channels
                     SET throttled_until = GREATEST(coalesce(throttled_until, now()),
                                                    now() + make_interval(secs => :seconds))
-                    WHERE id = :id
+                    WHERE project_id = :project_id AND id = :id
                     """
                 ),
-                {"id": channel_id, "seconds": float(seconds)},
+                {"project_id": project_id, "id": channel_id, "seconds": float(seconds)},
             )
 
-    async def failure_streaks(self, channel_ids: Sequence[UUID]) -> list[FailureStreak]:
-        """Failed attempts of these (enabled) channels since their last success or re-enabling."""
-        if not channel_ids:
+    async def failure_streaks(self, channel_keys: Sequence[tuple[UUID, UUID]]) -> list[FailureStreak]:
+        """Failed attempts of these ``(project_id, channel_id)`` (enabled) channels since their last
+        success or re-enabling."""
+        if not channel_keys:
             return []
-        rows = await self.session.execute(text(_STREAK_SQL), {"ids": list(channel_ids)})
-        return [FailureStreak(r.channel_id, r.failures, r.first_failure_at, bool(r.gone)) for r in rows]
+        rows = await self.session.execute(
+            text(_STREAK_SQL),
+            {"project_ids": [key[0] for key in channel_keys], "ids": [key[1] for key in channel_keys]},
+        )
+        return [
+            FailureStreak(r.project_id, r.channel_id, r.failures, r.first_failure_at, bool(r.gone))
+            for r in rows
+        ]
 
-    async def disable(self, channel_id: UUID, reason: str) -> Channel | None:
+    async def disable(self, project_id: UUID, channel_id: UUID, reason: str) -> Channel | None:
         """Disable an enabled channel (None when it already was disabled or is gone)."""
         now = utcnow()
         row = await self.session.execute(
@@ -94,15 +109,15 @@ class ChannelRepository(SQLAlchemyAsyncRepository[Channel]):
                 """
                 UPDATE notification_channels
                 SET enabled = false, disabled_reason = :reason, disabled_at = :now, updated_at = :now
-                WHERE id = :id AND enabled
+                WHERE project_id = :project_id AND id = :id AND enabled
                 RETURNING id
                 """
             ),
-            {"id": channel_id, "reason": reason, "now": now},
+            {"project_id": project_id, "id": channel_id, "reason": reason, "now": now},
         )
         if row.scalar_one_or_none() is None:
             return None
-        channel = await self.session.get(Channel, channel_id, populate_existing=True)
+        channel = await self.session.get(Channel, (project_id, channel_id), populate_existing=True)
         return channel
 
     async def of_project(self, project_id: UUID) -> list[Channel]:
@@ -130,6 +145,7 @@ class ChannelRepository(SQLAlchemyAsyncRepository[Channel]):
 class FailureStreak:
     """A channel's failed attempts since its last success (or its re-enabling)."""
 
+    project_id: UUID
     channel_id: UUID
     failures: int
     first_failure_at: datetime
@@ -137,17 +153,19 @@ class FailureStreak:
 
 
 _STREAK_SQL = """
-SELECT c.id AS channel_id, count(a.id) AS failures, min(a.started_at) AS first_failure_at,
+SELECT c.project_id, c.id AS channel_id, count(a.id) AS failures, min(a.started_at) AS first_failure_at,
        bool_or(a.http_status = 410) AS gone
 FROM notification_channels AS c
-JOIN delivery_attempts AS a ON a.channel_id = c.id
-WHERE c.id = ANY(:ids) AND c.enabled
+JOIN delivery_attempts AS a ON a.project_id = c.project_id AND a.channel_id = c.id
+WHERE (c.project_id, c.id) IN (SELECT * FROM unnest(CAST(:project_ids AS uuid[]), CAST(:ids AS uuid[])))
+  AND c.enabled
   AND a.outcome <> 'delivered'
   AND a.started_at > GREATEST(
         coalesce(c.reenabled_at, '-infinity'::timestamptz),
         coalesce((SELECT max(d.started_at) FROM delivery_attempts AS d
-                  WHERE d.channel_id = c.id AND d.outcome = 'delivered'), '-infinity'::timestamptz))
-GROUP BY c.id
+                  WHERE d.project_id = c.project_id AND d.channel_id = c.id AND d.outcome = 'delivered'),
+                 '-infinity'::timestamptz))
+GROUP BY c.project_id, c.id
 """
 
 
@@ -157,21 +175,27 @@ class ChannelStateRepository(SQLAlchemyAsyncRepository[ChannelState]):
     model_type = ChannelState
     id_attribute = "channel_id"
 
-    async def save(self, states: Sequence[tuple[UUID, str, dict[str, Any]]]) -> None:
-        """Upsert ``(channel_id, subject, data)`` rows; the last one of a key wins."""
-        latest = {(channel_id, subject): data for channel_id, subject, data in states}
+    async def save(self, states: Sequence[tuple[UUID, UUID, str, dict[str, Any]]]) -> None:
+        """Upsert ``(project_id, channel_id, subject, data)`` rows; the last one of a key wins."""
+        latest = {(project_id, channel_id, subject): data for project_id, channel_id, subject, data in states}
         if not latest:
             return
         now = utcnow()
         statement = pg_insert(ChannelState).values(
             [
-                {"channel_id": channel_id, "subject": subject, "data": data, "updated_at": now}
-                for (channel_id, subject), data in latest.items()
+                {
+                    "project_id": project_id,
+                    "channel_id": channel_id,
+                    "subject": subject,
+                    "data": data,
+                    "updated_at": now,
+                }
+                for (project_id, channel_id, subject), data in latest.items()
             ]
         )
         await self.session.execute(
             statement.on_conflict_do_update(
-                index_elements=["channel_id", "subject"],
+                index_elements=["project_id", "channel_id", "subject"],
                 set_={"data": statement.excluded.data, "updated_at": now},
             )
         )
@@ -212,6 +236,7 @@ class ItemResult:
     """The new state of one claimed item after its attempt (``status`` retrying/delivered/dead)."""
 
     id: UUID
+    project_id: UUID
     attempt: int
     status: str
     delay_seconds: float
@@ -243,9 +268,9 @@ class Claim:
 
 _CLAIM_SQL = """
 WITH due AS (
-    SELECT o.id, o.status AS prev_status
+    SELECT o.project_id, o.id, o.status AS prev_status
     FROM outbox_items AS o
-    JOIN notification_channels AS c ON c.id = o.channel_id
+    JOIN notification_channels AS c ON c.project_id = o.project_id AND c.id = o.channel_id
     WHERE o.status IN ('pending', 'retrying', 'delivering')
       AND o.next_attempt_at <= now()
       AND c.enabled
@@ -269,7 +294,7 @@ claimed AS (
                                 ELSE o.last_http_status END,
         updated_at = now()
     FROM due
-    WHERE o.id = due.id
+    WHERE o.project_id = due.project_id AND o.id = due.id
     RETURNING o.id, o.project_id, o.channel_id, o.event_id, o.delivery_id, o.attempts, o.status,
               o.payload, due.prev_status, o.event_type, o.severity, o.subject, o.replayed_from_id
 ),
@@ -289,17 +314,19 @@ SELECT cl.id, cl.project_id, cl.channel_id, c.name AS channel_name, cl.event_id,
        c.kind, c.signing, c.slack_channel, c.email_to, cl.event_type, cl.severity, cl.subject,
        cl.replayed_from_id, s.data AS state
 FROM claimed AS cl
-JOIN notification_channels AS c ON c.id = cl.channel_id
-LEFT JOIN notification_channel_state AS s ON s.channel_id = cl.channel_id AND s.subject = cl.subject
+JOIN notification_channels AS c ON c.project_id = cl.project_id AND c.id = cl.channel_id
+LEFT JOIN notification_channel_state AS s
+    ON s.project_id = cl.project_id AND s.channel_id = cl.channel_id AND s.subject = cl.subject
 """
 
 
 _RECORD_SQL = """
 WITH v AS (
     SELECT *
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS integer[]), CAST(:statuses AS text[]),
-                CAST(:delays AS double precision[]), CAST(:http AS integer[]), CAST(:codes AS text[]))
-         AS v(id, attempt, status, delay, http_status, error_code)
+    FROM unnest(CAST(:project_ids AS uuid[]), CAST(:ids AS uuid[]), CAST(:attempts AS integer[]),
+                CAST(:statuses AS text[]), CAST(:delays AS double precision[]), CAST(:http AS integer[]),
+                CAST(:codes AS text[]))
+         AS v(project_id, id, attempt, status, delay, http_status, error_code)
 )
 UPDATE outbox_items AS o
 SET status = v.status,
@@ -311,7 +338,7 @@ SET status = v.status,
     delivered_at = CASE WHEN v.status = 'delivered' THEN now() ELSE o.delivered_at END,
     updated_at = now()
 FROM v
-WHERE o.id = v.id AND o.status = 'delivering' AND o.attempts = v.attempt
+WHERE o.project_id = v.project_id AND o.id = v.id AND o.status = 'delivering' AND o.attempts = v.attempt
 RETURNING o.id
 """
 
@@ -322,46 +349,43 @@ _REPLAY_COLUMNS = """
 """
 
 
+def outbox_row(
+    *,
+    project_id: UUID,
+    channel_id: UUID,
+    event_id: UUID,
+    event_type: str,
+    severity: str,
+    payload: dict[str, Any],
+    now: datetime,
+    subject: str | None,
+) -> dict[str, Any]:
+    """One pending outbox item, due now, with its own ``delivery_id`` (for ``insert_rows``)."""
+    return {
+        "id": new_id(),
+        "project_id": project_id,
+        "channel_id": channel_id,
+        "event_id": event_id,
+        "delivery_id": uuid.uuid4(),
+        "event_type": event_type,
+        "severity": severity,
+        "subject": subject,
+        "payload": payload,
+        "status": OutboxStatus.PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+    }
+
+
 class OutboxRepository(SQLAlchemyAsyncRepository[OutboxItem]):
     """The outbox's writes: new items, the dispatcher's claim and results, replays."""
 
     model_type = OutboxItem
 
-    async def insert_items(
-        self,
-        *,
-        project_id: UUID,
-        channel_ids: Sequence[UUID],
-        event_id: UUID,
-        event_type: str,
-        severity: str,
-        payload: dict[str, Any],
-        now: datetime,
-        subject: str | None = None,
-    ) -> None:
-        """One pending item per channel, due at ``now``, each with its own ``delivery_id``."""
-        if not channel_ids:
-            return
-        await self.session.execute(
-            insert(OutboxItem),
-            [
-                {
-                    "id": new_id(),
-                    "project_id": project_id,
-                    "channel_id": channel_id,
-                    "event_id": event_id,
-                    "delivery_id": uuid.uuid4(),
-                    "event_type": event_type,
-                    "severity": severity,
-                    "subject": subject,
-                    "payload": payload,
-                    "status": OutboxStatus.PENDING,
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                }
-                for channel_id in channel_ids
-            ],
-        )
+    async def insert_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Items built by ``outbox.outbox_row`` (many events at once), in multi-row INSERTs."""
+        for start in range(0, len(rows), 2000):
+            await self.session.execute(insert(OutboxItem), list(rows[start : start + 2000]))
 
     async def claim_due(
         self,
@@ -431,6 +455,7 @@ class OutboxRepository(SQLAlchemyAsyncRepository[OutboxItem]):
         rows = await self.session.execute(
             text(_RECORD_SQL),
             {
+                "project_ids": [r.project_id for r in results],
                 "ids": [r.id for r in results],
                 "attempts": [r.attempt for r in results],
                 "statuses": [r.status for r in results],
@@ -441,31 +466,35 @@ class OutboxRepository(SQLAlchemyAsyncRepository[OutboxItem]):
         )
         return len(rows.all())
 
-    async def kill_active(self, channel_id: UUID, error_code: str) -> int:
+    async def kill_active(self, project_id: UUID, channel_id: UUID, error_code: str) -> int:
         """Every not yet delivered item of the channel goes ``dead`` (its channel was disabled)."""
         rows = await self.session.execute(
             text(
                 """
                 UPDATE outbox_items
                 SET status = 'dead', locked_until = NULL, last_error_code = :code, updated_at = now()
-                WHERE channel_id = :id AND status IN ('pending', 'retrying', 'delivering')
+                WHERE project_id = :project_id AND channel_id = :id
+                  AND status IN ('pending', 'retrying', 'delivering')
                 RETURNING id
                 """
             ),
-            {"id": channel_id, "code": error_code},
+            {"project_id": project_id, "id": channel_id, "code": error_code},
         )
         return len(rows.all())
 
-    async def lock_present(self, item_ids: Sequence[UUID]) -> set[UUID]:
-        """The ids of these outbox items that still exist, key-share locked until the transaction ends.
+    async def lock_present(self, item_keys: Sequence[tuple[UUID, UUID]]) -> set[UUID]:
+        """The ids of these ``(project_id, id)`` outbox items that still exist, key-share locked until the
+        transaction ends.
 
         A channel deleted while its items were being sent takes them with it (cascade); the lock makes a
         concurrent delete wait, so the ledger rows inserted next never point at a vanished item.
         """
-        if not item_ids:
+        if not item_keys:
             return set()
         rows = await self.session.scalars(
-            select(OutboxItem.id).where(OutboxItem.id.in_(item_ids)).with_for_update(key_share=True)
+            select(OutboxItem.id)
+            .where(tuple_(OutboxItem.project_id, OutboxItem.id).in_(list(item_keys)))
+            .with_for_update(key_share=True)
         )
         return set(rows)
 
@@ -506,10 +535,11 @@ class OutboxRepository(SQLAlchemyAsyncRepository[OutboxItem]):
             text(
                 f"""
                 WITH picked AS (
-                    SELECT o.id
+                    SELECT o.project_id, o.id
                     FROM outbox_items AS o
                     WHERE o.project_id = :project_id AND o.status = 'dead' {channel_filter}
-                      AND NOT EXISTS (SELECT 1 FROM outbox_items AS r WHERE r.replayed_from_id = o.id)
+                      AND NOT EXISTS (SELECT 1 FROM outbox_items AS r
+                                      WHERE r.project_id = o.project_id AND r.replayed_from_id = o.id)
                     ORDER BY o.updated_at, o.id
                     LIMIT :limit
                     FOR UPDATE OF o SKIP LOCKED
@@ -517,7 +547,7 @@ class OutboxRepository(SQLAlchemyAsyncRepository[OutboxItem]):
                 INSERT INTO outbox_items ({_REPLAY_COLUMNS})
                 SELECT gen_random_uuid(), o.project_id, o.channel_id, o.event_id, gen_random_uuid(), o.id,
                        o.event_type, o.severity, o.subject, o.payload, 'pending', 0, now(), now(), now()
-                FROM outbox_items AS o JOIN picked USING (id)
+                FROM outbox_items AS o JOIN picked USING (project_id, id)
                 RETURNING id, replayed_from_id
                 """
             ),

@@ -24,6 +24,11 @@ __all__ = (
     "ChannelUpdate",
     "DispatchOut",
     "ErrorCodeCount",
+    "EscalationCreate",
+    "EscalationList",
+    "EscalationOut",
+    "EscalationStepIn",
+    "EscalationUpdate",
     "LatencyOut",
     "MatcherIn",
     "OutboxItemOut",
@@ -82,6 +87,18 @@ class MatcherIn(Struct):
     value: Annotated[str, msgspec.Meta(max_length=1024)]
 
 
+#: A label name to group by; ``...`` groups by every label (one group per label set).
+GroupLabel = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^\S+$")]
+#: Grouping (SPEC §13): the labels whose equal values make a group (duplicates are dropped).
+GroupBy = Annotated[list[GroupLabel], msgspec.Meta(min_length=1, max_length=30)]
+#: Seconds a new group waits for more alerts before its first notification.
+GroupWait = Annotated[int, msgspec.Meta(ge=0, le=86400)]
+#: Seconds at least between two notifications of a group whose alerts changed.
+GroupInterval = Annotated[int, msgspec.Meta(ge=1, le=86400)]
+#: Seconds after which a group whose alerts still fire is notified again.
+RepeatInterval = Annotated[int, msgspec.Meta(ge=1, le=2592000)]
+
+
 #: A non-empty subset of the outbox event types (duplicates are dropped).
 EventTypes = Annotated[list[EventTypeName], msgspec.Meta(min_length=1)]
 
@@ -119,6 +136,11 @@ class ChannelCreate(Struct):
     #: Outbox event names (ALERT_FIRING, ...); null or absent: all events.
     event_types: EventTypes | None = None
     enabled: bool = True
+    #: Opt-in grouping of ALERT_FIRING/ALERT_RESOLVED (SPEC §13); null or absent: one item per event.
+    group_by: GroupBy | None = None
+    group_wait: GroupWait = 30
+    group_interval: GroupInterval = 300
+    repeat_interval: RepeatInterval = 14400
 
 
 class ChannelUpdate(Struct):
@@ -140,6 +162,10 @@ class ChannelUpdate(Struct):
     min_severity: SeverityName | msgspec.UnsetType = msgspec.UNSET
     event_types: EventTypes | msgspec.UnsetType | None = msgspec.UNSET
     enabled: bool | msgspec.UnsetType = msgspec.UNSET
+    group_by: GroupBy | msgspec.UnsetType | None = msgspec.UNSET
+    group_wait: GroupWait | msgspec.UnsetType = msgspec.UNSET
+    group_interval: GroupInterval | msgspec.UnsetType = msgspec.UNSET
+    repeat_interval: RepeatInterval | msgspec.UnsetType = msgspec.UNSET
 
 
 class ErrorCodeCount(Struct):
@@ -197,6 +223,10 @@ class ChannelOut(Struct):
     disabled_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    group_by: list[str] | None = None
+    group_wait: int = 30
+    group_interval: int = 300
+    repeat_interval: int = 14400
     health: ChannelHealth | None = None
 
 
@@ -313,3 +343,63 @@ class ReplayDeadOut(Struct):
     count: int
     ids: list[UUID]
     replayed_from_ids: list[UUID]
+
+
+# --- escalation policies (SPEC §13) -----------------------------------------------------------------
+
+#: Seconds from the start of a round (step 0: 0, then strictly ascending).
+StepDelay = Annotated[int, msgspec.Meta(ge=0, le=604800)]
+
+
+class EscalationStepIn(Struct):
+    """One step: who is notified, ``after_seconds`` after the escalation (or its round) started."""
+
+    after_seconds: StepDelay
+    channel_ids: Annotated[list[UUID], msgspec.Meta(min_length=1, max_length=20)]
+
+
+EscalationSteps = Annotated[list[EscalationStepIn], msgspec.Meta(min_length=1, max_length=20)]
+#: Further rounds of the steps after the first (0: the steps run once).
+EscalationRepeat = Annotated[int, msgspec.Meta(ge=0, le=20)]
+#: Seconds between a round's last step and the next round's step 0.
+RepeatAfter = Annotated[int, msgspec.Meta(ge=1, le=604800)]
+
+
+class EscalationCreate(Struct):
+    """An escalation policy: while a matching alert fires (or incident is open) and nobody acknowledged
+    it, step 0 is notified at once and each later step ``after_seconds`` after the start; ``repeat``
+    runs the steps again that many times, each round ``repeat_after_seconds`` after the previous
+    round's last step. The channels named in the steps get matching alerts and incidents only
+    through the steps. ``matchers`` (SPEC §7) over the event's labels; empty: every alert and incident."""
+
+    name: ChannelName
+    steps: EscalationSteps
+    matchers: list[MatcherIn] = msgspec.field(default_factory=list)
+    repeat: EscalationRepeat = 0
+    repeat_after_seconds: RepeatAfter = 300
+
+
+class EscalationUpdate(Struct):
+    """Partial update: absent fields are kept. Steps already scheduled keep the plan they were made
+    with; the change applies to the next firing or opening."""
+
+    name: ChannelName | msgspec.UnsetType = msgspec.UNSET
+    steps: EscalationSteps | msgspec.UnsetType = msgspec.UNSET
+    matchers: list[MatcherIn] | msgspec.UnsetType = msgspec.UNSET
+    repeat: EscalationRepeat | msgspec.UnsetType = msgspec.UNSET
+    repeat_after_seconds: RepeatAfter | msgspec.UnsetType = msgspec.UNSET
+
+
+class EscalationOut(Struct):
+    id: UUID
+    name: str
+    matchers: list[MatcherIn]
+    steps: list[EscalationStepIn]
+    repeat: int
+    repeat_after_seconds: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class EscalationList(Struct):
+    items: list[EscalationOut]

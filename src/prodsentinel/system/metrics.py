@@ -35,6 +35,7 @@ from prodsentinel.auth.guards import requires_scope
 from prodsentinel.auth.scopes import Scope
 from prodsentinel.lib import vocabulary
 from prodsentinel.lib.database import SESSION_MAKER_STATE_KEY, session_scope
+from prodsentinel.notifications.grouping import REASONS as GROUP_REASONS
 from prodsentinel.settings import Settings
 from prodsentinel.system.state_queries import LATENCY_BUCKETS_SECONDS, StoredState, StoredStateQueries
 
@@ -110,6 +111,11 @@ class HttpMetricsMiddleware(PrometheusMiddleware):
         if not self._fast or scope["type"] != ScopeType.HTTP:
             await super().__call__(scope, receive, send)
             return
+        await self.observe(scope, receive, send, self.app)
+
+    async def observe(self, scope: ASGIScope, receive: Receive, send: Send, app: ASGIApp) -> None:
+        """Run ``app`` counted and timed as this middleware counts (also used by the ingest fast path,
+        ``ingest.fast_path``, which serves below Litestar's middleware stack)."""
         http: dict[str, Any] = scope  # type: ignore[assignment]
         method: str = http["method"]
         path: str = http["path_template"] if self._config.group_path else http["path"]
@@ -132,7 +138,7 @@ class HttpMetricsMiddleware(PrometheusMiddleware):
 
         in_progress.inc()
         try:
-            await self.app(scope, receive, wrapped_send)
+            await app(scope, receive, wrapped_send)
         finally:
             in_progress.dec()
             status = int(span[0])
@@ -225,6 +231,11 @@ class StoredStateCollector(Collector):
             "Silences in force now (started, not ended, not expired), all projects.",
             value=state.silences_active,
         )
+        inhibited = GaugeMetricFamily(
+            "prodsentinel_alerts_inhibited",
+            "Firing alerts whose ALERT_FIRING an inhibit rule holds back (not yet announced), all projects.",
+            value=state.alerts_inhibited,
+        )
         attempts = CounterMetricFamily(
             "prodsentinel_notifications_attempts",
             "Webhook delivery attempts in the ledger, by channel name and outcome (delivered|retry|dead).",
@@ -262,7 +273,34 @@ class StoredStateCollector(Collector):
         )
         for loop, timestamp in sorted(state.scheduler_ticks.items()):
             ticks.add_metric([loop], timestamp)
-        return [up, incidents, alerts, transitions, silences, attempts, latency, pending, dead, oldest, ticks]
+        grouped = CounterMetricFamily(
+            "prodsentinel_notifications_grouped",
+            "Group notifications written (SPEC §13), by reason, all projects.",
+            labels=["reason"],
+        )
+        for reason in [*GROUP_REASONS, *sorted(set(state.grouped) - set(GROUP_REASONS))]:
+            grouped.add_metric([reason], state.grouped.get(reason, 0))
+        steps = CounterMetricFamily(
+            "prodsentinel_escalation_steps",
+            "Escalation step notifications sent (SPEC §13), by step index (0 = first), all projects.",
+            labels=["step"],
+        )
+        for step, count in sorted(state.escalation_steps.items(), key=lambda kv: int(kv[0])):
+            steps.add_metric([step], count)
+        families = [
+            up,
+            incidents,
+            alerts,
+            transitions,
+            silences,
+            inhibited,
+            attempts,
+            latency,
+            pending,
+            dead,
+            oldest,
+        ]
+        return [*families, ticks, grouped, steps]
 
 
 def _with_known(found: dict[str, int]) -> list[str]:

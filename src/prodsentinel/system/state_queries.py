@@ -35,6 +35,7 @@ class StoredState:
     alerts_active: dict[str, int] = field(default_factory=dict)
     alert_transitions: int = 0
     silences_active: int = 0
+    alerts_inhibited: int = 0
     #: (channel name, outcome) -> attempts
     attempts: dict[tuple[str, str], int] = field(default_factory=dict)
     #: cumulative counts, one per LATENCY_BUCKETS_SECONDS bound
@@ -46,6 +47,9 @@ class StoredState:
     outbox_oldest_pending_age_seconds: float = 0.0
     #: loop -> unix seconds of the last tick
     scheduler_ticks: dict[str, float] = field(default_factory=dict)
+    #: grouped notifications by reason; escalation step notifications by step index (SPEC §13)
+    grouped: dict[str, int] = field(default_factory=dict)
+    escalation_steps: dict[str, int] = field(default_factory=dict)
 
 
 def _latency_columns() -> str:
@@ -73,18 +77,28 @@ SELECT
     AS alert_transitions,
   (SELECT count(*) FROM silences
     WHERE expired_at IS NULL AND starts_at <= now() AND ends_at > now()) AS silences_active,
+  (SELECT count(*) FROM alerts WHERE state = 'firing' AND inhibited_by IS NOT NULL) AS alerts_inhibited,
   (SELECT coalesce(jsonb_agg(jsonb_build_array(coalesce(c.name, a.channel_id::text), a.outcome, a.n,
                                                 a.buckets, a.total_ms)), '[]'::jsonb)
-     FROM (SELECT channel_id, outcome, count(*) AS n, jsonb_build_array({_latency_columns()}) AS buckets,
+     FROM (SELECT project_id, channel_id, outcome, count(*) AS n,
+                  jsonb_build_array({_latency_columns()}) AS buckets,
                   coalesce(sum(duration_ms), 0) AS total_ms
-             FROM delivery_attempts GROUP BY channel_id, outcome) AS a
-     LEFT JOIN notification_channels AS c ON c.id = a.channel_id) AS attempts,
+             FROM delivery_attempts GROUP BY project_id, channel_id, outcome) AS a
+     LEFT JOIN notification_channels AS c ON c.project_id = a.project_id AND c.id = a.channel_id)
+     AS attempts,
   (SELECT count(*) FROM outbox_items WHERE status IN ({_WAITING})) AS outbox_pending,
   (SELECT count(*) FROM outbox_items WHERE status = 'dead') AS outbox_dead,
   (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox_items
     WHERE status IN ({_WAITING})) AS outbox_oldest_pending_age,
   (SELECT coalesce(jsonb_object_agg(loop, extract(epoch FROM last_tick_at)), '{{}}'::jsonb)
-     FROM scheduler_ticks) AS scheduler_ticks
+     FROM scheduler_ticks) AS scheduler_ticks,
+  (SELECT coalesce(jsonb_object_agg(label, n), '{{}}'::jsonb)
+     FROM (SELECT label, sum(value) AS n FROM notification_counters WHERE name = 'grouped'
+            GROUP BY label) AS g)
+     AS grouped,
+  (SELECT coalesce(jsonb_object_agg(label, n), '{{}}'::jsonb)
+     FROM (SELECT label, sum(value) AS n FROM notification_counters WHERE name = 'escalation_step'
+            GROUP BY label) AS e) AS escalation_steps
 """
 
 
@@ -114,6 +128,7 @@ class StoredStateQueries:
             alerts_active={str(k): int(v) for k, v in row["alerts_active"].items()},
             alert_transitions=int(row["alert_transitions"]),
             silences_active=int(row["silences_active"]),
+            alerts_inhibited=int(row["alerts_inhibited"]),
             attempts=attempts,
             latency_buckets=buckets,
             latency_count=latency_count,
@@ -122,4 +137,6 @@ class StoredStateQueries:
             outbox_dead=int(row["outbox_dead"]),
             outbox_oldest_pending_age_seconds=max(0.0, float(row["outbox_oldest_pending_age"])),
             scheduler_ticks={str(k): float(v) for k, v in row["scheduler_ticks"].items()},
+            grouped={str(k): int(v) for k, v in row["grouped"].items()},
+            escalation_steps={str(k): int(v) for k, v in row["escalation_steps"].items()},
         )
