@@ -195,8 +195,8 @@ async def query_latencies(port: int, key: str, dsn: str, repeats: int) -> dict[s
 async def dedup_options(dsn: str, project: uuid.UUID, repeats: int) -> dict[str, float]:
     """Milliseconds per batch of 1,000 new keys for each way of finding already stored signal ids.
 
-    - window (chosen): the writer's probe, ``signal_id`` within 24 h of the row's timestamp (pruned to
-      the one or two partitions around it);
+    - window (chosen): the writer's probe, ``signal_id`` from 24 h before the batch's time on (pruned
+      to the partitions from there);
     - every partition: ``signal_id`` anywhere (one index descent per key in every partition);
     - key table: ``INSERT .. ON CONFLICT DO NOTHING`` of the keys into one global
       ``(project_id, signal_id)`` table holding every stored key (built here from ``logs``), committed
@@ -217,7 +217,7 @@ async def dedup_options(dsn: str, project: uuid.UUID, repeats: int) -> dict[str,
             ids = [uuid.uuid4() for _ in range(1000)]
             now = datetime.now(UTC)
             started = time.perf_counter()
-            await connection.fetch(LOGS.existing_sql, project, ids, now, now)
+            await connection.fetch(LOGS.existing_sql, project, ids, now)
             timings["window"].append(time.perf_counter() - started)
             started = time.perf_counter()
             await connection.fetch(
