@@ -9,8 +9,9 @@ them at the end)::
     uv run python bench/query_plans.py postgresql+asyncpg://postgres@127.0.0.1:5432/ps_plans
 
 It runs the repository methods themselves (the SQL the API sends) and, for each SELECT, first runs
-``EXPLAIN (ANALYZE, COSTS OFF)`` with the same parameters; the retention DELETE is explained inside a
-rolled-back transaction.
+``EXPLAIN (ANALYZE, COSTS OFF)`` with the same parameters. It also explains the statements of the write
+path's duplicate probe and of the incident grouping pass that read the signal tables (docs/query.md
+"Indexes of the signal tables"). Retention drops partitions and has no statement over rows to explain.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from sqlalchemy import delete, event, text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from prodsentinel.auth.models import Project
+from prodsentinel.incidents.grouping_queries import SOURCES, GroupingQueries
 from prodsentinel.signals.models import LogRecord, MetricPoint, Span
+from prodsentinel.signals.partition_queries import PartitionQueries
+from prodsentinel.signals.partitions import DEFAULT_INTERVAL_SECONDS, PARTITIONED, ranges_between
 from prodsentinel.signals.read_queries import LogQuery, MetricSeriesQuery, SignalReadQueries, SpanQuery
-from prodsentinel.signals.retention_queries import RetentionQueries
 
 PROJECTS = [uuid.UUID(int=0xB3AC4 * 16 + i) for i in range(5)]
 P = PROJECTS[2]
@@ -62,6 +65,12 @@ async def main(url: str) -> None:
     engine = create_async_engine(url)
     session_maker = async_sessionmaker(engine, expire_on_commit=False)
     ids = PROJECTS
+    now = datetime.now(UTC)
+    async with session_maker() as session:  # the seed reaches back ~2.3 days
+        starts = ranges_between(now - timedelta(days=3), now, DEFAULT_INTERVAL_SECONDS)
+        for table in PARTITIONED.values():
+            await PartitionQueries(session).ensure(table, starts, DEFAULT_INTERVAL_SECONDS)
+        await session.commit()
     async with engine.begin() as connection:
         for statement in filter(str.strip, SEED.split(";")):
             await connection.execute(text(statement), {"ids": ids} if ":ids" in statement else {})
@@ -69,14 +78,13 @@ async def main(url: str) -> None:
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute", retval=True)
     def explain(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> Any:
-        if statement.lstrip().upper().startswith(("SELECT", "DELETE")):
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")) and "pg_" not in statement:
             cursor.execute("EXPLAIN (ANALYZE, COSTS OFF) " + statement, parameters)
             for row in cursor.fetchall():
                 if not row[0].lstrip().startswith(("Buffers", "Heap Blocks", "Batches", "Sort Method")):
                     print("   ", row[0])
         return statement, parameters
 
-    now = datetime.now(UTC)
     deep = (now - timedelta(hours=40), 10**12)
     try:
         async with session_maker() as session:
@@ -128,8 +136,18 @@ async def main(url: str) -> None:
             for name, call in cases.items():
                 print(f"== {name}")
                 await call
-            print("== retention: one 5,000-row chunk of logs (rolled back)")
-            await RetentionQueries(session).delete_expired("logs", now - timedelta(hours=12), 5_000)
+            grouping = GroupingQueries(session)
+            for source in SOURCES.values():
+                print(f"== grouping: next 5,000 new {source.table} errors by id")
+                await grouping.new_error_groups(source, after_id=0, limit=5_000)
+            print("== ingest: duplicate probe of 1,000 new keys (signals.writes, fast path)")
+            probe = text(
+                "SELECT signal_id FROM logs WHERE project_id = :p AND signal_id = ANY(CAST(:ids AS uuid[])) "
+                "AND timestamp > CAST(:lo AS timestamptz) - interval '24 hours' "
+                "AND timestamp < CAST(:hi AS timestamptz) + interval '24 hours'"
+            )
+            keys = [uuid.uuid4() for _ in range(1000)]
+            await session.execute(probe, {"p": P, "ids": keys, "lo": now, "hi": now})
             await session.rollback()
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", explain)

@@ -24,6 +24,8 @@ from prodsentinel.ingest.schemas import LogIn, MetricIn, SpanIn
 from prodsentinel.lib.database import session_scope
 from prodsentinel.notifications.models import Channel
 from prodsentinel.signals.models import LogRecord, MetricPoint, Span
+from prodsentinel.signals.partition_queries import PartitionQueries
+from prodsentinel.signals.partitions import DEFAULT_INTERVAL_SECONDS, PARTITIONED, ranges_for
 
 # --- ingest: wire structs of SPEC §4 -----------------------------------------------------------------
 
@@ -103,6 +105,8 @@ class _RowFactory(SQLAlchemyFactory[Any]):
 
 class LogFactory(_RowFactory):
     __model__ = LogRecord
+    # The time column is part of the primary key (partitioned table): build it; ``id`` stays out (_columns).
+    __set_primary_key__ = True
 
     signal_id = Use(uuid4)
     trace_id = None
@@ -116,6 +120,8 @@ class LogFactory(_RowFactory):
 
 class SpanFactory(_RowFactory):
     __model__ = Span
+    # The time column is part of the primary key (partitioned table): build it; ``id`` stays out (_columns).
+    __set_primary_key__ = True
 
     signal_id = Use(uuid4)
     trace_id = Use(lambda: uuid4().hex)
@@ -130,6 +136,8 @@ class SpanFactory(_RowFactory):
 
 class MetricFactory(_RowFactory):
     __model__ = MetricPoint
+    # The time column is part of the primary key (partitioned table): build it; ``id`` stays out (_columns).
+    __set_primary_key__ = True
 
     signal_id = Use(uuid4)
     service_name = Use(_service)
@@ -253,9 +261,17 @@ def channel_row(project_id: UUID, **overrides: Any) -> dict[str, Any]:
 async def insert_rows(
     session_maker: async_sessionmaker[AsyncSession], model: Any, rows: Sequence[dict[str, Any]]
 ) -> list[Any]:
-    """Insert ``rows`` into ``model``'s table in one statement and commit; returns their ids in row order."""
+    """Insert ``rows`` into ``model``'s table in one statement and commit; returns their ids in row order.
+
+    For a signal table, the partitions the rows' timestamps need are created first (as ingest does).
+    """
     if not rows:
         return []
+    table = PARTITIONED.get(model.__tablename__)
+    if table is not None:
+        starts = ranges_for((row[table.time_column] for row in rows), DEFAULT_INTERVAL_SECONDS)
+        async with session_scope(session_maker) as session:
+            await PartitionQueries(session).ensure(table, starts, DEFAULT_INTERVAL_SECONDS)
     async with session_scope(session_maker) as session:
         result = await session.execute(insert(model).values(list(rows)).returning(model.id))
         return [row_id for (row_id,) in result.all()]

@@ -66,6 +66,17 @@ def _parse_positive_float(raw: str) -> float:
     return value
 
 
+def _parse_partition_interval(raw: str) -> int:
+    """``<N>h`` or ``<N>d`` (1 hour to 31 days) as seconds; partitions are aligned to multiples of it."""
+    match = re.fullmatch(r"\s*(\d+)\s*([hd])\s*", raw.lower())
+    if not match:
+        raise ValueError("expected <hours>h or <days>d, e.g. 1d (daily partitions) or 6h")
+    seconds = int(match.group(1)) * (3600 if match.group(2) == "h" else 86_400)
+    if not 3600 <= seconds <= 31 * 86_400:
+        raise ValueError("expected an interval from 1h to 31d")
+    return seconds
+
+
 def _parse_port(raw: str) -> int:
     value = int(raw)
     if not 0 < value < 65536:
@@ -171,6 +182,8 @@ class Settings:
     retention_days_logs: int = field(default=14, metadata=_env("PRODSENTINEL_RETENTION_DAYS_LOGS"))
     retention_days_spans: int = field(default=14, metadata=_env("PRODSENTINEL_RETENTION_DAYS_SPANS"))
     retention_days_metrics: int = field(default=30, metadata=_env("PRODSENTINEL_RETENTION_DAYS_METRICS"))
+    #: Width of one time partition of the signal tables, in seconds (env: ``1d``, ``6h``, ``7d``...).
+    partition_interval_seconds: int = field(default=86_400, metadata=_env("PRODSENTINEL_PARTITION_INTERVAL"))
     rate_limit: str = field(default="600/minute", metadata=_env("PRODSENTINEL_RATE_LIMIT"))
     max_body_bytes: int = field(default=10 * 1024 * 1024, metadata=_env("PRODSENTINEL_MAX_BODY_BYTES"))
     max_batch_items: int = field(default=10_000, metadata=_env("PRODSENTINEL_MAX_BATCH_ITEMS"))
@@ -296,6 +309,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "retention_days_logs": _parse_positive_int,
     "retention_days_spans": _parse_positive_int,
     "retention_days_metrics": _parse_positive_int,
+    "partition_interval_seconds": _parse_partition_interval,
     "rate_limit": lambda raw: (parse_rate_limit(raw), raw.strip())[1],
     "max_body_bytes": _parse_positive_int,
     "max_batch_items": _parse_positive_int,

@@ -32,9 +32,8 @@ GLOBAL_PREFIXES = ("saq_",)
 #: across all projects). Small and rarely written. See docs/scaling.md.
 CREDENTIAL_TABLES = frozenset({"api_keys", "memberships", "user_sessions"})
 
-#: Converted by the storage change (time-partitioned signal tables; their keys will be
-#: (project_id, ..., partition key)). The lead removes this exclusion at merge.
-NOT_YET_CONVERTED = frozenset({"logs", "spans", "metric_points"})
+#: No exclusion left: the time-partitioned signal tables key on (project_id, ..., partition key) too.
+NOT_YET_CONVERTED: frozenset[str] = frozenset()
 
 _TABLES_SQL = """
 SELECT c.oid, c.relname,

@@ -61,7 +61,7 @@ class AnalysisQueries:
                        s.end_time, max(t.depth) AS depth
                 FROM tree t JOIN spans s ON s.project_id = :pid AND s.id = t.id
                 WHERE s.status = {_ERROR_STATUS}
-                GROUP BY s.id
+                GROUP BY s.project_id, s.start_time, s.id  -- the primary key
                 ORDER BY max(t.depth) DESC, s.start_time, s.id
                 LIMIT :limit
                 """

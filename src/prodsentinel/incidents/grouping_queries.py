@@ -146,8 +146,17 @@ class GroupingQueries:
         )
 
     async def max_signal_id(self, source: SignalSource) -> int:
-        """Largest committed id of the signal table (a backward index scan of the primary key)."""
-        value = await self.session.scalar(text(f"SELECT coalesce(max(id), 0) FROM {source.table}"))
+        """Largest id allocated so far by the signal table's identity sequence (0 before any).
+
+        Every committed id is at most this, and every id up to it was allocated before now, which is all
+        the checkpoint needs. Read from the sequence because the partitioned table has no index on
+        ``id`` alone (the primary key leads with ``project_id``); ``max(id)`` would scan every partition.
+        """
+        value = await self.session.scalar(
+            text(
+                f"SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('{source.table}', 'id')), 0)"
+            )
+        )
         return int(value or 0)
 
     async def new_error_groups(self, source: SignalSource, *, after_id: int, limit: int) -> list[ErrorGroup]:
@@ -201,7 +210,8 @@ class GroupingQueries:
                     (project_id, fingerprint, source, signal_pk, ts, trace_id, service_name, level)
                 SELECT s.project_id, b.fp, :source, s.id, s.{source.ts_column}, s.trace_id, s.service_name,
                        {source.level_expr}
-                FROM batch b JOIN {source.table} s ON s.id = b.id
+                -- the error filter lets the planner use the partial error index on id
+                FROM batch b JOIN {source.table} s ON s.id = b.id AND s.{source.error_filter}
                 ON CONFLICT (project_id, source, signal_pk) DO NOTHING
                 RETURNING project_id, fingerprint, ts, trace_id, level
             ),

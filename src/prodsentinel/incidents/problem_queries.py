@@ -553,7 +553,7 @@ class ProblemQueries:
                         JOIN incidents i ON i.project_id = o.project_id AND i.fingerprint = o.fingerprint
                         WHERE o.project_id = :pid AND o.source = 'span' AND o.signal_pk = s.id) AS incident_id
                 FROM up JOIN spans s ON s.project_id = :pid AND s.id = up.origin
-                GROUP BY s.id
+                GROUP BY s.project_id, s.start_time, s.id  -- the primary key
                 ORDER BY max(up.depth) DESC, s.end_time, s.id
                 LIMIT 1
                 """

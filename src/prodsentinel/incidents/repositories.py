@@ -104,8 +104,8 @@ class IncidentRepository(SQLAlchemyAsyncRepository[Incident]):
 
     async def sample_logs(self, incident: Incident, limit: int) -> list[LogRecord]:
         """The incident's most recent log occurrences still in the occurrences table."""
-        ids = (
-            select(IncidentOccurrence.signal_pk)
+        keys = (
+            select(IncidentOccurrence.ts, IncidentOccurrence.signal_pk)
             .where(
                 IncidentOccurrence.project_id == incident.project_id,
                 IncidentOccurrence.fingerprint == incident.fingerprint,
@@ -116,14 +116,18 @@ class IncidentRepository(SQLAlchemyAsyncRepository[Incident]):
         )
         statement = (
             select(LogRecord)
-            .where(LogRecord.project_id == incident.project_id, LogRecord.id.in_(ids))
+            .where(
+                LogRecord.project_id == incident.project_id,
+                # (time, id): the primary key, pruned to the partitions of the occurrences
+                tuple_(LogRecord.timestamp, LogRecord.id).in_(keys),
+            )
             .order_by(LogRecord.timestamp.desc())
         )
         return list(await self.session.scalars(statement))
 
     async def sample_spans(self, incident: Incident, limit: int) -> list[Span]:
-        ids = (
-            select(IncidentOccurrence.signal_pk)
+        keys = (
+            select(IncidentOccurrence.ts, IncidentOccurrence.signal_pk)
             .where(
                 IncidentOccurrence.project_id == incident.project_id,
                 IncidentOccurrence.fingerprint == incident.fingerprint,
@@ -134,7 +138,11 @@ class IncidentRepository(SQLAlchemyAsyncRepository[Incident]):
         )
         statement = (
             select(Span)
-            .where(Span.project_id == incident.project_id, Span.id.in_(ids))
+            .where(
+                Span.project_id == incident.project_id,
+                # (time, id): the primary key, pruned to the partitions of the occurrences
+                tuple_(Span.start_time, Span.id).in_(keys),
+            )
             .order_by(Span.start_time.desc())
         )
         return list(await self.session.scalars(statement))

@@ -344,7 +344,12 @@ class Ingestor:
         max_rows = max(settings.max_batch_items, 20_000)
         self.writers = {
             name: TableWriter(
-                pool, kind.table, self.budget, max_rows=max_rows, on_committed=self._notifier.request
+                pool,
+                kind.table,
+                self.budget,
+                max_rows=max_rows,
+                on_committed=self._notifier.request,
+                partition_interval_seconds=settings.partition_interval_seconds,
             )
             for name, kind in KINDS.items()
         }

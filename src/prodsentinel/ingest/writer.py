@@ -23,6 +23,7 @@ import asyncpg
 import structlog
 
 from prodsentinel.lib.unavailable import is_database_unavailable
+from prodsentinel.signals.partitions import DEFAULT_INTERVAL_SECONDS
 from prodsentinel.signals.writes import Key, SignalTable, write_rows
 
 __all__ = ("PendingBudget", "Submission", "TableWriter", "WriterClosedError")
@@ -82,6 +83,7 @@ class TableWriter:
         max_rows: int,
         on_committed: Callable[[], None],
         flushers: int = 2,
+        partition_interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
     ) -> None:
         self._pool = pool
         self._table = table
@@ -89,6 +91,7 @@ class TableWriter:
         self._max_rows = max_rows
         self._on_committed = on_committed
         self._flushers = flushers
+        self._partition_interval = partition_interval_seconds
         self._queue: deque[Submission] = deque()
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -194,7 +197,9 @@ class TableWriter:
                     unique_rows.append(row)
         unique_rows.sort(key=_sort_key)
         async with self._pool.acquire() as connection:
-            existing = await write_rows(connection, self._table, unique_rows)
+            existing = await write_rows(
+                connection, self._table, unique_rows, interval_seconds=self._partition_interval
+            )
         accepted = [0] * len(batch)
         for key, position in owner.items():
             if key not in existing:

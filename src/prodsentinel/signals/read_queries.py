@@ -6,7 +6,7 @@ comparisons, ``date_bin`` buckets, ``percentile_cont`` and multi-table aggregate
 PostgreSQL. Every statement filters by ``project_id`` first, so each one is served by a
 ``(project_id, ...)`` index (see docs/query.md).
 
-Write SQL (ingest) lives in ``signals.writes``, retention's DELETE in ``signals.retention_queries``.
+Write SQL (ingest) lives in ``signals.writes``, partition DDL in ``signals.partition_queries``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,13 @@
-"""Retention: delete signals older than ``PRODSENTINEL_RETENTION_DAYS_*``, in bounded chunks.
+"""Retention and partition upkeep: drop whole expired partitions, create the coming ones ahead.
 
-The ``purge_expired_signals`` job calls :func:`run_retention`, which owns its units of work (one short
-transaction per chunk, see its docstring); the DELETE itself is ``RetentionQueries.delete_expired``.
+Signal tables are partitioned by time (``signals.partitions``), so retention never deletes row by row:
+a partition whose upper bound is at or before ``now - PRODSENTINEL_RETENTION_DAYS_*`` is detached and
+dropped, which costs the same for ten rows or ten million and writes no WAL per row. A partition that
+straddles the cutoff is kept until all of it has expired: rows live up to one partition interval past
+their retention (README "Configuration").
+
+``run_retention`` is the ``purge_expired_signals`` job's pass; ``create_partitions_ahead`` the
+``create_signal_partitions`` job's. Both are idempotent: a killed run leaves its work to the next.
 """
 
 from __future__ import annotations
@@ -14,31 +20,36 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prodsentinel.lib.database import session_scope
+from prodsentinel.lib.jobs import try_lease
 from prodsentinel.lib.time import utcnow
 from prodsentinel.settings import Settings
-from prodsentinel.signals.retention_queries import RETENTION_TABLES, RetentionQueries
+from prodsentinel.signals.partition_queries import PartitionQueries, drop_partition
+from prodsentinel.signals.partitions import PARTITIONED, ranges_between
 
 __all__ = (
-    "PURGE_CHUNK_SIZE",
+    "PARTITIONS_AHEAD",
     "PURGE_TIME_BUDGET_SECONDS",
     "PurgeReport",
+    "create_partitions_ahead",
     "retention_cutoffs",
     "run_retention",
 )
 
 logger = structlog.get_logger("prodsentinel.signals.retention")
 
-#: Retention deletes at most this many rows per statement (and transaction).
-PURGE_CHUNK_SIZE = 5_000
 #: One retention run stops after this long; the next run carries on.
 PURGE_TIME_BUDGET_SECONDS = 600.0
+#: Partitions exist this many intervals ahead of now (and ingest creates any other on demand).
+PARTITIONS_AHEAD = 3
+PARTITION_LEASE = "signals:partitions"
 
 
 @dataclass(slots=True)
 class PurgeReport:
-    """Rows deleted per table; ``complete`` is False when the time budget ran out first."""
+    """Partitions dropped per table; ``complete`` is False when the time budget ran out first or a
+    partition could not be dropped this time (lock timeout)."""
 
-    deleted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RETENTION_TABLES, 0))
+    dropped: dict[str, list[str]] = field(default_factory=lambda: {table: [] for table in PARTITIONED})
     complete: bool = True
 
 
@@ -55,29 +66,54 @@ async def run_retention(
     settings: Settings,
     *,
     now: datetime | None = None,
-    chunk_size: int = PURGE_CHUNK_SIZE,
     time_budget_seconds: float = PURGE_TIME_BUDGET_SECONDS,
 ) -> PurgeReport:
-    """Delete signals older than their retention (the only DELETE path of the signal tables).
+    """Drop every partition wholly older than its table's retention (the only removal of signals).
 
-    Like every background pass it owns its units of work: each chunk of at most ``chunk_size`` rows
-    is its own short transaction, so a purge of millions of rows never holds locks or builds one
-    huge WAL record set, and concurrent ingest and queries are never blocked for long. It is
-    idempotent: a killed run leaves the remaining expired rows to the next one.
+    Each drop is its own autocommit unit (``partition_queries.drop_partition``); a partition that cannot
+    get its lock within the lock timeout is left for the next run.
     """
     cutoffs = retention_cutoffs(settings, now or utcnow())
     report = PurgeReport()
     deadline = time.monotonic() + time_budget_seconds
-    for table, cutoff in cutoffs.items():
-        while True:
-            async with session_scope(session_maker) as session:
-                deleted = await RetentionQueries(session).delete_expired(table, cutoff, chunk_size)
-            report.deleted[table] += deleted
-            if deleted < chunk_size:
-                break
+    for table_name, cutoff in cutoffs.items():
+        table = PARTITIONED[table_name]
+        async with session_scope(session_maker) as session:
+            queries = PartitionQueries(session)
+            pending = await queries.pending_detach(table)
+            expired = [p.name for p in await queries.attached(table) if p.upper <= cutoff]
+        for name, is_pending in [*((n, True) for n in pending), *((n, False) for n in expired)]:
             if time.monotonic() > deadline:
                 report.complete = False
-                logger.info("retention_budget_exhausted", deleted=report.deleted)  # the next run carries on
+                logger.info("retention_budget_exhausted", dropped=report.dropped)  # the next run carries on
                 return report
-    logger.info("retention_purged", deleted=report.deleted)
+            try:
+                async with session_maker() as session:
+                    connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+                    await drop_partition(connection, table, name, pending=is_pending)
+            except Exception:
+                report.complete = False
+                logger.warning("retention_drop_failed", table=table_name, partition=name, exc_info=True)
+                continue
+            report.dropped[table_name].append(name)
+    logger.info("retention_dropped", dropped=report.dropped)
     return report
+
+
+async def create_partitions_ahead(
+    session_maker: async_sessionmaker[AsyncSession], settings: Settings, *, now: datetime | None = None
+) -> bool:
+    """Create the partitions of the current and the next ``PARTITIONS_AHEAD`` intervals of every table.
+
+    Under a lease (one creator across every worker process); returns False when another holds it.
+    """
+    now = now or utcnow()
+    interval = settings.partition_interval_seconds
+    starts = ranges_between(now, now + timedelta(seconds=interval * PARTITIONS_AHEAD), interval)
+    async with session_scope(session_maker) as session:
+        if not await try_lease(session, PARTITION_LEASE):
+            return False
+        queries = PartitionQueries(session)
+        for table in PARTITIONED.values():
+            await queries.ensure(table, starts, interval)
+    return True
