@@ -222,7 +222,9 @@ class ProblemQueries:
         return previous
 
     async def restore_plan_mode(self, previous: str) -> None:
-        await self.session.execute(text("SELECT set_config('plan_cache_mode', :mode, true)"), {"mode": previous})
+        await self.session.execute(
+            text("SELECT set_config('plan_cache_mode', :mode, true)"), {"mode": previous}
+        )
 
     # -- the batch ------------------------------------------------------------------------------------
 
@@ -230,8 +232,9 @@ class ProblemQueries:
         self, folds: Sequence[tuple[UUID, str, datetime, datetime]]
     ) -> list[BatchIncident]:
         """The incidents a batch folded into (``(project_id, fingerprint, first_seen, last_seen)`` of
-        the batch's occurrences), with their open problem if any and a few of the batch's signal ids
-        (from the batch keys: call after :meth:`fill_batch_keys`)."""
+        the batch's occurrences), with their open problem if any; those in none get their (at most 10,
+        smallest) signal ids of the batch, their evidence if they open a problem alone (from the batch
+        keys: call after :meth:`fill_batch_keys`)."""
         if not folds:
             return []
         rows = await self.session.execute(
@@ -348,8 +351,8 @@ class ProblemQueries:
                 -- writes it too), so it can only move where one of them does: only those traces' markers
                 -- are looked up, not one per trace of the batch.
                 marker AS (
-                    SELECT project_id, problem_id, '{TRACE_MARKER}' AS key, trace_id, min(first_ts) AS first_ts,
-                           NULL::bigint AS span_pk
+                    SELECT project_id, problem_id, '{TRACE_MARKER}' AS key, trace_id,
+                           min(first_ts) AS first_ts, NULL::bigint AS span_pk
                     FROM changed WHERE key LIKE '{SERVICE_PREFIX}%' GROUP BY 1, 2, 4
                 ),
                 ins AS (
@@ -389,8 +392,11 @@ class ProblemQueries:
             return []
         # Statistics for its self-joins: a never-analysed temporary table is estimated at one row, and
         # they were planned as nested loops (seconds a batch). Only here: the other readers of the batch
-        # keys plan the same without them, and most batches have no unassigned incident.
-        await self.session.execute(text("ANALYZE problem_batch_keys"))
+        # keys plan the same without them, and most batches have no unassigned incident. Only the
+        # filtered, joined and grouped columns (the unique signal ids cost most to analyse).
+        await self.session.execute(
+            text("ANALYZE problem_batch_keys (project_id, incident_id, fingerprint, key, trace_id)")
+        )
         rows = await self.session.execute(
             text(EDGES_SQL),
             {"unassigned": list(unassigned), "window": window_seconds},
