@@ -12,7 +12,10 @@ INSERT .. SELECT generate_series, measures, and drops the database. Bounded: abo
 2. Correlation (SPEC §14): ``--correlation`` error signals (80 % logs, 20 % spans, half of those client
    spans naming one of 3 databases) over 2,000 traces and 50 fingerprints (10 services x 5 templates),
    seeded twice in two projects: the first is grouped alone (``correlate=False``), the second grouped
-   and correlated into problems, same run; reports both signals/s and the correlation's extra cost.
+   and correlated into problems, same run; reports both signals/s and the correlation's extra cost:
+   by throughput, by the wall time inside ``correlate_batch``, and by CPU time (this process plus the
+   batch's PostgreSQL backend, from ``/proc/<pid>/schedstat`` when the server is local), which a
+   loaded box distorts least.
 3. Anomaly scoring: ``--series`` active series (name, service, labels), 40 history points each (one a
    minute) and 5 recent points, 1 % of the series stepping up; times one ``detect_anomalies`` run.
 """

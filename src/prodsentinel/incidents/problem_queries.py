@@ -203,29 +203,6 @@ class ProblemQueries:
         """One correlating transaction at a time (both grouping sources take it, before any row lock)."""
         await self.session.execute(text("SELECT pg_advisory_xact_lock(hashtext('incidents:correlate'))"))
 
-    async def plan_per_call(self) -> str:
-        """Plan the following statements of the transaction for their actual arguments (until
-        :meth:`restore_plan_mode` with the returned previous mode).
-
-        The pass's statements are prepared (asyncpg) and take arrays of a batch's rows; after five
-        executions PostgreSQL may switch to a generic plan, which guesses 10 elements for every array
-        and joins 5,000 signal rows by nested loops (the batch keys insert scanned the project's
-        incidents once per signal). A custom plan sees the sizes; the planning costs far less.
-        """
-        previous: str = await self.session.scalar(
-            text(
-                # The subquery (OFFSET 0: not pulled up) reads the mode before the outer list sets it.
-                "SELECT s.previous, set_config('plan_cache_mode', 'force_custom_plan', true) "
-                "FROM (SELECT current_setting('plan_cache_mode') AS previous OFFSET 0) AS s"
-            )
-        )
-        return previous
-
-    async def restore_plan_mode(self, previous: str) -> None:
-        await self.session.execute(
-            text("SELECT set_config('plan_cache_mode', :mode, true)"), {"mode": previous}
-        )
-
     # -- the batch ------------------------------------------------------------------------------------
 
     async def batch_incidents(
@@ -316,6 +293,9 @@ class ProblemQueries:
             ),
             {"ids": list(ids), "fps": list(fingerprints)},
         )
+        # Statistics for the statements that read it: a never-analysed temporary table is estimated at
+        # one row, and the self-joins of ``edges`` were planned as nested loops (seconds a batch).
+        await self.session.execute(text("ANALYZE problem_batch_keys"))
 
     async def store_keys(self, incident_ids: Sequence[UUID]) -> set[UUID]:
         """Add the batch keys of ``incident_ids`` to the problems they are now in (earliest time wins);
@@ -390,13 +370,6 @@ class ProblemQueries:
         """
         if not unassigned:
             return []
-        # Statistics for its self-joins: a never-analysed temporary table is estimated at one row, and
-        # they were planned as nested loops (seconds a batch). Only here: the other readers of the batch
-        # keys plan the same without them, and most batches have no unassigned incident. Only the
-        # filtered, joined and grouped columns (the unique signal ids cost most to analyse).
-        await self.session.execute(
-            text("ANALYZE problem_batch_keys (project_id, incident_id, fingerprint, key, trace_id)")
-        )
         rows = await self.session.execute(
             text(EDGES_SQL),
             {"unassigned": list(unassigned), "window": window_seconds},

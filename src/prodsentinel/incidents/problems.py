@@ -418,7 +418,6 @@ async def correlate_batch(
     if not ids or not folds:
         return []
     queries = ProblemQueries(session)
-    previous_plan_mode = await queries.plan_per_call()
     await queries.fill_batch_keys(source, ids, fingerprints)
     incidents = await queries.batch_incidents(folds)
     if not incidents:
@@ -475,5 +474,4 @@ async def correlate_batch(
     transitions = await refresh(
         session, touched, now=now, opened=decided.new_problems, roots=changed | set(decided.new_problems)
     )
-    await queries.restore_plan_mode(previous_plan_mode)
     return transitions
