@@ -209,8 +209,9 @@ class ProblemQueries:
         self, folds: Sequence[tuple[UUID, str, datetime, datetime]]
     ) -> list[BatchIncident]:
         """The incidents a batch folded into (``(project_id, fingerprint, first_seen, last_seen)`` of
-        the batch's occurrences), with their open problem if any and a few of the batch's signal ids
-        (from the batch keys: call after :meth:`fill_batch_keys`)."""
+        the batch's occurrences), with their open problem if any; those in none get their (at most 10,
+        smallest) signal ids of the batch, their evidence if they open a problem alone (from the batch
+        keys: call after :meth:`fill_batch_keys`)."""
         if not folds:
             return []
         rows = await self.session.execute(
@@ -218,8 +219,10 @@ class ProblemQueries:
                 f"""
                 SELECT i.id, i.project_id, i.fingerprint, f.first_ts, f.last_ts,
                        CASE WHEN p.id IS NOT NULL AND {_OPEN} THEN p.id END AS problem_id,
-                       ARRAY(SELECT DISTINCT k.signal_id FROM problem_batch_keys k
-                             WHERE k.incident_id = i.id LIMIT {EVIDENCE_SIGNALS}) AS signal_ids
+                       CASE WHEN p.id IS NULL OR NOT ({_OPEN}) THEN
+                           ARRAY(SELECT DISTINCT k.signal_id FROM problem_batch_keys k
+                                 WHERE k.incident_id = i.id ORDER BY k.signal_id LIMIT {EVIDENCE_SIGNALS})
+                       END AS signal_ids
                 FROM unnest(CAST(:pids AS uuid[]), CAST(:fps AS text[]), CAST(:firsts AS timestamptz[]),
                             CAST(:lasts AS timestamptz[])) AS f(pid, fp, first_ts, last_ts)
                 JOIN incidents i ON i.project_id = f.pid AND i.fingerprint = f.fp
@@ -290,8 +293,8 @@ class ProblemQueries:
             ),
             {"ids": list(ids), "fps": list(fingerprints)},
         )
-        # Statistics for the statements that read it: a never-analysed temporary table is estimated
-        # at one row, and the self-joins of ``edges`` were planned as nested loops (seconds a batch).
+        # Statistics for the statements that read it: a never-analysed temporary table is estimated at
+        # one row, and the self-joins of ``edges`` were planned as nested loops (seconds a batch).
         await self.session.execute(text("ANALYZE problem_batch_keys"))
 
     async def store_keys(self, incident_ids: Sequence[UUID]) -> set[UUID]:
@@ -313,21 +316,35 @@ class ProblemQueries:
                     SELECT project_id, problem_id, key, trace_id, min(first_ts) AS first_ts,
                            min(span_pk) AS span_pk
                     FROM k GROUP BY 1, 2, 3, 4
-                    UNION ALL
-                    SELECT project_id, problem_id, '{TRACE_MARKER}', trace_id, min(first_ts), NULL
-                    FROM k WHERE key LIKE '{SERVICE_PREFIX}%' GROUP BY 1, 2, 4
                 ),
-                ins AS (
-                    INSERT INTO problem_trace_keys AS t
-                        (project_id, problem_id, key, trace_id, first_ts, span_pk)
-                    -- Rows that would change nothing are left out before the upsert: a conflicting row
-                    -- is locked (written) even when nothing about it changes.
+                -- Rows that would change nothing are left out before the upsert: a conflicting row is
+                -- locked (written) even when nothing about it changes.
+                changed AS MATERIALIZED (
                     SELECT r.* FROM r
                     WHERE NOT EXISTS (
                         SELECT 1 FROM problem_trace_keys x
                         WHERE x.project_id = r.project_id AND x.problem_id = r.problem_id
                           AND x.key = r.key AND x.trace_id = r.trace_id AND x.first_ts <= r.first_ts
                           AND (x.span_pk IS NOT NULL OR r.span_pk IS NULL))
+                ),
+                -- A trace's marker holds the earliest of its stored service keys (every write of those
+                -- writes it too), so it can only move where one of them does: only those traces' markers
+                -- are looked up, not one per trace of the batch.
+                marker AS (
+                    SELECT project_id, problem_id, '{TRACE_MARKER}' AS key, trace_id,
+                           min(first_ts) AS first_ts, NULL::bigint AS span_pk
+                    FROM changed WHERE key LIKE '{SERVICE_PREFIX}%' GROUP BY 1, 2, 4
+                ),
+                ins AS (
+                    INSERT INTO problem_trace_keys AS t
+                        (project_id, problem_id, key, trace_id, first_ts, span_pk)
+                    SELECT * FROM changed
+                    UNION ALL
+                    SELECT m.* FROM marker m
+                    WHERE NOT EXISTS (
+                        SELECT 1 FROM problem_trace_keys x
+                        WHERE x.project_id = m.project_id AND x.problem_id = m.problem_id
+                          AND x.key = m.key AND x.trace_id = m.trace_id AND x.first_ts <= m.first_ts)
                     ON CONFLICT (project_id, problem_id, key, trace_id) DO UPDATE SET
                         first_ts = least(t.first_ts, excluded.first_ts),
                         span_pk = coalesce(t.span_pk, excluded.span_pk)

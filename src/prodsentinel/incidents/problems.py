@@ -426,11 +426,13 @@ async def correlate_batch(
     changed = await queries.store_keys([i.id for i in assigned])
     await queries.touch([(i.project_id, i.problem_id, i.last_ts) for i in assigned if i.problem_id])
     unassigned = [i for i in incidents if i.problem_id is None]
-    edges = await queries.edges([i.id for i in unassigned], window_seconds=window_seconds)
-    detached = await ProblemRuleQueries(session).detach_rules(
-        [i.project_id for i in unassigned], [i.fingerprint for i in unassigned]
-    )
-    decided = plan(unassigned, edges, detached)
+    decided = Plan()
+    if unassigned:  # most batches only add to the problems their incidents are in
+        edges = await queries.edges([i.id for i in unassigned], window_seconds=window_seconds)
+        detached = await ProblemRuleQueries(session).detach_rules(
+            [i.project_id for i in unassigned], [i.fingerprint for i in unassigned]
+        )
+        decided = plan(unassigned, edges, detached)
 
     by_id = {i.id: i for i in unassigned}
     cap = timedelta(seconds=WINDOW_CAP_SECONDS)
@@ -469,6 +471,7 @@ async def correlate_batch(
     changed |= await queries.store_keys([a.incident_id for a in decided.assignments])
     touched = {(i.project_id, i.problem_id) for i in assigned if i.problem_id is not None}
     touched |= {(by_id[a.incident_id].project_id, a.problem_id) for a in decided.assignments}
-    return await refresh(
+    transitions = await refresh(
         session, touched, now=now, opened=decided.new_problems, roots=changed | set(decided.new_problems)
     )
+    return transitions
