@@ -40,6 +40,8 @@ class PurgeReport:
 
     deleted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RETENTION_TABLES, 0))
     complete: bool = True
+    #: rollup rows (``service_rollups``, ``metric_rollups``) deleted with their signals
+    rollups_deleted: int = 0
 
 
 def retention_cutoffs(settings: Settings, now: datetime) -> dict[str, datetime]:
@@ -79,5 +81,7 @@ async def run_retention(
                 report.complete = False
                 logger.info("retention_budget_exhausted", deleted=report.deleted)  # the next run carries on
                 return report
-    logger.info("retention_purged", deleted=report.deleted)
+    async with session_scope(session_maker) as session:
+        report.rollups_deleted = await RetentionQueries(session).delete_expired_rollups(cutoffs)
+    logger.info("retention_purged", deleted=report.deleted, rollups_deleted=report.rollups_deleted)
     return report

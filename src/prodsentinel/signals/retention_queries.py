@@ -9,11 +9,13 @@ from sqlalchemy import any_, delete, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prodsentinel.auth.models import Project
-from prodsentinel.signals.models import LogRecord, MetricPoint, Span
+from prodsentinel.signals.models import LogRecord, MetricPoint, MetricRollup, ServiceRollup, Span
 
 __all__ = ("RETENTION_TABLES", "RetentionQueries")
 
 RETENTION_TABLES = ("logs", "spans", "metric_points")
+#: ``service_rollups.signal`` of each signal table.
+_ROLLUP_SIGNAL = {"logs": 1, "spans": 2, "metric_points": 3}
 
 
 class RetentionQueries:
@@ -44,3 +46,25 @@ class RetentionQueries:
         statement = delete(model).where(model.id == any_(func.array(doomed.scalar_subquery())))
         result = await self.session.execute(statement)
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def delete_expired_rollups(self, cutoffs: dict[str, datetime]) -> int:
+        """Delete rollup buckets that start before their table's cutoff; returns the count.
+
+        Rollups are small (a row per minute per service and level, or per metric series), so one
+        DELETE per table over the ``bucket`` index is enough. A bucket is deleted by its start: the
+        one bucket straddling the cutoff keeps counting its expired rows until the next run.
+        """
+        deleted = 0
+        for table, cutoff in cutoffs.items():
+            result = await self.session.execute(
+                delete(ServiceRollup).where(
+                    ServiceRollup.bucket < cutoff, ServiceRollup.signal == _ROLLUP_SIGNAL[table]
+                )
+            )
+            deleted += int(result.rowcount or 0)  # type: ignore[attr-defined]
+        if "metric_points" in cutoffs:
+            result = await self.session.execute(
+                delete(MetricRollup).where(MetricRollup.bucket < cutoffs["metric_points"])
+            )
+            deleted += int(result.rowcount or 0)  # type: ignore[attr-defined]
+        return deleted
