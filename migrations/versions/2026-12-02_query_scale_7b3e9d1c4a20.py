@@ -27,7 +27,8 @@ Statement triggers fire on the table the statement names: rows must be inserted 
 sorts its rows by the rollup's primary key, so concurrent flushes lock rollup rows in one order
 (no deadlock).
 
-* ``service_rollups``: per (project, minute, service, signal, code) the count and the latest time;
+* ``service_rollups``: per (project, width, bucket, service, signal, code), width 60 s and 3600 s,
+  the count and the latest time;
   signal 1 = logs (code = level), 2 = spans (code = status), 3 = metric points (code 0).
 * ``metric_rollups``: per (project, metric, width, bucket, service, labels) with width 60 s and
   3600 s: count, the float8 sum of ordinary values (``|v| < 1e150``), the exact numeric sum of the
@@ -66,43 +67,48 @@ $$
 MINUTE = "date_bin('60 seconds', {col}, timestamptz '1970-01-01 00:00:00+00')"
 HOUR = "date_bin('3600 seconds', {col}, timestamptz '1970-01-01 00:00:00+00')"
 
+
+def _service_rollup(source: str, signal: int, time_column: str, code: str) -> str:
+    """SELECT of ``service_rollups`` rows (minute and hour) for the rows of ``source``, in key order."""
+    return f"""
+    SELECT project_id, width_s, bucket, service_name, {signal}, code, count(*), max(t)
+    FROM (
+        SELECT project_id, 60 AS width_s, {MINUTE.format(col=time_column)} AS bucket, service_name,
+               {code} AS code, {time_column} AS t
+        FROM {source}
+        UNION ALL
+        SELECT project_id, 3600, {HOUR.format(col=time_column)}, service_name, {code}, {time_column}
+        FROM {source}
+    ) AS s
+    GROUP BY 1, 2, 3, 4, 6
+    ORDER BY 1, 2, 3, 4, 6"""
+
+
+_UPSERT_SERVICE = """
+    INSERT INTO service_rollups AS r (project_id, width_s, bucket, service_name, signal, code, n, last_seen)
+    {select}
+    ON CONFLICT (project_id, width_s, bucket, service_name, signal, code) DO UPDATE
+        SET n = r.n + excluded.n, last_seen = greatest(r.last_seen, excluded.last_seen);"""
+
 ROLLUP_FUNCTIONS = (
     f"""
 CREATE OR REPLACE FUNCTION ps_rollup_logs() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO service_rollups AS r (project_id, bucket, service_name, signal, code, n, last_seen)
-    SELECT project_id, {MINUTE.format(col='"timestamp"')}, service_name, 1, level, count(*), max("timestamp")
-    FROM new_rows
-    GROUP BY 1, 2, 3, 5
-    ORDER BY 1, 2, 3, 5
-    ON CONFLICT (project_id, bucket, service_name, signal, code) DO UPDATE
-        SET n = r.n + excluded.n, last_seen = greatest(r.last_seen, excluded.last_seen);
+{_UPSERT_SERVICE.format(select=_service_rollup('new_rows', 1, '"timestamp"', 'level'))}
     RETURN NULL;
 END $$
 """,
     f"""
 CREATE OR REPLACE FUNCTION ps_rollup_spans() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO service_rollups AS r (project_id, bucket, service_name, signal, code, n, last_seen)
-    SELECT project_id, {MINUTE.format(col="start_time")}, service_name, 2, status, count(*), max(start_time)
-    FROM new_rows
-    GROUP BY 1, 2, 3, 5
-    ORDER BY 1, 2, 3, 5
-    ON CONFLICT (project_id, bucket, service_name, signal, code) DO UPDATE
-        SET n = r.n + excluded.n, last_seen = greatest(r.last_seen, excluded.last_seen);
+{_UPSERT_SERVICE.format(select=_service_rollup('new_rows', 2, 'start_time', 'status'))}
     RETURN NULL;
 END $$
 """,
     f"""
 CREATE OR REPLACE FUNCTION ps_rollup_metric_points() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO service_rollups AS r (project_id, bucket, service_name, signal, code, n, last_seen)
-    SELECT project_id, {MINUTE.format(col='"timestamp"')}, service_name, 3, 0, count(*), max("timestamp")
-    FROM new_rows
-    GROUP BY 1, 2, 3
-    ORDER BY 1, 2, 3
-    ON CONFLICT (project_id, bucket, service_name, signal, code) DO UPDATE
-        SET n = r.n + excluded.n, last_seen = greatest(r.last_seen, excluded.last_seen);
+{_UPSERT_SERVICE.format(select=_service_rollup('new_rows', 3, '"timestamp"', '0'))}
     INSERT INTO metric_rollups AS r
         (project_id, name, width_s, bucket, service_name, labels, n, sum_small, sum_large, min_value, max_value)
     SELECT project_id, name, width_s, bucket, service_name, labels, count(*),
@@ -136,19 +142,45 @@ END $$
 
 ROLLED_UP = ("logs", "spans", "metric_points")
 
+#: The rollups of rows already stored (this migration; bench/query.py after a bulk fill).
+_TS = '"timestamp"'
+BACKFILL_SERVICE_ROLLUPS = (
+    "INSERT INTO service_rollups (project_id, width_s, bucket, service_name, signal, code, n, last_seen)"
+    f"({_service_rollup('logs', 1, _TS, 'level')})"
+    f"\nUNION ALL ({_service_rollup('spans', 2, 'start_time', 'status')})"
+    f"\nUNION ALL ({_service_rollup('metric_points', 3, _TS, '0')})"
+)
+BACKFILL_METRIC_ROLLUPS = f"""
+INSERT INTO metric_rollups
+    (project_id, name, width_s, bucket, service_name, labels, n, sum_small, sum_large, min_value, max_value)
+SELECT project_id, name, width_s, bucket, service_name, labels, count(*),
+       sum(value) FILTER (WHERE abs(value) < 1e150::float8),
+       sum(value::text::numeric) FILTER (WHERE abs(value) >= 1e150::float8),
+       min(value), max(value)
+FROM (
+    SELECT project_id, name, 60 AS width_s, {MINUTE.format(col='"timestamp"')} AS bucket, service_name,
+           labels, value
+    FROM metric_points
+    UNION ALL
+    SELECT project_id, name, 3600, {HOUR.format(col='"timestamp"')}, service_name, labels, value
+    FROM metric_points
+) AS p
+GROUP BY 1, 2, 3, 4, 5, 6"""
+
 
 def _create_rollups() -> None:
     op.execute(
         """
 CREATE TABLE service_rollups (
     project_id uuid NOT NULL,
+    width_s integer NOT NULL,
     bucket timestamptz NOT NULL,
     service_name text NOT NULL,
     signal smallint NOT NULL,
     code smallint NOT NULL,
     n bigint NOT NULL,
     last_seen timestamptz NOT NULL,
-    CONSTRAINT pk_service_rollups PRIMARY KEY (project_id, bucket, service_name, signal, code)
+    CONSTRAINT pk_service_rollups PRIMARY KEY (project_id, width_s, bucket, service_name, signal, code)
 )"""
     )
     op.execute(
@@ -179,36 +211,8 @@ CREATE TABLE metric_rollups (
             f"FOR EACH STATEMENT EXECUTE FUNCTION ps_rollup_{table}()"
         )
     # Rows stored before this revision.
-    op.execute(
-        f"""
-INSERT INTO service_rollups (project_id, bucket, service_name, signal, code, n, last_seen)
-SELECT project_id, {MINUTE.format(col='"timestamp"')}, service_name, 1, level, count(*), max("timestamp")
-FROM logs GROUP BY 1, 2, 3, 5
-UNION ALL
-SELECT project_id, {MINUTE.format(col="start_time")}, service_name, 2, status, count(*), max(start_time)
-FROM spans GROUP BY 1, 2, 3, 5
-UNION ALL
-SELECT project_id, {MINUTE.format(col='"timestamp"')}, service_name, 3, 0, count(*), max("timestamp")
-FROM metric_points GROUP BY 1, 2, 3"""
-    )
-    op.execute(
-        f"""
-INSERT INTO metric_rollups
-    (project_id, name, width_s, bucket, service_name, labels, n, sum_small, sum_large, min_value, max_value)
-SELECT project_id, name, width_s, bucket, service_name, labels, count(*),
-       sum(value) FILTER (WHERE abs(value) < 1e150::float8),
-       sum(value::text::numeric) FILTER (WHERE abs(value) >= 1e150::float8),
-       min(value), max(value)
-FROM (
-    SELECT project_id, name, 60 AS width_s, {MINUTE.format(col='"timestamp"')} AS bucket, service_name,
-           labels, value
-    FROM metric_points
-    UNION ALL
-    SELECT project_id, name, 3600, {HOUR.format(col='"timestamp"')}, service_name, labels, value
-    FROM metric_points
-) AS p
-GROUP BY 1, 2, 3, 4, 5, 6"""
-    )
+    op.execute(BACKFILL_SERVICE_ROLLUPS)
+    op.execute(BACKFILL_METRIC_ROLLUPS)
 
 
 def _create_pg_trgm(bind: sa.engine.Connection) -> bool:

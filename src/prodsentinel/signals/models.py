@@ -119,7 +119,9 @@ class MetricPoint(PlainBase):
 
 
 class ServiceRollup(PlainBase):
-    """Signals per (project, minute, service, signal, code): what ``/services`` and rate alerts count.
+    """Signals per (project, width, bucket, service, signal, code): what ``/services`` counts.
+
+    ``width_s`` is 60 (minute buckets) or 3600 (hour buckets).
 
     ``signal`` 1 = logs (``code`` = level), 2 = spans (``code`` = status), 3 = metric points (0).
     Written only by the ``ps_rollup_*`` statement triggers of the signal tables (migration
@@ -130,6 +132,7 @@ class ServiceRollup(PlainBase):
     __table_args__ = (Index("ix_service_rollups_bucket", "bucket"),)
 
     project_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    width_s: Mapped[int] = mapped_column(Integer, primary_key=True)
     bucket: Mapped[datetime] = mapped_column(TZ, primary_key=True)
     service_name: Mapped[str] = mapped_column(Text, primary_key=True)
     signal: Mapped[int] = mapped_column(SmallInteger, primary_key=True)

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from prodsentinel.lib import float_sql
 from prodsentinel.lib.vocabulary import LEVELS, SPAN_STATUSES
 from prodsentinel.signals.models import LogRecord, MetricPoint, Span
-from prodsentinel.signals.search import detect_search_mode, message_matches
+from prodsentinel.signals.search import CUSTOM_PLAN, detect_search_mode, message_matches
 
 __all__ = (
     "EPOCH",
@@ -202,6 +202,7 @@ class SignalReadQueries:
         if query.q:
             mode = await detect_search_mode(self.session)
             conditions.append(message_matches(LogRecord.message, query.q, mode))
+            await self.session.execute(CUSTOM_PLAN)
         if query.since is not None:
             conditions.append(LogRecord.timestamp >= query.since)
         if query.until is not None:

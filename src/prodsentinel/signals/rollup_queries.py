@@ -104,17 +104,22 @@ class RollupQueries:
     async def service_stats(self, project_id: UUID, since: datetime) -> Sequence[Any]:
         """Per service, from ``since`` on: last_seen, logs, spans, metrics, errors.
 
-        Whole minutes from ``service_rollups`` (one ``(project_id, bucket)`` range), the partial first
-        minute from the raw tables (their ``(project_id, time)`` indexes); no upper bound, like the
-        raw definition (timestamps may lie up to 24 h ahead).
+        Whole hours and the whole minutes before the first of them from ``service_rollups`` (two
+        primary-key ranges: at most 59 minute rows per service and code, plus the hours), the partial
+        first minute from the raw tables (their ``(project_id, time)`` indexes); no upper bound, like
+        the raw definition (timestamps may lie up to 24 h ahead).
         """
-        whole_from = ceil_to(since, MINUTE)
+        whole_from, hours_from = ceil_to(since, MINUTE), ceil_to(since, HOUR)
         statement = text(
             f"""
 WITH parts AS (
     SELECT service_name, signal, code, n, last_seen
     FROM service_rollups
-    WHERE project_id = :project_id AND bucket >= :whole_from
+    WHERE project_id = :project_id AND width_s = {HOUR} AND bucket >= :hours_from
+    UNION ALL
+    SELECT service_name, signal, code, n, last_seen
+    FROM service_rollups
+    WHERE project_id = :project_id AND width_s = {MINUTE} AND bucket >= :whole_from AND bucket < :hours_from
     UNION ALL
     SELECT service_name, {_SIGNAL_LOGS}, level, count(*), max("timestamp")
     FROM logs
@@ -144,7 +149,12 @@ GROUP BY service_name
 ORDER BY service_name
 """
         )
-        params = {"project_id": project_id, "since": since, "whole_from": whole_from}
+        params = {
+            "project_id": project_id,
+            "since": since,
+            "whole_from": whole_from,
+            "hours_from": hours_from,
+        }
         return (await self.session.execute(statement, params)).all()
 
     async def metric_series(

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.types import Text
 
-__all__ = ("SearchMode", "detect_search_mode", "like_pattern", "message_matches")
+__all__ = ("CUSTOM_PLAN", "SearchMode", "detect_search_mode", "like_pattern", "message_matches")
 
 SearchMode = Literal["pg_trgm", "core", "none"]
 
@@ -36,6 +36,14 @@ _DETECT_SQL = text(
     "SELECT CASE WHEN to_regclass('ix_logs_message_trgm') IS NOT NULL THEN 'pg_trgm' "
     "WHEN to_regclass('ix_logs_message_trigrams') IS NOT NULL THEN 'core' ELSE 'none' END"
 )
+
+#: Run before a search, in its transaction. The right plan depends on the pattern: a common ``q``
+#: walks the time index backwards and stops at the first page (1 ms), a rare or absent one asks the
+#: trigram index (2-3 ms); scanning the time range instead costs seconds at 20 M rows. asyncpg prepares
+#: statements, and after five runs PostgreSQL may switch to a generic plan, which cannot see the pattern
+#: and picked the time-range plan (68 ms at 200 k rows, linear in the table; docs/query.md). ``LOCAL``:
+#: it ends with the transaction (no session state, PgBouncer transaction pooling safe).
+CUSTOM_PLAN = text("SET LOCAL plan_cache_mode = force_custom_plan")
 
 #: Detected mode per database (engine URL): the index set only changes with a migration, and a
 #: process serves one database; tests talk to several.
