@@ -16,6 +16,8 @@ import pytest
 from sqlalchemy import text
 
 from prodsentinel.lib.time import utcnow
+from prodsentinel.settings import Settings
+from prodsentinel.signals import retention
 from prodsentinel.signals.read_queries import MetricSeriesQuery, SignalReadQueries
 from prodsentinel.signals.rollup_queries import plan_rollups
 from tests.signals.conftest import Stack
@@ -262,3 +264,48 @@ class TestRollupPlan:
 
     def test_window_inside_one_minute_is_raw(self) -> None:
         assert plan_rollups(T0 + timedelta(seconds=1), T0 + timedelta(seconds=59), 60) is None
+
+
+class TestRollupRetention:
+    async def test_retention_drops_old_rollup_buckets(self, stack: Stack) -> None:
+        """Expired signals leave no rollup behind: /services over 90 days still equals the definition."""
+        now = utcnow()
+        old, fresh = now - timedelta(days=20), now - timedelta(hours=2)
+        await stack.post(
+            "logs",
+            [
+                {
+                    "signal_id": str(uuid.uuid4()),
+                    "service_name": "api",
+                    "timestamp": _iso(moment + timedelta(seconds=i)),
+                    "level": "ERROR",
+                    "message": "m",
+                }
+                for moment in (old, fresh)
+                for i in range(5)
+            ],
+        )
+        await stack.post(
+            "metrics",
+            [
+                {"name": "cpu", "value": 1.0, "service_name": "api", "timestamp": _iso(m)}
+                for m in (old, fresh)
+            ],
+        )
+        settings = Settings(database_url="unused", retention_days_logs=14, retention_days_metrics=14)
+        report = await retention.run_retention(stack.sessions, settings, now=now)
+        assert (
+            report.rollups_deleted >= 4
+        )  # minute and hour buckets of the old logs and point (+ metric rows)
+        async with stack.sessions() as session:
+            left = await session.scalar(
+                text("SELECT count(*) FROM service_rollups WHERE project_id = :p AND bucket < :cutoff"),
+                {"p": stack.project_id, "cutoff": now - timedelta(days=14)},
+            )
+            left_metrics = await session.scalar(
+                text("SELECT count(*) FROM metric_rollups WHERE project_id = :p AND bucket < :cutoff"),
+                {"p": stack.project_id, "cutoff": now - timedelta(days=14)},
+            )
+        assert (left, left_metrics) == (0, 0)
+        body = await stack.get("/api/v1/services", window=90 * 86_400)
+        assert [(i["service_name"], i["logs"], i["metrics"]) for i in body["items"]] == [("api", 5, 1)]
