@@ -6,14 +6,14 @@
 One run, on a fresh database on the local PostgreSQL (dropped at the end):
 1. fill ``--small-logs`` logs (24 h of timestamps, 12 services) and ``--small-points`` metric points
    (7 days, 2 metrics x 12 services x 2 label sets) set-based (``INSERT … SELECT generate_series`` in
-   chunks, trigram index dropped and rollup triggers disabled meanwhile, then the index built and the
-   rollups recomputed, as after any bulk load);
+   chunks, secondary indexes dropped and rollup triggers disabled meanwhile, then the indexes built and
+   the rollups recomputed, as after any bulk load);
 2. start the real service (granian, 1 worker), time each query ``--repeat`` times from outside over
    HTTP (keep-alive), and measure the ingest rate (JSON arrays of 1,000 logs from 4 connections);
 3. fill up to ``--logs`` / ``--points`` and do 2. again;
 4. with ``--core``, at the first size: the search queries and the ingest rate with the core fallback
    index instead of pg_trgm (what the embedded server uses; building it takes ~60 us per message);
-5. the ingest rate once more without this issue's trigram index and rollup triggers (their cost);
+5. the ingest rate again without the rollup triggers, then also without the trigram index (their cost);
 6. print p50/p95 per query and size side by side, the ingest rates, and ``EXPLAIN (ANALYZE, BUFFERS)``
    of the search and rollup statements at the full size.
 """
@@ -251,20 +251,39 @@ def migration() -> Any:
 async def fill(dsn: str, project_id: uuid.UUID, now: datetime, logs: range, points: range) -> float:
     """Bulk-load rows set-based in chunks of ``CHUNK``, then rebuild what ingest maintains.
 
-    Like any bulk load: the trigram index is dropped and the rollup triggers disabled while loading,
-    then the index is built once and the rollups recomputed from the tables (the migration's backfill
-    SQL), which is what the triggers would have produced row by row.
+    Like any bulk load: the secondary indexes and unique constraints (the trigram index among them)
+    are dropped and the rollup triggers disabled while loading, then the indexes are built once and
+    the rollups recomputed from the tables (the migration's backfill SQL), which is what the triggers
+    would have produced statement by statement.
     """
     connection = await asyncpg.connect(dsn)
     started = time.monotonic()
     try:
-        await connection.execute("DROP INDEX IF EXISTS ix_logs_message_trgm")
+        # every index and unique constraint but the primary key, as the schema defines them now
+        indexes = await connection.fetch(
+            "SELECT i.indexrelid::regclass::text AS name, pg_get_indexdef(i.indexrelid) AS definition, "
+            "c.conname, c.conrelid::regclass::text AS tbl, pg_get_constraintdef(c.oid) AS condef "
+            "FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.contype = 'u' "
+            "WHERE i.indrelid IN ('logs'::regclass, 'metric_points'::regclass) AND NOT i.indisprimary"
+        )
+        for index in indexes:
+            if index["conname"]:
+                await connection.execute(f'ALTER TABLE {index["tbl"]} DROP CONSTRAINT "{index["conname"]}"')
+            else:
+                await connection.execute(f"DROP INDEX {index['name']}")
         for table in ROLLUP_TRIGGERS:
             await connection.execute(f"ALTER TABLE {table} DISABLE TRIGGER ps_rollup_{table}")
         for sql, rows in ((FILL_LOGS, logs), (FILL_POINTS, points)):
             for lo in range(rows.start, rows.stop, CHUNK):
                 await connection.execute(sql, project_id, now, lo, min(rows.stop, lo + CHUNK) - 1)
-        await connection.execute("CREATE INDEX ix_logs_message_trgm ON logs USING gin (message gin_trgm_ops)")
+        await connection.execute("SET maintenance_work_mem = '256MB'")
+        for index in indexes:
+            if index["conname"]:
+                await connection.execute(
+                    f'ALTER TABLE {index["tbl"]} ADD CONSTRAINT "{index["conname"]}" {index["condef"]}'
+                )
+            else:
+                await connection.execute(index["definition"])
         await connection.execute("TRUNCATE service_rollups, metric_rollups")
         await connection.execute(migration().BACKFILL_SERVICE_ROLLUPS)
         await connection.execute(migration().BACKFILL_METRIC_ROLLUPS)
@@ -403,20 +422,27 @@ async def run(args: argparse.Namespace) -> None:
                 )
         plans = await explain(dsn, project_id, now)
         print("\nEXPLAIN (ANALYZE, BUFFERS) at the full size:\n" + plans, flush=True)
-        connection = await asyncpg.connect(dsn)
-        try:
-            await connection.execute("DROP INDEX ix_logs_message_trgm")
-            for table in ROLLUP_TRIGGERS:
-                await connection.execute(f"DROP TRIGGER ps_rollup_{table} ON {table}")
-        finally:
-            await connection.close()
-        server = start_server(url, port)
-        try:
-            rates["full size, without the trigram index and rollup triggers"] = await ingest_rate(
-                port, key, args.ingest_seconds
-            )
-        finally:
-            stop_server(server)
+        steps = {
+            "full size, without the rollup triggers (trigram index kept)": [
+                f"DROP TRIGGER ps_rollup_{table} ON {table}" for table in ROLLUP_TRIGGERS
+            ],
+            "full size, without the rollup triggers and the trigram index": [
+                "DROP INDEX ix_logs_message_trgm"
+            ],
+        }
+        for label, statements in steps.items():
+            connection = await asyncpg.connect(dsn)
+            try:
+                for statement in statements:
+                    await connection.execute(statement)
+            finally:
+                await connection.close()
+            server = start_server(url, port)
+            try:
+                rates[label] = await ingest_rate(port, key, args.ingest_seconds)
+                print(f"  ingest, {label}: {rates[label]:,.0f} logs/s", flush=True)
+            finally:
+                stop_server(server)
     finally:
         admin = await asyncpg.connect(args.admin_url)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
