@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from prodsentinel.lib import float_sql
 from prodsentinel.lib.vocabulary import LEVELS, SPAN_STATUSES
 from prodsentinel.signals.models import LogRecord, MetricPoint, Span
-from prodsentinel.signals.search import CUSTOM_PLAN, detect_search_mode, message_matches
+from prodsentinel.signals.search import CUSTOM_PLAN, RECENT_ROWS, detect_search_mode, message_matches
 
 __all__ = (
     "EPOCH",
@@ -199,22 +199,36 @@ class SignalReadQueries:
             conditions.append(LogRecord.level >= query.min_level)
         if query.trace_id is not None:
             conditions.append(LogRecord.trace_id == query.trace_id)
-        if query.q:
-            mode = await detect_search_mode(self.session)
-            conditions.append(message_matches(LogRecord.message, query.q, mode))
-            await self.session.execute(CUSTOM_PLAN)
         if query.since is not None:
             conditions.append(LogRecord.timestamp >= query.since)
         if query.until is not None:
             conditions.append(LogRecord.timestamp < query.until)
         if query.after is not None:
             conditions.append(tuple_(LogRecord.timestamp, LogRecord.id) < tuple_(*query.after))
-        statement = (
-            select(*LOG_COLUMNS)
-            .where(*conditions)
-            .order_by(LogRecord.timestamp.desc(), LogRecord.id.desc())
-            .limit(query.limit)
-        )
+        newest_first = (LogRecord.timestamp.desc(), LogRecord.id.desc())
+        if not query.q:
+            statement = select(*LOG_COLUMNS).where(*conditions).order_by(*newest_first).limit(query.limit)
+            return (await self.session.execute(statement)).all()
+        mode = await detect_search_mode(self.session)
+        await self.session.execute(CUSTOM_PLAN)
+        if mode == "core":
+            # The newest rows first: a frequent q fills the page there (the prefilter's estimate
+            # cannot tell, see signals.search.RECENT_ROWS). Exact: the first ``limit`` matches among
+            # the newest rows in order are the first ``limit`` matches overall.
+            recent = (
+                select(*LOG_COLUMNS).where(*conditions).order_by(*newest_first).limit(RECENT_ROWS).subquery()
+            )
+            statement = (
+                select(*recent.c)
+                .where(message_matches(recent.c.message, query.q, "none"))
+                .order_by(recent.c.timestamp.desc(), recent.c.id.desc())
+                .limit(query.limit)
+            )
+            rows = (await self.session.execute(statement)).all()
+            if len(rows) == query.limit:
+                return rows
+        conditions.append(message_matches(LogRecord.message, query.q, mode))
+        statement = select(*LOG_COLUMNS).where(*conditions).order_by(*newest_first).limit(query.limit)
         return (await self.session.execute(statement)).all()
 
     # -- spans and traces ---------------------------------------------------------------------------

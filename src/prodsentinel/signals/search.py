@@ -25,7 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.types import Text
 
-__all__ = ("CUSTOM_PLAN", "SearchMode", "detect_search_mode", "like_pattern", "message_matches")
+__all__ = (
+    "CUSTOM_PLAN",
+    "RECENT_ROWS",
+    "SearchMode",
+    "detect_search_mode",
+    "like_pattern",
+    "message_matches",
+)
 
 SearchMode = Literal["pg_trgm", "core", "none"]
 
@@ -44,6 +51,14 @@ _DETECT_SQL = text(
 #: and picked the time-range plan (68 ms at 200 k rows, linear in the table; docs/query.md). ``LOCAL``:
 #: it ends with the transaction (no session state, PgBouncer transaction pooling safe).
 CUSTOM_PLAN = text("SET LOCAL plan_cache_mode = force_custom_plan")
+
+#: Core mode only: a search first filters the newest this many rows of the other filters (a backward
+#: walk of the time index, a few ms) and stops there when they hold a full page. PostgreSQL estimates
+#: ``ps_trigrams(message) @> ps_trigrams(q)`` as the product of the trigrams' frequencies, as if they
+#: were independent, so for a frequent q ("timeout after": every trigram in 1/6 of the rows) it
+#: expects no match and reads every candidate through the GIN index (2.6 s at 1 M rows); pg_trgm's
+#: ``ILIKE`` estimate does not have this flaw. A rare q costs this walk plus the index lookup.
+RECENT_ROWS = 5_000
 
 #: Detected mode per database (engine URL): the index set only changes with a migration, and a
 #: process serves one database; tests talk to several.
