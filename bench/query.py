@@ -343,10 +343,13 @@ async def explain(dsn: str, project_id: uuid.UUID, now: datetime) -> str:
             search,
             [project_id, "%timeout after%", since],
         ),
-        "/services 24 h rollup part": (
-            "SELECT service_name, signal, sum(n), max(last_seen) FROM service_rollups "
-            "WHERE project_id = $1 AND bucket >= $2 GROUP BY 1, 2",
-            [project_id, ceil_to(since, 60)],
+        "/services 24 h rollup part (hours, then the minutes before the first hour)": (
+            "SELECT service_name, signal, code, sum(n), max(last_seen) FROM ("
+            "SELECT service_name, signal, code, n, last_seen FROM service_rollups "
+            "WHERE project_id = $1 AND width_s = 3600 AND bucket >= $3 UNION ALL "
+            "SELECT service_name, signal, code, n, last_seen FROM service_rollups "
+            "WHERE project_id = $1 AND width_s = 60 AND bucket >= $2 AND bucket < $3) AS s GROUP BY 1, 2, 3",
+            [project_id, ceil_to(since, 60), ceil_to(since, 3600)],
         ),
         "series 7 d hour rollups": (
             "SELECT bucket, sum(n), max(max_value) FROM metric_rollups WHERE project_id = $1 "
