@@ -83,23 +83,51 @@ def _bucket_case(column: str, windows: Sequence[int]) -> str:
     return f"CASE {branches} END"
 
 
+#: ERROR spans / spans of each (project, window, service) in ``(now - window, now]``: the whole minutes
+#: inside it from ``service_rollups`` (signal 2 = spans, code = status), the cut edges from ``spans``
+#: (two short ``ix_spans_project_service_ts`` ranges). A window that holds no whole minute is read raw
+#: (``cut_lo = cut_hi = now``: the rollup range is empty and the raw ranges cover the window).
 _ERROR_RATE_SQL = """
 WITH p AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(:policies)
         AS p(policy_id uuid, project_id uuid, window_s int, service text)
 ),
-scans AS MATERIALIZED (SELECT DISTINCT project_id, window_s, service FROM p),
+scans AS MATERIALIZED (
+    SELECT project_id, window_s, service, since,
+           CASE WHEN first_m < last_m THEN first_m ELSE CAST(:now AS timestamptz) END AS cut_lo,
+           CASE WHEN first_m < last_m THEN last_m ELSE CAST(:now AS timestamptz) END AS cut_hi
+    FROM (
+        SELECT DISTINCT project_id, window_s, service,
+               CAST(:now AS timestamptz) - make_interval(secs => window_s) AS since,
+               date_bin('60 seconds', CAST(:now AS timestamptz) - make_interval(secs => window_s),
+                        timestamptz '1970-01-01 00:00:00+00') + interval '60 seconds' AS first_m,
+               date_bin('60 seconds', CAST(:now AS timestamptz), timestamptz '1970-01-01 00:00:00+00')
+                   AS last_m
+        FROM p
+    ) AS w
+),
 agg AS MATERIALIZED (
-    SELECT s.project_id, s.window_s, s.service, c.total, c.errors
+    SELECT s.project_id, s.window_s, s.service,
+           coalesce(r.total, 0) + e.total AS total, coalesce(r.errors, 0) + e.errors AS errors
     FROM scans s
+    CROSS JOIN LATERAL (
+        SELECT sum(sr.n) AS total, sum(sr.n) FILTER (WHERE sr.code = 2) AS errors
+        FROM service_rollups sr
+        WHERE sr.project_id = s.project_id
+          AND sr.width_s = 60
+          AND sr.bucket >= s.cut_lo
+          AND sr.bucket < s.cut_hi
+          AND sr.service_name = s.service
+          AND sr.signal = 2
+    ) r
     CROSS JOIN LATERAL (
         SELECT count(*) AS total, count(*) FILTER (WHERE spans.status = 2) AS errors
         FROM spans
         WHERE spans.project_id = s.project_id
           AND spans.service_name = s.service
-          AND spans.start_time > CAST(:now AS timestamptz) - make_interval(secs => s.window_s)
-          AND spans.start_time <= CAST(:now AS timestamptz)
-    ) c
+          AND ((spans.start_time > s.since AND spans.start_time < s.cut_lo)
+               OR (spans.start_time >= s.cut_hi AND spans.start_time <= CAST(:now AS timestamptz)))
+    ) e
 )
 SELECT p.policy_id, CASE WHEN a.total > 0 THEN a.errors::float8 / a.total END
 FROM p JOIN agg a USING (project_id, window_s, service)
@@ -388,7 +416,10 @@ class ValueQueries:
         return {row[0]: float(row[1]) for row in result}
 
     async def error_rate(self, rows: list[dict[str, Any]], now: datetime) -> dict[UUID, float | None]:
-        """ERROR spans / all spans of the service that started in the window; None without spans."""
+        """ERROR spans / all spans of the service that started in the window; None without spans.
+
+        Whole minutes come from the span rollups, the cut edges from the raw spans (exact).
+        """
         return await self._values(_ERROR_RATE_SQL, rows, now)
 
     async def metric(self, rows: list[dict[str, Any]], now: datetime) -> dict[UUID, float | None]:

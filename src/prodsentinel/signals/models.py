@@ -20,10 +20,22 @@ through ``signals.read_queries``.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import BigInteger, Double, Identity, Index, SmallInteger, Text, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    Double,
+    Identity,
+    Index,
+    Integer,
+    Numeric,
+    SmallInteger,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.orm import Mapped, mapped_column
@@ -31,7 +43,17 @@ from sqlalchemy.orm import Mapped, mapped_column
 from prodsentinel.lib.models import PlainBase
 from prodsentinel.lib.vocabulary import LEVEL_NAMES, LEVELS, SPAN_STATUS_NAMES, SPAN_STATUSES
 
-__all__ = ("LEVELS", "LEVEL_NAMES", "SPAN_STATUSES", "SPAN_STATUS_NAMES", "LogRecord", "MetricPoint", "Span")
+__all__ = (
+    "LEVELS",
+    "LEVEL_NAMES",
+    "SPAN_STATUSES",
+    "SPAN_STATUS_NAMES",
+    "LogRecord",
+    "MetricPoint",
+    "MetricRollup",
+    "ServiceRollup",
+    "Span",
+)
 
 # The stored codes of levels and span statuses are the shared vocabulary (lib.vocabulary).
 TZ = TIMESTAMP(timezone=True)
@@ -109,3 +131,50 @@ class MetricPoint(PlainBase):
     value: Mapped[float] = mapped_column(Double)
     labels: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     received_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+
+
+class ServiceRollup(PlainBase):
+    """Signals per (project, width, bucket, service, signal, code): what ``/services`` counts.
+
+    ``width_s`` is 60 (minute buckets) or 3600 (hour buckets).
+
+    ``signal`` 1 = logs (``code`` = level), 2 = spans (``code`` = status), 3 = metric points (0).
+    Written only by the ``ps_rollup_*`` statement triggers of the signal tables (migration
+    ``query_scale``), read by ``signals.rollup_queries``; retention deletes old buckets.
+    """
+
+    __tablename__ = "service_rollups"
+    __table_args__ = (Index("ix_service_rollups_bucket", "bucket"),)
+
+    project_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    width_s: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(TZ, primary_key=True)
+    service_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    signal: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    code: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+    last_seen: Mapped[datetime] = mapped_column(TZ)
+
+
+class MetricRollup(PlainBase):
+    """Metric points per (project, name, width, bucket, service, labels), width 60 s or 3600 s.
+
+    ``sum_small`` is the float8 sum of values below 1e150 in magnitude, ``sum_large`` the exact sum of
+    the others: the two halves of ``lib.float_sql``'s overflow-free sum, so series from rollups
+    equal the raw computation. Written by the ``ps_rollup_metric_points`` trigger.
+    """
+
+    __tablename__ = "metric_rollups"
+    __table_args__ = (Index("ix_metric_rollups_bucket", "bucket"),)
+
+    project_id: Mapped[UUID] = mapped_column(PG_UUID(as_uuid=True), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    width_s: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(TZ, primary_key=True)
+    service_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSONB, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+    sum_small: Mapped[float | None] = mapped_column(Double)
+    sum_large: Mapped[Decimal | None] = mapped_column(Numeric)
+    min_value: Mapped[float] = mapped_column(Double)
+    max_value: Mapped[float] = mapped_column(Double)

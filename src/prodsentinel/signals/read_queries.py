@@ -1,4 +1,4 @@
-"""Read SQL of the signal tables: keyset pages, trace lookups, bucketed metric aggregates, service stats.
+"""Read SQL of the signal tables: keyset pages, trace lookups, bucketed metric aggregates over raw points.
 
 A plain query class (``SignalReadQueries``) rather than advanced-alchemy repositories: the reads span
 three tables (a trace joins spans and logs, service stats merge all three) and need keyset row
@@ -6,7 +6,8 @@ comparisons, ``date_bin`` buckets, ``percentile_cont`` and multi-table aggregate
 PostgreSQL. Every statement filters by ``project_id`` first, so each one is served by a
 ``(project_id, ...)`` index (see docs/query.md).
 
-Write SQL (ingest) lives in ``signals.writes``, partition DDL in ``signals.partition_queries``.
+Write SQL (ingest) lives in ``signals.writes``, partition DDL in ``signals.partition_queries``;
+reads over the rollups (``/services``, long metric series) in ``signals.rollup_queries``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from sqlalchemy import (
     select,
     tuple_,
     union,
-    union_all,
 )
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from prodsentinel.lib import float_sql
 from prodsentinel.lib.vocabulary import LEVELS, SPAN_STATUSES
 from prodsentinel.signals.models import LogRecord, MetricPoint, Span
+from prodsentinel.signals.search import CUSTOM_PLAN, RECENT_ROWS, detect_search_mode, message_matches
 
 __all__ = (
     "EPOCH",
@@ -189,7 +190,7 @@ class SignalReadQueries:
         The keyset condition ``(timestamp, id) < (:ts, :id)`` is a btree range on
         ``ix_logs_project_ts (project_id, timestamp, id)`` scanned backwards, so a page costs
         ``limit`` index entries however deep the walk is, and a row committed between two pages can
-        never shift the walk (unlike OFFSET).
+        never shift the walk (unlike OFFSET). ``q`` is served by the trigram index (``signals.search``).
         """
         conditions: list[ColumnElement[bool]] = [LogRecord.project_id == query.project_id]
         if query.service is not None:
@@ -198,20 +199,36 @@ class SignalReadQueries:
             conditions.append(LogRecord.level >= query.min_level)
         if query.trace_id is not None:
             conditions.append(LogRecord.trace_id == query.trace_id)
-        if query.q:
-            conditions.append(LogRecord.message.icontains(query.q, autoescape=True))
         if query.since is not None:
             conditions.append(LogRecord.timestamp >= query.since)
         if query.until is not None:
             conditions.append(LogRecord.timestamp < query.until)
         if query.after is not None:
             conditions.append(tuple_(LogRecord.timestamp, LogRecord.id) < tuple_(*query.after))
-        statement = (
-            select(*LOG_COLUMNS)
-            .where(*conditions)
-            .order_by(LogRecord.timestamp.desc(), LogRecord.id.desc())
-            .limit(query.limit)
-        )
+        newest_first = (LogRecord.timestamp.desc(), LogRecord.id.desc())
+        if not query.q:
+            statement = select(*LOG_COLUMNS).where(*conditions).order_by(*newest_first).limit(query.limit)
+            return (await self.session.execute(statement)).all()
+        mode = await detect_search_mode(self.session)
+        await self.session.execute(CUSTOM_PLAN)
+        if mode == "core":
+            # The newest rows first: a frequent q fills the page there (the prefilter's estimate
+            # cannot tell, see signals.search.RECENT_ROWS). Exact: the first ``limit`` matches among
+            # the newest rows in order are the first ``limit`` matches overall.
+            recent = (
+                select(*LOG_COLUMNS).where(*conditions).order_by(*newest_first).limit(RECENT_ROWS).subquery()
+            )
+            statement = (
+                select(*recent.c)
+                .where(message_matches(recent.c.message, query.q, "none"))
+                .order_by(recent.c.timestamp.desc(), recent.c.id.desc())
+                .limit(query.limit)
+            )
+            rows = (await self.session.execute(statement)).all()
+            if len(rows) == query.limit:
+                return rows
+        conditions.append(message_matches(LogRecord.message, query.q, mode))
+        statement = select(*LOG_COLUMNS).where(*conditions).order_by(*newest_first).limit(query.limit)
         return (await self.session.execute(statement)).all()
 
     # -- spans and traces ---------------------------------------------------------------------------
@@ -350,63 +367,3 @@ class SignalReadQueries:
             else MetricBucketRow(row.ts, fallback[row.ts])
             for row in rows
         ]
-
-    # -- services -----------------------------------------------------------------------------------
-
-    async def service_stats(self, project_id: UUID, since: datetime) -> Sequence[Any]:
-        """Per service: last_seen, logs, spans, metrics and error count since ``since``.
-
-        Each table is aggregated over its ``(project_id, time)`` index range, then the three are
-        merged per service.
-        """
-        zero = literal(0, type_=LogRecord.id.type)
-        logs = (
-            select(
-                LogRecord.service_name.label("service_name"),
-                func.max(LogRecord.timestamp).label("last_seen"),
-                func.count().label("logs"),
-                zero.label("spans"),
-                zero.label("metrics"),
-                func.count().filter(LogRecord.level >= _ERROR_LEVEL).label("errors"),
-            )
-            .where(LogRecord.project_id == project_id, LogRecord.timestamp >= since)
-            .group_by(LogRecord.service_name)
-        )
-        spans = (
-            select(
-                Span.service_name,
-                func.max(Span.start_time),
-                zero,
-                func.count(),
-                zero,
-                func.count().filter(Span.status == _ERROR_STATUS),
-            )
-            .where(Span.project_id == project_id, Span.start_time >= since)
-            .group_by(Span.service_name)
-        )
-        metrics = (
-            select(
-                MetricPoint.service_name,
-                func.max(MetricPoint.timestamp),
-                zero,
-                zero,
-                func.count(),
-                zero,
-            )
-            .where(MetricPoint.project_id == project_id, MetricPoint.timestamp >= since)
-            .group_by(MetricPoint.service_name)
-        )
-        merged = union_all(logs, spans, metrics).subquery()
-        statement = (
-            select(
-                merged.c.service_name,
-                func.max(merged.c.last_seen),
-                func.sum(merged.c.logs),
-                func.sum(merged.c.spans),
-                func.sum(merged.c.metrics),
-                func.sum(merged.c.errors),
-            )
-            .group_by(merged.c.service_name)
-            .order_by(merged.c.service_name)
-        )
-        return (await self.session.execute(statement)).all()

@@ -24,7 +24,8 @@ from prodsentinel.lib.jobs import try_lease
 from prodsentinel.lib.time import utcnow
 from prodsentinel.settings import Settings
 from prodsentinel.signals.partition_queries import PartitionQueries, drop_partition
-from prodsentinel.signals.partitions import PARTITIONED, ranges_between
+from prodsentinel.signals.partitions import PARTITIONED, range_start, ranges_between
+from prodsentinel.signals.rollup_queries import RollupQueries
 
 __all__ = (
     "PARTITIONS_AHEAD",
@@ -51,6 +52,8 @@ class PurgeReport:
 
     dropped: dict[str, list[str]] = field(default_factory=lambda: {table: [] for table in PARTITIONED})
     complete: bool = True
+    #: rollup rows (``service_rollups``, ``metric_rollups``) deleted with their signals
+    rollups_deleted: int = 0
 
 
 def retention_cutoffs(settings: Settings, now: datetime) -> dict[str, datetime]:
@@ -96,7 +99,13 @@ async def run_retention(
                 logger.warning("retention_drop_failed", table=table_name, partition=name, exc_info=True)
                 continue
             report.dropped[table_name].append(name)
-    logger.info("retention_dropped", dropped=report.dropped)
+    # Rollup buckets go with the rows they count: those before the start of the partition holding each
+    # cutoff (every older partition is dropped above, or will be by the next run).
+    interval = settings.partition_interval_seconds
+    kept_from = {name: range_start(cutoff, interval) for name, cutoff in cutoffs.items()}
+    async with session_scope(session_maker) as session:
+        report.rollups_deleted = await RollupQueries(session).delete_expired(kept_from)
+    logger.info("retention_dropped", dropped=report.dropped, rollups_deleted=report.rollups_deleted)
     return report
 
 

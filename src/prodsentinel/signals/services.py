@@ -32,6 +32,7 @@ from prodsentinel.signals.read_queries import (
     SignalReadQueries,
     SpanQuery,
 )
+from prodsentinel.signals.rollup_queries import ROLLUP_AGGREGATES, RollupQueries, plan_rollups
 from prodsentinel.signals.schemas import (
     LogItem,
     LogPage,
@@ -211,6 +212,7 @@ class SignalQueryService:
 
     def __init__(self, *, session: AsyncSession) -> None:
         self.queries = SignalReadQueries(session)
+        self.rollups = RollupQueries(session)
 
     async def list_logs(
         self,
@@ -326,7 +328,19 @@ class SignalQueryService:
             service=service or None,
             labels=parse_labels(labels),
         )
-        rows = await self.queries.metric_series(query)
+        plan = plan_rollups(start, end, step) if agg_name in ROLLUP_AGGREGATES else None
+        if plan is None:
+            rows = await self.queries.metric_series(query)
+        else:
+            rows = await self.rollups.metric_series(
+                plan,
+                project_id=project_id,
+                name=name,
+                agg=agg_name,
+                step=step,
+                service=query.service,
+                labels=query.labels,
+            )
         return MetricSeries(
             name=name,
             service=query.service,
@@ -340,7 +354,7 @@ class SignalQueryService:
     async def list_services(self, project_id: UUID, *, window: int = 3600) -> ServiceList:
         if not 1 <= window <= MAX_SERVICE_WINDOW:
             raise BadRequestError(f"window must be between 1 and {MAX_SERVICE_WINDOW} seconds, got {window}.")
-        rows = await self.queries.service_stats(project_id, utcnow() - timedelta(seconds=window))
+        rows = await self.rollups.service_stats(project_id, utcnow() - timedelta(seconds=window))
         items = []
         for service_name, last_seen, logs, spans, metrics, errors in rows:
             events = int(logs) + int(spans)
