@@ -1,4 +1,5 @@
-"""OTLP/HTTP ingest benchmark (SPEC §11): the real service on granian, a fresh database on the local PostgreSQL.
+"""OTLP/HTTP ingest benchmark (SPEC §11): the real service on granian, a fresh database on the local
+PostgreSQL.
 
     uv run python bench/otlp.py                          # defaults sized for a shared 2-core box (~1 min)
     uv run python bench/otlp.py --batches 120 --clients 8 --rounds 5
@@ -43,23 +44,22 @@ import asyncpg
 import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ingest as base  # noqa: E402  (bench/ingest.py: server start, CPU accounting, raw HTTP client)
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs  # noqa: E402
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans  # noqa: E402
-from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter  # noqa: E402
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: E402
-from opentelemetry.sdk._logs import LoggerProvider  # noqa: E402
-from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor  # noqa: E402
-from opentelemetry.sdk.resources import Resource  # noqa: E402
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
-from opentelemetry.trace import SpanKind, Status, StatusCode  # noqa: E402
-
-from prodsentinel.ingest.otlp_decoding import PROTOBUF_CODEC  # noqa: E402
-from prodsentinel.ingest.otlp_mapping import map_spans  # noqa: E402
-from prodsentinel.ingest.services import rows_of  # noqa: E402
+import ingest as base
+from prodsentinel.ingest.otlp_decoding import PROTOBUF_CODEC
+from prodsentinel.ingest.otlp_mapping import map_spans
+from prodsentinel.ingest.services import rows_of
 
 BATCH = 512
 FIXED_PROJECTS = ("sdk", "logs")
@@ -224,7 +224,8 @@ async def prepare(
     connection = await asyncpg.connect(dsn)
     try:
         await connection.execute(
-            "CREATE TABLE bench_raw_spans (LIKE spans INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING INDEXES)"
+            "CREATE TABLE bench_raw_spans "
+            "(LIKE spans INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING INDEXES)"
         )
         for constraint in await connection.fetch(
             "SELECT conname FROM pg_constraint WHERE conrelid = 'bench_raw_spans'::regclass AND contype = 'u'"
@@ -376,7 +377,8 @@ def main() -> None:
     otlp_rate = statistics.median(rates[otlp] for otlp, _ in rounds)
     json_rate = statistics.median(rates[json] for _, json in rounds)
     print(
-        f"ratio OTLP protobuf / JSON ingest = {statistics.median(ratios):.2f}x median of {len(rounds)} rounds "
+        f"ratio OTLP protobuf / JSON ingest = {statistics.median(ratios):.2f}x "
+        f"median of {len(rounds)} rounds "
         f"(spread {min(ratios):.2f}-{max(ratios):.2f}: {', '.join(f'{r:.2f}' for r in ratios)}; raw client), "
         f"{rates['sdk'] / json_rate:.2f}x (SDK exporter); target >= 0.8x"
     )
