@@ -63,6 +63,7 @@ CRON_PERIODS = {
     "analyse_pending_incidents": 60,
     "evaluate_alerts": 30,  # PRODSENTINEL_ALERTS_INTERVAL_SECONDS
     "purge_expired_signals": 3600,
+    "create_signal_partitions": 3600,  # SPEC §16: partitions created ahead (hourly, minute 7)
 }
 
 
